@@ -1,0 +1,58 @@
+"""The ``loraplane`` console entry point.
+
+Each subcommand lives with the subpackage it drives and is imported only
+when chosen, so ``loraplane dev-cluster up`` never pays for importing torch.
+A subcommand module exposes ``configure(parser)`` (add its arguments) and
+``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+# name -> (module, one-line help). Later subpackages add their line here.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "dev-cluster": ("loraplane.devcluster.cli", "start, stop or locate the local control plane"),
+    "modelstore": ("loraplane.modelstore.cli", "publish, verify, check, list, show and gc the ModelStore"),
+}
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    """Only subcommands whose module exists (a subpackage may not be built yet)."""
+    found = {}
+    for name, (module, helptext) in SUBCOMMANDS.items():
+        if importlib.util.find_spec(module.rsplit(".", 1)[0]) is None:
+            continue
+        try:
+            if importlib.util.find_spec(module) is None:
+                continue
+        except ModuleNotFoundError:
+            continue
+        found[name] = (module, helptext)
+    return found
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loraplane", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, helptext) in _available().items():
+        sp = sub.add_parser(name, help=helptext)
+        if name == chosen:
+            mod = importlib.import_module(module)
+            mod.configure(sp)
+            sp.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The ModelStore: one canonical, versioned copy of bases and adapters."""

@@ -1,0 +1,1 @@
+"""The loraplane operator: API types, pure reconcile core and kopf handlers."""

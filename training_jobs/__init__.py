@@ -1,0 +1,1 @@
+"""The LoRA/QLoRA trainer that runs inside Kubernetes Jobs."""

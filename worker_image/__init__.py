@@ -1,0 +1,1 @@
+"""The inference worker: base model plus hot-swappable PEFT adapters."""
