@@ -1,0 +1,181 @@
+"""``loraplane modelstore publish|verify|check|list|show|gc|set-current|schema``.
+
+Exit codes for scripts and Jobs: 0 ok, 1 verification or check failure,
+2 usage or store error (bad name, missing version, refused publish, ...).
+Every read command takes ``--json`` and then prints exactly one JSON
+document on stdout; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import StoreError
+
+EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
+
+
+def _common(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
+    p.add_argument("--root", default=None, help="store root (default: $MODEL_STORE_ROOT)")
+    p.add_argument("--owner", default="default", help="owner (namespace-like) of the entries (default: default)")
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+
+
+def _ref(p: argparse.ArgumentParser, version_help: str = "version (default: the current pointer)") -> None:
+    p.add_argument("kind", choices=["base", "adapter"])
+    p.add_argument("name")
+    p.add_argument("--version", default=None, help=version_help)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="ms_command", metavar="ACTION", required=True)
+
+    p = sub.add_parser("publish", help="publish a local dir (or a hub snapshot) as a new version")
+    _common(p)
+    p.add_argument("src", nargs="?", help="local directory (save_pretrained model or PEFT adapter)")
+    p.add_argument("--kind", choices=["base", "adapter"], required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--version", required=True)
+    p.add_argument("--force", action="store_true", help="replace an existing version atomically")
+    p.add_argument("--license", default=None)
+    p.add_argument("--task", default=None, help="adapter task name (e.g. synthesizer)")
+    p.add_argument("--base-name", default=None, help="adapter: the base it was trained on")
+    p.add_argument("--base-version", default=None, help="adapter: base version (default: base current)")
+    p.add_argument("--no-set-current", action="store_true", help="do not move the current pointer")
+    p.add_argument("--hf-repo", default=None, help="publish from the Hugging Face hub instead of SRC")
+    p.add_argument("--revision", default=None, help="hub revision (a commit sha pins it)")
+    p.add_argument("--token-env", default="HF_TOKEN", help="env var holding the hub token (default: HF_TOKEN)")
+    p.add_argument("--workers", type=int, default=None)
+
+    p = sub.add_parser("verify", help="check files against the manifest (exit 1 on damage)")
+    _common(p)
+    _ref(p)
+    p.add_argument("--quick", action="store_true", help="sizes only, no hashing")
+    p.add_argument("--workers", type=int, default=None)
+
+    p = sub.add_parser("check", help="check_model_store: manifests, VRAM bounds, adapter->base checksums")
+    _common(p)
+    p.add_argument("--dry-run", action="store_true", default=None,
+                   help="paths and manifests only, read no weights (also MODEL_STORE_DRY_RUN=1)")
+    p.add_argument("--all-owners", action="store_true", help="check every owner, not only --owner")
+    p.add_argument("--workers", type=int, default=None)
+
+    p = sub.add_parser("list", help="list committed versions")
+    _common(p)
+    p.add_argument("--kind", choices=["base", "adapter"], default=None)
+    p.add_argument("--name", default=None)
+    p.add_argument("--all-owners", action="store_true")
+
+    p = sub.add_parser("show", help="print one version's manifest")
+    _common(p)
+    _ref(p)
+
+    p = sub.add_parser("gc", help="delete old versions (keeps current and protected ones)")
+    _common(p)
+    p.add_argument("--keep", type=int, default=3, help="newest versions to keep per name (default 3)")
+    p.add_argument("--protect", action="append", default=[], metavar="OWNER/KIND/NAME/VERSION")
+    p.add_argument("--dry-run", action="store_true")
+
+    p = sub.add_parser("set-current", help="point current at an existing version (rollback)")
+    _common(p, json_flag=False)
+    _ref(p, "version to make current")
+
+    p = sub.add_parser("schema", help="print the manifest JSON schema")
+
+
+def _store(args):
+    from .store import ModelStore
+
+    return ModelStore(args.root)
+
+
+def _progress():
+    from .progress import ProgressPrinter
+
+    return ProgressPrinter()
+
+
+def _emit(args, data, text: str) -> None:
+    if getattr(args, "json", False):
+        json.dump(data, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        print(text)
+
+
+def run(args) -> int:
+    try:
+        return _dispatch(args)
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _dispatch(args) -> int:
+    cmd = args.ms_command
+    if cmd == "schema":
+        from .manifest import manifest_json_schema
+
+        print(json.dumps(manifest_json_schema(), indent=2))
+        return EXIT_OK
+    store = _store(args)
+    if cmd == "publish":
+        kw = dict(owner=args.owner, kind=args.kind, name=args.name, version=args.version, force=args.force,
+                  license=args.license, task=args.task, base_name=args.base_name,
+                  base_version=args.base_version, set_current=not args.no_set_current,
+                  workers=args.workers, progress=_progress())
+        if args.hf_repo:
+            if args.src:
+                raise StoreError("give either SRC or --hf-repo, not both")
+            from .hub import publish_from_hub
+
+            m = publish_from_hub(store, args.hf_repo, args.revision, os.environ.get(args.token_env), **kw)
+        else:
+            if not args.src:
+                raise StoreError("publish needs SRC (a local directory) or --hf-repo")
+            m = store.publish(args.src, **kw)
+        _emit(args, m.model_dump(mode="json", exclude_none=True),
+              f"published {m.owner}/{m.kind}/{m.name}@{m.version} checksum {m.checksum} ({m.total_size} bytes)")
+        return EXIT_OK
+    if cmd == "verify":
+        rep = store.verify(args.owner, args.kind, args.name, args.version, full=not args.quick,
+                           workers=args.workers, progress=_progress())
+        _emit(args, rep.to_dict(), rep.summary())
+        return EXIT_OK if rep.ok else EXIT_FAILED
+    if cmd == "check":
+        rep = store.check(dry_run=args.dry_run, owner=None if args.all_owners else args.owner, workers=args.workers)
+        _emit(args, rep.to_dict(), rep.summary())
+        return EXIT_OK if rep.ok else EXIT_FAILED
+    if cmd == "list":
+        rows = store.list(owner=None if args.all_owners else args.owner, kind=args.kind, name=args.name)
+        text = "\n".join(
+            f"{'*' if r.current else ' '} {r.owner}/{r.kind}/{r.name}@{r.version}  "
+            + (f"{r.manifest.total_size} bytes  {r.manifest.checksum[:12]}  {r.manifest.created:%Y-%m-%d %H:%M}"
+               if r.manifest else f"ERROR {r.error}")
+            for r in rows
+        ) or "(empty)"
+        _emit(args, [r.to_dict() for r in rows], text)
+        return EXIT_OK
+    if cmd == "show":
+        sv = store.resolve(args.owner, args.kind, args.name, args.version)
+        data = {"path": str(sv.path), "manifest": sv.manifest.model_dump(mode="json", exclude_none=True)}
+        _emit(args, data, json.dumps(data, indent=2))
+        return EXIT_OK
+    if cmd == "gc":
+        rep = store.gc(keep=args.keep, protect=args.protect or None, dry_run=args.dry_run, owner=args.owner)
+        text = "\n".join([f"{'would delete' if rep.dry_run else 'deleted'}: {d}" for d in rep.deleted]
+                         + [f"kept: {k}" for k in rep.kept]
+                         + [f"removed stale staging: {s}" for s in rep.staging_removed]) or "(nothing)"
+        _emit(args, rep.to_dict(), text)
+        return EXIT_OK
+    if cmd == "set-current":
+        if not args.version:
+            raise StoreError("set-current needs --version")
+        store.set_current(args.owner, args.kind, args.name, args.version)
+        print(f"current of {args.owner}/{args.kind}/{args.name} -> {args.version}")
+        return EXIT_OK
+    raise StoreError(f"unknown action {cmd!r}")

@@ -1,0 +1,58 @@
+"""Publish from the Hugging Face hub: pinned revision -> local staging -> publish.
+
+Why: the base checkpoint must come from a known commit, downloaded once,
+then go through exactly the same stage/fsync/rename path as a local
+directory. The download lands in ``<root>/.downloads/<unique>`` (same
+filesystem as the store, removed afterwards). Network failures become a
+StoreError quickly: ``etag_timeout`` is short and ``HF_HUB_OFFLINE=1``
+makes huggingface_hub fail at once instead of retrying.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+from .errors import StoreError
+from .hashing import Progress
+
+PINNED = re.compile(r"^[0-9a-f]{40}$")
+
+
+def download_snapshot(repo_id: str, revision: str, token: str | None, dest: Path,
+                      endpoint: str | None = None, timeout: float = 10.0) -> Path:
+    """snapshot_download into ``dest`` (plain files, no symlinks into a cache)."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:  # pragma: no cover - declared dependency
+        raise StoreError(f"huggingface_hub is not installed: {e}") from None
+    try:
+        path = snapshot_download(
+            repo_id=repo_id, revision=revision, token=token, local_dir=str(dest),
+            endpoint=endpoint, etag_timeout=timeout, max_workers=4,
+        )
+    except Exception as e:  # huggingface_hub raises many types; all mean "not fetched"
+        raise StoreError(f"cannot download hf:{repo_id}@{revision}: {type(e).__name__}: {e}") from None
+    return Path(path)
+
+
+def publish_from_hub(store, repo_id: str, revision: str, token: str | None = None, *,
+                     owner: str = "default", kind: str = "base", name: str, version: str,
+                     endpoint: str | None = None, require_pinned: bool = False,
+                     progress: Progress | None = None, **publish_kwargs):
+    """Download ``repo_id`` at ``revision`` and publish it; returns the Manifest."""
+    if not revision:
+        raise StoreError("a hub publish needs an explicit revision (a commit sha pins it)")
+    if require_pinned and not PINNED.match(revision):
+        raise StoreError(f"revision {revision!r} is not a 40-hex commit sha; refusing an unpinned download")
+    downloads = store.root / ".downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    dest = downloads / f"{name}-{version}-{uuid.uuid4().hex[:12]}"
+    try:
+        src = download_snapshot(repo_id, revision, token, dest, endpoint=endpoint)
+        return store.publish(src, owner=owner, kind=kind, name=name, version=version,
+                             source=f"hf:{repo_id}@{revision}", progress=progress, **publish_kwargs)
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
