@@ -1,0 +1,266 @@
+"""Batched multi-LoRA: many adapters applied in ONE forward pass, each batch
+row with its own adapter.
+
+Why not PEFT's ``adapter_names=``: PEFT loops in Python over the distinct
+adapters in every LoRA layer, so a batch of N adapters costs ~N small
+launches per layer (measured 0.51x of single-adapter throughput with 4
+adapters). Here every wrapped ``Linear`` holds ALL loaded adapters stacked:
+
+    A_cat: [in, S*R]   (slot s occupies columns s*R .. s*R+r_s, zero padded to R)
+    B_cat: [S*R, out]  (scaling alpha/r folded in)
+
+and a batch computes ``((x @ A_cat) * mask) @ B_cat`` where ``mask`` keeps, for
+each row, only its own slot's R columns. That is two dense GEMMs and one
+multiply per layer whatever the number of adapters (the Punica/S-LoRA idea
+without custom kernels): each adapter's weights are read once per step, not
+once per row. When every row uses the same adapter the layer takes that
+slot's slice only (no mask).
+
+Weights come straight from the PEFT adapter directory (adapter_config.json +
+adapter_model.safetensors), so adapters trained with PEFT serve unchanged.
+Stacks are rebuilt on load/unload, so unloading really frees the memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+PEFT_PREFIX = "base_model.model."
+
+
+class AdapterFormatError(Exception):
+    """An adapter directory this worker cannot serve, with the reason."""
+
+
+@dataclass
+class LoadedLora:
+    name: str
+    rank: int
+    # module name -> (A [r, in], B*scaling [out, r]) in compute dtype, on device
+    modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in self.modules.values())
+
+
+class BatchContext:
+    """Per-step adapter assignment shared by every wrapped layer.
+
+    ``single`` is a slot index when all rows share one adapter (-1: no adapter
+    at all); otherwise ``mask`` is a [B, 1, S, 1] one-hot selector.
+    """
+
+    def __init__(self) -> None:
+        self.single: int | None = -1
+        self.mask: torch.Tensor | None = None
+        self.slots = 0
+        self.rank = 0
+
+
+class MultiLoraLinear(nn.Module):
+    """A base linear layer (plain or bitsandbytes-quantized) plus stacked LoRAs."""
+
+    def __init__(self, base_layer: nn.Module, ctx: BatchContext):
+        super().__init__()
+        self.base_layer = base_layer
+        self.ctx = ctx
+        self.lora_A: torch.Tensor | None = None
+        self.lora_B: torch.Tensor | None = None
+
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        ctx = self.ctx
+        A, B = self.lora_A, self.lora_B
+        if A is None or ctx.single == -1:
+            return y
+        xa = x.to(A.dtype)
+        if ctx.single is not None:
+            lo, hi = ctx.single * ctx.rank, (ctx.single + 1) * ctx.rank
+            delta = (xa @ A[:, lo:hi]) @ B[lo:hi]
+        else:
+            h = xa @ A
+            h = (h.unflatten(-1, (ctx.slots, ctx.rank)) * ctx.mask).flatten(-2)
+            delta = h @ B
+        return y + delta.to(y.dtype)
+
+
+def _pattern_value(patterns: dict, module_name: str, default):
+    """PEFT's rank_pattern/alpha_pattern lookup: key matches a module-name suffix."""
+    for key, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({key})$", module_name):
+            return value
+    return default
+
+
+def read_adapter(path: Path, model: nn.Module, dtype: torch.dtype, device: torch.device | str, name: str) -> LoadedLora:
+    """Read a PEFT LoRA directory into per-module (A, B*scaling) tensors.
+
+    Refuses (AdapterFormatError) what this path cannot serve exactly: non-LoRA
+    PEFT types, DoRA, trained biases, modules_to_save, embedding LoRA, or a
+    target that is not a Linear of the right shape in this base.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg_file = path / "adapter_config.json"
+    weights = path / "adapter_model.safetensors"
+    if not cfg_file.is_file():
+        raise AdapterFormatError(f"{path}: adapter_config.json is missing")
+    if not weights.is_file():
+        raise AdapterFormatError(f"{path}: adapter_model.safetensors is missing (only safetensors adapters are served)")
+    cfg = json.loads(cfg_file.read_text())
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise AdapterFormatError(f"{path}: peft_type {cfg.get('peft_type')!r} is not LORA")
+    if cfg.get("use_dora"):
+        raise AdapterFormatError(f"{path}: DoRA adapters are not supported by the batched LoRA path")
+    if cfg.get("bias", "none") != "none":
+        raise AdapterFormatError(f"{path}: adapters with trained biases (bias={cfg['bias']!r}) are not supported")
+    if cfg.get("modules_to_save"):
+        raise AdapterFormatError(f"{path}: modules_to_save {cfg['modules_to_save']} is not supported")
+    alpha = cfg.get("lora_alpha", 8)
+    rslora = bool(cfg.get("use_rslora", False))
+    tensors = load_file(str(weights))
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        k = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
+        m = re.match(r"^(.*)\.(lora_A|lora_B)(?:\.[^.]+)?\.weight$", k)
+        if not m:
+            raise AdapterFormatError(f"{path}: unsupported tensor {key!r} (only lora_A/lora_B weights)")
+        pairs.setdefault(m.group(1), {})[m.group(2)] = t
+    modules = dict(model.named_modules())
+    out = LoadedLora(name=name, rank=0)
+    for mod_name, ab in sorted(pairs.items()):
+        if set(ab) != {"lora_A", "lora_B"}:
+            raise AdapterFormatError(f"{path}: module {mod_name} lacks lora_A or lora_B")
+        target = modules.get(mod_name)
+        if isinstance(target, MultiLoraLinear):
+            target = target.base_layer
+        if target is None or not isinstance(target, nn.Linear):
+            raise AdapterFormatError(f"{path}: target {mod_name!r} is not a Linear layer of this base model")
+        a, b = ab["lora_A"], ab["lora_B"]
+        r = a.shape[0]
+        if a.shape != (r, target.in_features) or b.shape != (target.out_features, r):
+            raise AdapterFormatError(
+                f"{path}: {mod_name} shapes A{tuple(a.shape)} B{tuple(b.shape)} do not fit "
+                f"Linear({target.in_features}, {target.out_features}) — adapter made for another base?"
+            )
+        mod_alpha = _pattern_value(cfg.get("alpha_pattern"), mod_name, alpha)
+        scale = mod_alpha / math.sqrt(r) if rslora else mod_alpha / r
+        out.modules[mod_name] = (
+            a.to(device=device, dtype=dtype).contiguous(),
+            (b.float() * scale).to(device=device, dtype=dtype).contiguous(),
+        )
+        out.rank = max(out.rank, r)
+    if not out.modules:
+        raise AdapterFormatError(f"{path}: adapter has no LoRA weights")
+    return out
+
+
+class LoraBank:
+    """The adapters resident in one model, stacked into its wrapped layers."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype, device):
+        self.model = model
+        self.dtype = dtype
+        self.device = device
+        self.ctx = BatchContext()
+        self.adapters: dict[str, LoadedLora] = {}
+        self._slot: dict[str, int] = {}
+        self._wrapped: dict[str, MultiLoraLinear] = {}
+
+    # -- load / unload -------------------------------------------------
+    def read(self, name: str, path: Path) -> LoadedLora:
+        """Read and check an adapter (safe off the engine thread: touches no layer)."""
+        return read_adapter(path, self.model, self.dtype, self.device, name)
+
+    def add(self, name: str, path: Path) -> LoadedLora:
+        return self.install(self.read(name, path))
+
+    def install(self, lora: LoadedLora) -> LoadedLora:
+        """Stack an already-read adapter into the layers (engine thread only)."""
+        name = lora.name
+        self.adapters[name] = lora
+        try:
+            self._rebuild()
+        except Exception:
+            self.adapters.pop(name, None)
+            self._rebuild()
+            raise
+        return lora
+
+    def remove(self, name: str) -> None:
+        if self.adapters.pop(name, None) is not None:
+            self._rebuild()
+
+    def slot(self, name: str) -> int:
+        return self._slot[name]
+
+    def _wrap(self, mod_name: str) -> MultiLoraLinear:
+        layer = self._wrapped.get(mod_name)
+        if layer is None:
+            parent_name, _, child = mod_name.rpartition(".")
+            parent = self.model.get_submodule(parent_name) if parent_name else self.model
+            layer = MultiLoraLinear(getattr(parent, child), self.ctx)
+            setattr(parent, child, layer)
+            self._wrapped[mod_name] = layer
+        return layer
+
+    def _rebuild(self) -> None:
+        names = list(self.adapters)
+        S = len(names)
+        R = max((a.rank for a in self.adapters.values()), default=0)
+        self._slot = {n: i for i, n in enumerate(names)}
+        targets = sorted({m for a in self.adapters.values() for m in a.modules})
+        for mod_name in targets:
+            self._wrap(mod_name)
+        for mod_name, layer in self._wrapped.items():
+            if mod_name not in targets:
+                layer.lora_A = layer.lora_B = None
+                continue
+            A = torch.zeros(layer.in_features, S * R, dtype=self.dtype, device=self.device)
+            B = torch.zeros(S * R, layer.out_features, dtype=self.dtype, device=self.device)
+            for s, n in enumerate(names):
+                ab = self.adapters[n].modules.get(mod_name)
+                if ab is None:
+                    continue
+                a, b = ab
+                r = a.shape[0]
+                A[:, s * R : s * R + r] = a.t()
+                B[s * R : s * R + r, :] = b.t()
+            layer.lora_A, layer.lora_B = A, B
+        self.ctx.slots, self.ctx.rank = S, R
+
+    # -- per step ------------------------------------------------------
+    def set_batch(self, adapter_per_row: list[str | None]) -> None:
+        """Tell every wrapped layer which adapter each batch row uses (None: base)."""
+        ctx = self.ctx
+        slots = [self._slot[n] if n is not None else -1 for n in adapter_per_row]
+        if len(set(slots)) == 1:
+            ctx.single, ctx.mask = slots[0], None
+            return
+        mask = torch.zeros(len(slots), ctx.slots, dtype=self.dtype)
+        for i, s in enumerate(slots):
+            if s >= 0:
+                mask[i, s] = 1
+        ctx.single = None
+        ctx.mask = mask.to(self.device)[:, None, :, None]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.adapters.values())

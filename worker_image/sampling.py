@@ -1,0 +1,51 @@
+"""Next-token choice per batch row: greedy, temperature and nucleus (top-p).
+
+Why vectorised per row: one batch mixes requests with different
+temperature/top_p; sampling them in one call keeps the decode step free of
+Python loops over rows.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def sample(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick one token id per row of ``logits`` [B, V].
+
+    ``temperature`` [B]: <= 0 means greedy (argmax). ``top_p`` [B] in (0, 1]:
+    keep the smallest set of tokens whose probability mass reaches top_p.
+    """
+    logits = logits.float()
+    out = logits.argmax(-1)
+    sampled = temperature > 0
+    if not bool(sampled.any()):
+        return out
+    rows = sampled.nonzero(as_tuple=True)[0]
+    scaled = logits[rows] / temperature[rows].unsqueeze(-1).to(logits.device)
+    probs = torch.softmax(scaled, dim=-1)
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    cum = sorted_p.cumsum(-1)
+    # drop a token when the mass before it already reaches top_p (the top token always stays)
+    drop = (cum - sorted_p) >= top_p[rows].unsqueeze(-1).to(logits.device)
+    sorted_p = sorted_p.masked_fill(drop, 0.0)
+    pick = torch.multinomial(sorted_p.cpu(), 1, generator=generator).to(order.device)
+    out[rows] = order.gather(-1, pick).squeeze(-1)
+    return out
+
+
+def find_stop(text: str, stops: list[str]) -> int | None:
+    """Index where the earliest stop string starts in ``text``, or None."""
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(hits) if hits else None
+
+
+def safe_emit_length(text: str, stops: list[str]) -> int:
+    """How much of ``text`` can be streamed without possibly splitting a stop string."""
+    hold = max((len(s) for s in stops if s), default=1) - 1
+    return max(0, len(text) - hold)
