@@ -17,6 +17,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "dev-cluster": ("loraplane.devcluster.cli", "start, stop or locate the local control plane"),
     "modelstore": ("loraplane.modelstore.cli", "publish, verify, check, list, show and gc the ModelStore"),
+    "train": ("loraplane.training.cli", "train a LoRA/QLoRA adapter and publish it"),
 }
 
 

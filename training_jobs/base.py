@@ -1,0 +1,79 @@
+"""Find the base model to train on: a verified ModelStore version or a local dir.
+
+Why verify: an adapter is only valid for the exact base it was trained on,
+and its summary records that base's checksum; training on a corrupt or
+half-copied base would publish an adapter pinned to a checksum that lies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import TrainConfig, parse_base_ref
+
+
+class BaseModelError(RuntimeError):
+    pass
+
+
+@dataclass
+class BaseInfo:
+    path: Path
+    checksum: str
+    checksum_source: str  # "store-manifest" | "dir-manifest" | "computed"
+    ref: str  # "owner/name@version" or "local:<path>"
+    owner: str | None = None
+    name: str | None = None  # store name, used when publishing
+    version: str | None = None
+
+
+def dir_checksum(path: Path) -> str:
+    """sha256 over (relative path, file sha256) of every file, sorted.
+
+    Used only for a local base without a manifest; store bases use the
+    manifest's checksum so the summary matches what the store records.
+    """
+    total = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        total.update(f"{f.relative_to(path).as_posix()}\0{h.hexdigest()}\n".encode())
+    return total.hexdigest()
+
+
+def resolve_base(cfg: TrainConfig, store=None) -> BaseInfo:
+    """BaseInfo for ``cfg.base`` (via the ModelStore API) or ``cfg.base_dir``."""
+    if cfg.base_dir is not None:
+        path = Path(cfg.base_dir)
+        if not (path / "config.json").is_file():
+            raise BaseModelError(f"base dir {path}: no config.json (not a model directory)")
+        manifest = path / "manifest.json"
+        if manifest.is_file():
+            try:
+                checksum, src = json.loads(manifest.read_text())["checksum"], "dir-manifest"
+            except (KeyError, ValueError):
+                checksum, src = dir_checksum(path), "computed"
+        else:
+            checksum, src = dir_checksum(path), "computed"
+        return BaseInfo(path, checksum, src, f"local:{path}", name=cfg.base_name, version=cfg.base_version)
+
+    from loraplane.modelstore import StoreError
+
+    owner, name, version = parse_base_ref(cfg.base or "", cfg.owner)
+    if store is None:
+        raise BaseModelError("a ModelStore base needs a store (store_root or MODEL_STORE_ROOT)")
+    try:
+        sv = store.resolve(owner, "base", name, version)
+        if cfg.verify_base != "none":
+            report = store.verify(owner, "base", name, sv.version, full=cfg.verify_base == "full")
+            if not report.ok:
+                raise BaseModelError(f"base {owner}/{name}@{sv.version} failed verification: {report.summary()}")
+    except StoreError as exc:
+        raise BaseModelError(f"base {cfg.base}: {exc}") from exc
+    return BaseInfo(Path(sv.path), sv.manifest.checksum, "store-manifest", f"{owner}/{name}@{sv.version}",
+                    owner=owner, name=name, version=sv.version)

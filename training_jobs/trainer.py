@@ -1,0 +1,287 @@
+"""The training run: validate data, load base, train LoRA, save, publish.
+
+A plain torch loop rather than ``transformers.Trainer``: the things this
+trainer must get exactly right — token-weighted loss over the response only,
+a micro-batch order that is a pure function of (seed, step) so a restarted
+pod resumes mid-epoch, atomic checkpoints, and our own progress lines and pod
+annotation — are each a few lines here and would be callbacks and overrides
+there. Order of work matters: everything cheap that can fail (dataset,
+config, base verification, an already-taken version) fails before the model
+loads, and nothing reaches the store unless the whole run succeeded.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import checkpoint as ckpt
+from . import plan
+from .base import resolve_base
+from .config import TrainConfig, default_output_dir, hyperparameters
+from .dataset import IGNORE_INDEX, collate, load_dataset, split_eval, tokenize_all
+from .modeling import load_for_training
+from .progress import PodAnnotator, ProgressReporter, rates
+from .summary import build_summary, write_summary
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path | None
+    summary: dict[str, Any] | None
+    manifest: Any | None  # modelstore Manifest when published
+    step: int
+    total_steps: int
+    stopped_early: bool
+
+
+def _utc() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _open_store(cfg: TrainConfig):
+    from loraplane.modelstore import ModelStore
+
+    return ModelStore(cfg.store_root) if cfg.store_root is not None else ModelStore()
+
+
+def _batch_tensors(batch, pad_id: int, device: str):
+    import torch
+
+    c = collate(batch, pad_id)
+    return {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in c.items()}
+
+
+def _loss_sum(model, t) -> tuple[Any, int]:
+    """Sum of next-token cross-entropy over response tokens, and their count."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
+    labels = t["labels"][:, 1:]
+    logits = logits[:, :-1].float()
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss, int((labels != IGNORE_INDEX).sum())
+
+
+def evaluate(model, examples, batch_size: int, pad_id: int, device: str) -> float | None:
+    """Token-weighted mean loss over ``examples`` (None when there are none)."""
+    import torch
+
+    if not examples:
+        return None
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            loss, n = _loss_sum(model, _batch_tensors(examples[i : i + batch_size], pad_id, device))
+            total += float(loss)
+            count += n
+    model.train()
+    return total / max(1, count)
+
+
+def _termination_log(message: str) -> None:
+    """Kubernetes shows this file as the container's termination reason."""
+    path = Path(os.environ.get("TERMINATION_LOG", "/dev/termination-log"))
+    try:
+        if path.exists() and os.access(path, os.W_OK):
+            path.write_text(message[:4000])
+    except OSError:
+        pass
+
+
+def train(cfg: TrainConfig, *, store=None, annotator: PodAnnotator | None = None,
+          out: TextIO | None = None) -> TrainResult:
+    """Run (or resume) one training run; see module docstring for the order."""
+    reporter = ProgressReporter(0, annotator if annotator is not None else PodAnnotator.from_env(), out or sys.stdout)
+    reporter.report(0, "loading")
+    try:
+        return _train(cfg, store, reporter)
+    except BaseException as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        last = reporter.last
+        reporter.report(last.step if last else 0, "failed", loss=last.loss if last else None,
+                        eval_loss=last.evalLoss if last else None, final=True, error=message)
+        _termination_log(message)
+        raise
+
+
+def _train(cfg: TrainConfig, store, reporter: ProgressReporter) -> TrainResult:
+    import torch
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    started, t_start = _utc(), time.monotonic()
+    data = load_dataset(cfg.dataset)  # every line validated before anything heavy
+    if cfg.version is None:
+        cfg = cfg.model_copy(update={"version": datetime.now(timezone.utc).strftime("v%Y%m%d%H%M%S")})
+    if store is None and (cfg.publish or cfg.base is not None):
+        store = _open_store(cfg)
+    if cfg.publish and not cfg.force:
+        _refuse_taken_version(store, cfg)
+    base = resolve_base(cfg, store)
+    out_dir = default_output_dir(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(cfg.seed)
+    loaded = load_for_training(cfg, base.path)
+    model, tok, device = loaded.model, loaded.tokenizer, loaded.device
+    train_idx, eval_idx = split_eval(len(data.examples), cfg.eval_split, cfg.seed)
+    train_set, dropped_t = tokenize_all(tok, [data.examples[i] for i in train_idx], cfg.seq_len)
+    eval_set, dropped_e = tokenize_all(tok, [data.examples[i] for i in eval_idx], cfg.seq_len)
+    if not train_set:
+        raise TrainingError(f"no training example keeps any response token within seq_len={cfg.seq_len}")
+    pad_id = tok.pad_token_id
+    total = plan.total_steps(len(train_set), cfg.batch_size, cfg.grad_accum, cfg.epochs, cfg.max_steps)
+    reporter.total_steps = total
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: plan.lr_factor(s, total, cfg.warmup_steps, cfg.lr_scheduler))
+
+    hyper = hyperparameters(cfg)
+    fp = ckpt.fingerprint(data.sha256, hyper, base.checksum)
+    ckpt_root = out_dir / "checkpoints"
+    start, history, eval_history, prior_tokens, prior_seconds = 0, [], [], 0, 0.0
+    resumed_from = None
+    eval_initial = None
+    if cfg.resume:
+        found = ckpt.load_latest(ckpt_root, fp)
+        if found is not None:
+            set_peft_model_state_dict(model, found.adapter_state)
+            optimizer.load_state_dict(found.state["optimizer"])
+            scheduler.load_state_dict(found.state["scheduler"])
+            ckpt.set_rng_state(found.state["rng"])
+            start = resumed_from = found.step
+            history, eval_history = found.meta.get("train_loss_history", []), found.meta.get("eval_loss_history", [])
+            prior_tokens, prior_seconds = found.meta.get("tokens_trained", 0), found.meta.get("train_seconds", 0.0)
+            eval_initial = found.meta.get("eval_loss_initial")
+    else:
+        ckpt.clear(ckpt_root)
+    if start == 0:
+        eval_initial = evaluate(model, eval_set, cfg.batch_size, pad_id, device)
+    if resumed_from is not None:
+        reporter.report(start, "training", resumedFrom=resumed_from)
+
+    def save_checkpoint(step: int) -> None:
+        ckpt.save(ckpt_root, step, get_peft_model_state_dict(model), optimizer, scheduler, {
+            "fingerprint": fp, "train_loss_history": history, "eval_loss_history": eval_history,
+            "tokens_trained": prior_tokens + tokens, "train_seconds": prior_seconds + (time.monotonic() - t_loop),
+            "eval_loss_initial": eval_initial,
+        })
+
+    model.train()
+    tokens, window_loss, window_n = 0, 0.0, 0
+    t_loop = time.monotonic()
+    step = start
+    stop_at = min(total, cfg.stop_after_steps) if cfg.stop_after_steps else total
+    while step < stop_at:
+        batches = [[train_set[i] for i in idx] for idx in
+                   plan.step_micro_batches(step, cfg.grad_accum, len(train_set), cfg.batch_size, cfg.seed)]
+        tensors = [_batch_tensors(b, pad_id, device) for b in batches]
+        n_labels = sum(int((t["labels"][:, 1:] != IGNORE_INDEX).sum()) for t in tensors)
+        step_loss = 0.0
+        for t in tensors:
+            loss, _ = _loss_sum(model, t)
+            (loss / max(1, n_labels)).backward()
+            step_loss += loss.item()
+            tokens += int(t["attention_mask"].sum())
+        if cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        window_loss += step_loss / max(1, n_labels)
+        window_n += 1
+        if step % cfg.logging_steps == 0 or step == total:
+            mean = window_loss / window_n
+            history.append({"step": step, "loss": round(mean, 6)})
+            tps, eta = rates(step - start, tokens, time.monotonic() - t_loop, total, step)
+            epoch = round(plan.epoch_of(step, cfg.grad_accum, len(train_set), cfg.batch_size), 3)
+            reporter.report(step, "training", loss=mean, tps=tps, eta=eta, epoch=epoch,
+                            lr=scheduler.get_last_lr()[0])
+            window_loss, window_n = 0.0, 0
+        if step % cfg.save_steps == 0 and step < stop_at:
+            save_checkpoint(step)
+    train_seconds = prior_seconds + (time.monotonic() - t_loop)
+    if step < total:  # stopped on request: leave a checkpoint, publish nothing
+        save_checkpoint(step)
+        reporter.report(step, "stopped", final=True)
+        return TrainResult(None, None, None, step, total, True)
+
+    reporter.report(step, "evaluating", loss=history[-1]["loss"] if history else None)
+    eval_final = evaluate(model, eval_set, cfg.batch_size, pad_id, device)
+    if eval_final is not None and (not eval_history or eval_history[-1]["step"] != step):
+        eval_history.append({"step": step, "loss": round(eval_final, 6)})
+    save_checkpoint(step)  # a crash while saving/publishing resumes here, not from scratch
+
+    reporter.report(step, "saving", loss=history[-1]["loss"] if history else None, eval_loss=eval_final)
+    adapter_dir = _save_adapter(model, out_dir)
+    summary = build_summary(
+        adapter={"owner": cfg.owner, "name": cfg.name, "version": cfg.version, "task": cfg.task},
+        method=cfg.method,
+        base={"ref": base.ref, "path": str(base.path), "checksum": base.checksum,
+              "checksum_source": base.checksum_source, "name": base.name, "version": base.version},
+        dataset={"sha256": data.sha256, "files": data.files, "records": len(data.examples),
+                 "train_examples": len(train_set), "eval_examples": len(eval_set),
+                 "dropped_no_response_within_seq_len": dropped_t + dropped_e},
+        hyperparameters=hyper,
+        steps={"total": total, "completed": step, "resumed_from": resumed_from},
+        train_loss={"first": history[0]["loss"] if history else None,
+                    "final": history[-1]["loss"] if history else None, "history": history},
+        eval_loss={"initial": eval_initial, "final": eval_final, "history": eval_history},
+        tokens_trained=prior_tokens + tokens,
+        tokens_per_second=round((prior_tokens + tokens) / train_seconds, 1) if train_seconds > 0 else None,
+        duration_seconds=round(time.monotonic() - t_start + prior_seconds, 3),
+        train_seconds=round(train_seconds, 3),
+        started=started, finished=_utc(), device=device, dtype=loaded.dtype,
+    )
+    write_summary(adapter_dir, summary)
+
+    manifest = None
+    if cfg.publish:
+        reporter.report(step, "publishing", loss=summary["train_loss"]["final"], eval_loss=eval_final)
+        manifest = store.publish(adapter_dir, owner=cfg.owner, kind="adapter", name=cfg.name, version=cfg.version,
+                                 force=cfg.force, source=f"local:{adapter_dir}", task=cfg.task,
+                                 base_name=base.name, base_version=base.version)
+    reporter.report(step, "succeeded", loss=summary["train_loss"]["final"], eval_loss=eval_final, final=True,
+                    adapterDir=str(adapter_dir), published=bool(manifest),
+                    checksum=getattr(manifest, "checksum", None))
+    return TrainResult(adapter_dir, summary, manifest, step, total, False)
+
+
+def _refuse_taken_version(store, cfg: TrainConfig) -> None:
+    """Fail in seconds, not after training, if the version is already published."""
+    from loraplane.modelstore import StoreError
+
+    try:
+        store.resolve(cfg.owner, "adapter", cfg.name, cfg.version)
+    except StoreError:
+        return
+    raise TrainingError(f"adapter {cfg.owner}/{cfg.name}@{cfg.version} is already in the store (use --force to replace)")
+
+
+def _save_adapter(model, out_dir: Path) -> Path:
+    """PEFT adapter dir written beside, then renamed into ``<out>/adapter``."""
+    import shutil
+
+    final = out_dir / "adapter"
+    tmp = out_dir / ".adapter.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
