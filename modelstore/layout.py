@@ -39,10 +39,10 @@ def validate_part(what: str, value: str) -> str:
     """Return ``value`` if it is a safe single path component, else raise."""
     if not isinstance(value, str) or not value:
         raise StoreError(f"{what} must be a non-empty string, got {value!r}")
-    if "/" in value or "\\" in value or os.path.isabs(value):
-        raise StoreError(f"{what} {value!r} must be a single name, not a path")
     if ".." in value:
         raise StoreError(f"{what} {value!r} contains '..' (path traversal refused)")
+    if "/" in value or "\\" in value or os.path.isabs(value):
+        raise StoreError(f"{what} {value!r} must be a single name, not a path")
     if not _PART.match(value):
         raise StoreError(
             f"{what} {value!r} is invalid: use letters, digits, '_', '-', '.', "
