@@ -24,7 +24,9 @@ from pathlib import Path
 
 from . import versions
 
-KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+STAMP = "build-info.json"
+# kubectl too: tests drive the cluster with a client of the same version.
+KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 ALL_BINARIES = ("etcd", *KUBE_BINARIES, "kwok")
 GOPROXY_URL = os.environ.get("GOPROXY", "https://proxy.golang.org").split(",")[0]
 
@@ -38,8 +40,19 @@ def bin_dir() -> Path:
 
 
 def missing_binaries(directory: Path | None = None) -> list[str]:
+    """What must be (re)built; everything when the last build did not finish."""
     directory = directory or bin_dir()
-    return [b for b in ALL_BINARIES if not os.access(directory / b, os.X_OK)]
+    if not (directory / STAMP).exists():
+        return list(ALL_BINARIES)
+    return _absent(directory)
+
+
+def _absent(directory: Path) -> list[str]:
+    missing = [b for b in ALL_BINARIES if not os.access(directory / b, os.X_OK)]
+    stages = directory.parent / "kwok-stages"
+    if "kwok" not in missing and not all((stages / Path(f).name).exists() for f in KWOK_STAGE_FILES):
+        missing.append("kwok")
+    return missing
 
 
 def _go_env() -> dict[str, str]:
@@ -103,10 +116,23 @@ def build_kubernetes(out: Path, work: Path) -> None:
     _write_scratch(src, kubernetes_scratch_gomod(gomod))
     _run(["go", "mod", "download", "k8s.io/kubernetes"], src)
     _run(
-        ["go", "build", "-trimpath", "-ldflags=-s -w", "-o", str(out) + "/"]
+        ["go", "build", "-trimpath", f"-ldflags={kube_ldflags()}", "-o", str(out) + "/"]
         + [f"k8s.io/kubernetes/cmd/{b}" for b in KUBE_BINARIES],
         src,
     )
+
+
+def kube_ldflags() -> str:
+    """Stamp the version the way upstream's hack/lib/version.sh does, so
+    `kubectl version` and version-skew checks see v1.X.Y, not v0.0.0-master."""
+    version = versions.KUBERNETES_VERSION
+    major, minor = version.lstrip("v").split(".")[:2]
+    stamps = {"gitVersion": version, "gitMajor": major, "gitMinor": minor, "gitTreeState": "clean",
+              "buildDate": "1970-01-01T00:00:00Z"}
+    flags = ["-s", "-w"]
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [f"-X {pkg}.{k}={v}" for k, v in stamps.items()]
+    return " ".join(flags)
 
 
 def build_etcd(out: Path, work: Path) -> None:
@@ -122,16 +148,38 @@ def build_etcd(out: Path, work: Path) -> None:
     _run(["go", "build", "-trimpath", "-ldflags=-s -w", "-o", str(out / "etcd"), "go.etcd.io/etcd/server/v3"], src)
 
 
+# Upstream's default Stages (Apache-2.0), copied next to the binaries so the
+# launcher can start KWOK even after `go clean -modcache`.
+KWOK_STAGE_FILES = (
+    "node/fast/node-initialize.yaml",
+    "node/heartbeat/node-heartbeat.yaml",
+    "pod/fast/pod-ready.yaml",
+    "pod/fast/pod-complete.yaml",
+    "pod/fast/pod-delete.yaml",
+)
+
+
+def stages_dir() -> Path:
+    return bin_dir().parent / "kwok-stages"
+
+
 def build_kwok(out: Path, work: Path) -> None:
-    env_gobin = out
-    print(f"+ GOBIN={env_gobin} go install sigs.k8s.io/kwok/cmd/kwok@{versions.KWOK_VERSION}", flush=True)
-    env = _go_env() | {"GOBIN": str(env_gobin), "GOFLAGS": ""}
+    module = f"sigs.k8s.io/kwok@{versions.KWOK_VERSION}"
+    print(f"+ GOBIN={out} go install sigs.k8s.io/kwok/cmd/kwok@{versions.KWOK_VERSION}", flush=True)
+    env = _go_env() | {"GOBIN": str(out), "GOFLAGS": ""}
     subprocess.run(
         ["go", "install", "-trimpath", "-ldflags=-s -w", f"sigs.k8s.io/kwok/cmd/kwok@{versions.KWOK_VERSION}"],
         cwd=work,
         env=env,
         check=True,
     )
+    info = subprocess.run(
+        ["go", "mod", "download", "-json", module], cwd=work, env=env, check=True, capture_output=True, text=True
+    )
+    module_dir = Path(json.loads(info.stdout)["Dir"])
+    stages_dir().mkdir(parents=True, exist_ok=True)
+    for rel in KWOK_STAGE_FILES:
+        shutil.copyfile(module_dir / "kustomize" / "stage" / rel, stages_dir() / Path(rel).name)
 
 
 def build(force: bool = False) -> Path:
@@ -159,10 +207,13 @@ def build(force: bool = False) -> Path:
         step(out, work)
         timings[name] = round(time.monotonic() - started, 1)
         print(f"built {name} in {timings[name]} s", flush=True)
-    still_missing = missing_binaries(out)
+    still_missing = _absent(out)
     if still_missing:
         raise SystemExit(f"build finished but these binaries are missing: {still_missing}")
-    print(json.dumps({"bin_dir": str(out), "built_seconds": timings}), flush=True)
+    info = {"bin_dir": str(out), "built_seconds": timings, "kubernetes": versions.KUBERNETES_VERSION,
+            "etcd": versions.ETCD_VERSION, "kwok": versions.KWOK_VERSION}
+    (out / STAMP).write_text(json.dumps(info, indent=2))
+    print(json.dumps(info), flush=True)
     return out
 
 
