@@ -1,0 +1,64 @@
+"""Adapter: one version of one task's LoRA adapter on one BaseModel.
+
+An Adapter comes from the ModelStore (``source``) or, in a later issue, from
+a training Job (``training``). The operator verifies the stored manifest and
+checks that the adapter was trained on exactly the BaseModel's checksum.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ConfigDict, Field
+
+from .common_types import DNS_LABEL, RELATIVE_PATH_RULE, STORE_SEGMENT, ApiModel, Condition, cel, condition_map_rules
+
+
+class AdapterSource(ApiModel):
+    owner: str = Field(default="default", pattern=STORE_SEGMENT, max_length=63, description="ModelStore owner.")
+    store_name: str = Field(alias="storeName", pattern=STORE_SEGMENT, max_length=128,
+                            description="Adapter name in the ModelStore.")
+    path: str | None = Field(default=None, max_length=1024, description="Version dir relative to the store root (default: derived).",
+                             json_schema_extra={"x-kubernetes-validations": [RELATIVE_PATH_RULE]})
+
+
+class AdapterSpec(ApiModel):
+    base_model_ref: str = Field(alias="baseModelRef", pattern=DNS_LABEL, max_length=63,
+                                description="Name of the BaseModel (same namespace) this adapter was trained on.")
+    task: str = Field(pattern=r"^[a-z0-9]([-_a-z0-9]*[a-z0-9])?$", max_length=63,
+                      description="Task name clients call, e.g. synthesizer.")
+    version: str = Field(pattern=STORE_SEGMENT, max_length=128, description="Adapter version in the ModelStore.")
+    source: AdapterSource | None = Field(default=None, description="Take the adapter from the ModelStore.")
+    training: dict[str, Any] | None = Field(
+        default=None, description="Train the adapter with a Job (defined by the training issue).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("has(self.source) != has(self.training)", "adapter needs exactly one of spec.source or spec.training"),
+    ]})
+
+
+class AdapterStatus(ApiModel):
+    phase: str | None = Field(default=None, description="Pending, Verifying, Ready, Degraded or Failed.")
+    store_path: str | None = Field(default=None, alias="storePath")
+    checksum: str | None = Field(default=None)
+    base_checksum: str | None = Field(default=None, alias="baseChecksum",
+                                      description="Base checksum recorded in the adapter manifest.")
+    size_bytes: int | None = Field(default=None, alias="sizeBytes")
+    vram_mib: int | None = Field(default=None, alias="vramMiB", description="VRAM the loaded adapter takes (MiB).")
+    rank: int | None = None
+    job: str | None = None
+    attempts: int = 0
+    next_retry: str | None = Field(default=None, alias="nextRetry")
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=condition_map_rules())
+
+
+PRINTER_COLUMNS = [
+    {"name": "Task", "type": "string", "jsonPath": ".spec.task"},
+    {"name": "Base", "type": "string", "jsonPath": ".spec.baseModelRef"},
+    {"name": "Version", "type": "string", "jsonPath": ".spec.version"},
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "VRAM-MiB", "type": "integer", "jsonPath": ".status.vramMiB"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]

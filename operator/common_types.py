@@ -1,0 +1,141 @@
+"""Types shared by the three loraplane custom resources.
+
+Why pydantic: the models are the single source of truth. The CRD schemas in
+``crds/`` are generated from them (``crdgen``), and the operator parses the
+objects it reads with the same models, so a field can never exist on one side
+only. Field descriptions become the ``kubectl explain`` text.
+
+CEL rules that span several fields live next to the type they constrain, in
+``json_schema_extra={"x-kubernetes-validations": [...]}``; ``crdgen`` copies
+them into the schema verbatim so the API server refuses bad input with a
+message naming the field.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GROUP = "loraplane.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+CATEGORY = "loraplane"
+
+#: Variants a worker can load (see ``loraplane.worker.desired.Variant``).
+KNOWN_VARIANTS = ("fp16", "bf16", "fp32", "bnb-int8", "bnb-4bit")
+Variant = Literal["fp16", "bf16", "fp32", "bnb-int8", "bnb-4bit"]
+
+#: A DNS-1123 label: names of Kubernetes objects we reference.
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: Store names / versions / owners: the ModelStore's own path segments.
+STORE_SEGMENT = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+#: CEL: a relative path inside the store, never escaping it.
+RELATIVE_PATH_RULE = {
+    "rule": "!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)')",
+    "message": "must be a relative path inside the store without '..' segments",
+}
+
+
+def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict:
+    """One ``x-kubernetes-validations`` entry; ``fieldPath`` makes the API
+    server name the offending field in its error instead of the parent."""
+    out = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    if reason:
+        out["reason"] = reason
+    return out
+
+
+class ApiModel(BaseModel):
+    """Base for all API types: camelCase on the wire, unknown fields refused
+    (the CRD schema is structural, so the API server prunes them anyway)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ConditionStatus(str, Enum):
+    true = "True"
+    false = "False"
+    unknown = "Unknown"
+
+
+class Condition(ApiModel):
+    """The Kubernetes condition convention, so ``kubectl wait
+    --for=condition=Ready``, Argo CD and Flux health checks work."""
+
+    type: str = Field(description="Ready, Progressing or Degraded.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(default="", description="CamelCase machine-readable reason.")
+    message: str = Field(default="", description="Human-readable detail.")
+    last_transition_time: str | None = Field(
+        default=None, alias="lastTransitionTime", description="RFC 3339 time the status last changed."
+    )
+    observed_generation: int | None = Field(
+        default=None, alias="observedGeneration", description="metadata.generation this condition was computed for."
+    )
+
+
+class SecretKeyRef(ApiModel):
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="Secret name in the resource's namespace.")
+    key: str = Field(default="token", min_length=1, description="Key inside the Secret.")
+
+
+class PvcVolume(ApiModel):
+    claim_name: str = Field(alias="claimName", min_length=1, description="PersistentVolumeClaim holding the store.")
+    read_only: bool = Field(default=True, alias="readOnly", description="Mount read-only (workers never write).")
+
+
+class HostPathVolume(ApiModel):
+    path: str = Field(min_length=1, max_length=1024, description="Absolute directory on every GPU node holding the store.",
+                      json_schema_extra={"x-kubernetes-validations": [
+                          cel("self.startsWith('/')", "hostPath.path must be absolute")]})
+
+
+class StoreVolume(ApiModel):
+    """Where the ModelStore lives for pods: exactly one of a PVC or a host path."""
+
+    persistent_volume_claim: PvcVolume | None = Field(default=None, alias="persistentVolumeClaim")
+    host_path: HostPathVolume | None = Field(default=None, alias="hostPath")
+    mount_path: str = Field(default="/models", alias="mountPath", max_length=1024,
+                            description="Where the store is mounted in pods (MODEL_STORE_ROOT).",
+                            json_schema_extra={"x-kubernetes-validations": [
+                                cel("self.startsWith('/')", "store.mountPath must be absolute")]})
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("has(self.persistentVolumeClaim) != has(self.hostPath)",
+            "store needs exactly one of persistentVolumeClaim or hostPath"),
+    ]})
+
+
+class Toleration(ApiModel):
+    """Subset of core/v1 Toleration the placement core understands."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, alias="tolerationSeconds")
+
+
+class NodeSelectorRequirement(ApiModel):
+    key: str = Field(min_length=1)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
+    values: list[str] = Field(default_factory=list)
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("(self.operator in ['Exists', 'DoesNotExist']) == (size(self.values) == 0)",
+            "values must be empty for Exists/DoesNotExist and non-empty otherwise"),
+    ]})
+
+
+class NodeSelectorTerm(ApiModel):
+    match_expressions: list[NodeSelectorRequirement] = Field(default_factory=list, alias="matchExpressions")
+
+
+def condition_map_rules() -> dict:
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}

@@ -1,0 +1,122 @@
+"""WorkerPool: warm inference workers for one BaseModel and a set of routes.
+
+A route maps a task (the ``model`` clients ask for) to adapter backends with
+integer weights; a canary is a weight. The pool places one Pod per worker on
+a (node, GPU) with enough VRAM headroom, so several workers share a 24 GiB
+card when they fit.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field
+
+from .common_types import (
+    DNS_LABEL, ApiModel, Condition, NodeSelectorTerm, StoreVolume, Toleration, Variant, cel, condition_map_rules,
+)
+
+TASK_KEY = r"^[a-z0-9]([-_a-z0-9]*[a-z0-9])?$"
+
+
+class RouteBackend(ApiModel):
+    adapter: str = Field(pattern=DNS_LABEL, max_length=63, description="Name of an Adapter in the pool's namespace.")
+    weight: int = Field(ge=0, le=100, description="Share of the task's requests, 0..100; a route sums to 100.")
+
+
+Route = Annotated[list[RouteBackend], Field(
+    min_length=1, max_length=16,
+    json_schema_extra={"x-kubernetes-validations": [
+        cel("self.map(b, b.weight).sum() == 100", "route weights must sum to 100"),
+        cel("self.all(b, self.exists_one(c, c.adapter == b.adapter))",
+            "an adapter may appear only once in a route"),
+        cel("self.exists(b, b.weight > 0)", "a route needs at least one backend with weight > 0"),
+    ]},
+)]
+
+
+class GpuSelection(ApiModel):
+    product: str | None = Field(default=None, min_length=1, max_length=128,
+                                description="Required nvidia.com/gpu.product label value, e.g. NVIDIA-GeForce-RTX-3090.")
+    min_memory_mib: int | None = Field(default=None, alias="minMemoryMiB", ge=1,
+                                       description="Only GPUs with at least this much memory (nvidia.com/gpu.memory).")
+    headroom_mib: int = Field(default=1024, alias="headroomMiB", ge=0, le=65536,
+                              description="Slack kept free per worker for CUDA context and fragmentation.")
+    kv_cache_mib: int = Field(default=2048, alias="kvCacheMiB", ge=0, le=262144,
+                              description="KV-cache budget per worker (Mistral-7B fp16: 512 MiB per 4k tokens).")
+    policy: Literal["binpack", "spread"] = Field(
+        default="binpack", description="binpack: fill GPUs before opening new ones; spread: most free GPU first.")
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector",
+                                          description="Node labels a worker's node must carry.")
+    node_affinity: list[NodeSelectorTerm] = Field(
+        default_factory=list, alias="nodeAffinity", max_length=8,
+        description="Required node selector terms (ORed), as in requiredDuringSchedulingIgnoredDuringExecution.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+
+
+class Resources(ApiModel):
+    cpu: str = Field(default="2", description="CPU request of a worker.")
+    memory: str = Field(default="16Gi", description="Memory request of a worker (base weights pass through RAM).")
+
+
+class WorkerPoolSpec(ApiModel):
+    base_model_ref: str = Field(alias="baseModelRef", pattern=DNS_LABEL, max_length=63,
+                                description="Name of the BaseModel (same namespace).")
+    variants: list[Variant] = Field(
+        default_factory=lambda: ["bnb-int8", "fp16"], min_length=1, max_length=5,
+        description="Variant preference: the first the BaseModel offers and that fits; later ones are fallbacks.",
+        json_schema_extra={"x-kubernetes-list-type": "set", "default": ["bnb-int8", "fp16"]})
+    replicas: int = Field(default=1, ge=0, le=1000, description="Number of workers.")
+    gpu: GpuSelection = Field(default_factory=GpuSelection, json_schema_extra={"default": {}}, description="GPU selection and placement policy.")
+    routes: dict[str, Route] = Field(
+        default_factory=dict, max_length=256,
+        description="task -> adapter backends with integer weights summing to 100.",
+        json_schema_extra={"x-kubernetes-validations": [
+            cel(f"self.all(t, t.matches('{TASK_KEY}'))", "routes keys must be task names (lowercase, digits, - and _)"),
+        ]})
+    image: str | None = Field(default=None, min_length=1, description="Worker image (default: the operator's).")
+    store: StoreVolume | None = Field(default=None, description="Store volume (default: the BaseModel's).")
+    resources: Resources = Field(default_factory=Resources, json_schema_extra={"default": {}})
+    port: int = Field(default=8000, ge=1, le=65535, description="Worker HTTP port (OpenAI-compatible).")
+    max_adapters: int | None = Field(default=None, alias="maxAdapters", ge=1, le=1024,
+                                     description="Refuse pools routing to more distinct adapters than this.")
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("!has(self.maxAdapters) || self.routes.map(t, size(self.routes[t])).sum() <= self.maxAdapters",
+            "routes name more adapter backends than maxAdapters allows", field_path=".routes"),
+    ]})
+
+
+class WorkerStatus(ApiModel):
+    pod: str
+    node: str | None = None
+    gpu: int | None = None
+    vram_mib: int | None = Field(default=None, alias="vramMiB")
+    variant: str | None = None
+    phase: str | None = None
+    ready: bool = False
+    loaded: list[str] = Field(default_factory=list)
+    failed: dict[str, str] = Field(default_factory=dict)
+
+
+class WorkerPoolStatus(ApiModel):
+    replicas: int = 0
+    ready_replicas: int = Field(default=0, alias="readyReplicas")
+    unplaced: int = Field(default=0, description="Workers waiting for a GPU with enough free VRAM.")
+    selector: str | None = Field(default=None, description="Label selector of the pool's pods (scale subresource).")
+    variant: str | None = Field(default=None, description="Preferred variant in effect.")
+    need_mib: int | None = Field(default=None, alias="needMiB", description="VRAM reserved per worker.")
+    workers: list[WorkerStatus] = Field(default_factory=list)
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=condition_map_rules())
+
+
+PRINTER_COLUMNS = [
+    {"name": "Base", "type": "string", "jsonPath": ".spec.baseModelRef"},
+    {"name": "Variant", "type": "string", "jsonPath": ".status.variant"},
+    {"name": "Desired", "type": "integer", "jsonPath": ".spec.replicas"},
+    {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+    {"name": "Unplaced", "type": "integer", "jsonPath": ".status.unplaced"},
+    {"name": "Status", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].reason"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
