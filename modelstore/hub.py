@@ -4,8 +4,10 @@ Why: the base checkpoint must come from a known commit, downloaded once,
 then go through exactly the same stage/fsync/rename path as a local
 directory. The download lands in ``<root>/.downloads/<unique>`` (same
 filesystem as the store, removed afterwards). Network failures become a
-StoreError quickly: ``etag_timeout`` is short and ``HF_HUB_OFFLINE=1``
-makes huggingface_hub fail at once instead of retrying.
+StoreError quickly: a single ``model_info`` probe with a short timeout runs
+before the (retrying) snapshot download, and ``HF_HUB_OFFLINE=1`` makes
+huggingface_hub fail at once. The manifest's source records the resolved
+commit sha, so ``main`` becomes a pinned revision in the store.
 """
 
 from __future__ import annotations
@@ -22,20 +24,28 @@ PINNED = re.compile(r"^[0-9a-f]{40}$")
 
 
 def download_snapshot(repo_id: str, revision: str, token: str | None, dest: Path,
-                      endpoint: str | None = None, timeout: float = 10.0) -> Path:
-    """snapshot_download into ``dest`` (plain files, no symlinks into a cache)."""
+                      endpoint: str | None = None, timeout: float = 10.0) -> tuple[Path, str]:
+    """snapshot_download into ``dest`` (plain files, no cache symlinks); (dir, commit sha)."""
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import HfApi, snapshot_download
     except ImportError as e:  # pragma: no cover - declared dependency
         raise StoreError(f"huggingface_hub is not installed: {e}") from None
+    # One plain request first (no retry loop): fails in seconds when the hub is
+    # unreachable, names 401/404 (gated repo, wrong revision) clearly, and
+    # resolves a branch or tag to the commit sha that is then downloaded.
+    try:
+        info = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision, token=token, timeout=timeout)
+    except Exception as e:
+        raise StoreError(f"cannot download hf:{repo_id}@{revision}: {type(e).__name__}: {e}") from None
+    sha = getattr(info, "sha", None) or revision
     try:
         path = snapshot_download(
-            repo_id=repo_id, revision=revision, token=token, local_dir=str(dest),
+            repo_id=repo_id, revision=sha, token=token, local_dir=str(dest),
             endpoint=endpoint, etag_timeout=timeout, max_workers=4,
         )
     except Exception as e:  # huggingface_hub raises many types; all mean "not fetched"
-        raise StoreError(f"cannot download hf:{repo_id}@{revision}: {type(e).__name__}: {e}") from None
-    return Path(path)
+        raise StoreError(f"cannot download hf:{repo_id}@{sha}: {type(e).__name__}: {e}") from None
+    return Path(path), sha
 
 
 def publish_from_hub(store, repo_id: str, revision: str, token: str | None = None, *,
@@ -51,8 +61,8 @@ def publish_from_hub(store, repo_id: str, revision: str, token: str | None = Non
     downloads.mkdir(parents=True, exist_ok=True)
     dest = downloads / f"{name}-{version}-{uuid.uuid4().hex[:12]}"
     try:
-        src = download_snapshot(repo_id, revision, token, dest, endpoint=endpoint)
+        src, sha = download_snapshot(repo_id, revision, token, dest, endpoint=endpoint)
         return store.publish(src, owner=owner, kind=kind, name=name, version=version,
-                             source=f"hf:{repo_id}@{revision}", progress=progress, **publish_kwargs)
+                             source=f"hf:{repo_id}@{sha}", progress=progress, **publish_kwargs)
     finally:
         shutil.rmtree(dest, ignore_errors=True)
