@@ -177,11 +177,13 @@ def _train(cfg: TrainConfig, store, reporter: ProgressReporter) -> TrainResult:
         ckpt.save(ckpt_root, step, get_peft_model_state_dict(model), optimizer, scheduler, {
             "fingerprint": fp, "train_loss_history": history, "eval_loss_history": eval_history,
             "tokens_trained": prior_tokens + tokens, "train_seconds": prior_seconds + (time.monotonic() - t_loop),
-            "eval_loss_initial": eval_initial,
+            "eval_loss_initial": eval_initial, "log_window": [window_loss, window_n],
         })
 
     model.train()
     tokens, window_loss, window_n = 0, 0.0, 0
+    if resumed_from is not None:  # the unlogged steps before the stop still count in the next line
+        window_loss, window_n = found.meta.get("log_window", [0.0, 0])
     t_loop = time.monotonic()
     step = start
     stop_at = min(total, cfg.stop_after_steps) if cfg.stop_after_steps else total
@@ -254,7 +256,7 @@ def _train(cfg: TrainConfig, store, reporter: ProgressReporter) -> TrainResult:
         reporter.report(step, "publishing", loss=summary["train_loss"]["final"], eval_loss=eval_final)
         manifest = store.publish(adapter_dir, owner=cfg.owner, kind="adapter", name=cfg.name, version=cfg.version,
                                  force=cfg.force, source=f"local:{adapter_dir}", task=cfg.task,
-                                 base_name=base.name, base_version=base.version)
+                                 base_name=base.name, base_version=base.version, base_owner=base.owner)
     reporter.report(step, "succeeded", loss=summary["train_loss"]["final"], eval_loss=eval_final, final=True,
                     adapterDir=str(adapter_dir), published=bool(manifest),
                     checksum=getattr(manifest, "checksum", None))

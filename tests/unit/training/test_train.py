@@ -1,0 +1,141 @@
+"""End-to-end trainer runs on CPU with the tiny Mistral (a few seconds each)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+
+from loraplane.training.config import build_config
+from loraplane.training.dataset import DatasetError
+from loraplane.training.summary import REQUIRED, SUMMARY_FILE
+from loraplane.training.trainer import train
+
+FAST = dict(batch_size=4, seq_len=48, learning_rate=5e-3, lr_scheduler="constant", logging_steps=2, save_steps=100,
+            eval_split=0.2, dropout=0.0, r=8, alpha=16, seed=0)
+
+
+@pytest.fixture
+def store(tmp_path, tiny_base_dir):
+    from loraplane.modelstore import ModelStore
+
+    s = ModelStore(tmp_path / "store")
+    s.publish(tiny_base_dir, owner="default", kind="base", name="tiny", version="v1")
+    return s
+
+
+def _lines(out: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_trains_publishes_and_the_adapter_changes_outputs(tmp_path, store, dataset_file, tiny_base_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = build_config({**FAST, "base": "default/tiny@v1", "dataset": [dataset_file], "store_root": store.root,
+                        "output_dir": tmp_path / "out", "max_steps": 24, "publish": True, "name": "facts",
+                        "version": "v1", "task": "facts"})
+    out = io.StringIO()
+    res = train(cfg, store=store, out=out)
+
+    s = res.summary
+    assert not (set(REQUIRED) - set(s))
+    assert s["train_loss"]["final"] < 0.75 * s["train_loss"]["first"]  # it learned
+    assert s["eval_loss"]["final"] < s["eval_loss"]["initial"]
+    assert s["base"]["checksum"] == store.resolve("default", "base", "tiny", "v1").manifest.checksum
+    assert s["steps"] == {"total": 24, "completed": 24, "resumed_from": None}
+    assert s["dataset"]["sha256"] and s["hyperparameters"]["r"] == 8 and s["library_versions"]["peft"]
+    assert s["duration_seconds"] > 0 and s["tokens_trained"] > 0
+
+    lines = _lines(out)
+    training = [r for r in lines if r["phase"] == "training"]
+    assert [r["step"] for r in training] == list(range(2, 25, 2))
+    assert all(r["totalSteps"] == 24 and r["tokensPerSecond"] > 0 and r["etaSeconds"] is not None for r in training)
+    assert lines[-1]["phase"] == "succeeded" and lines[-1]["published"] is True
+
+    sv = store.resolve("default", "adapter", "facts")
+    assert sv.version == "v1" and (sv.path / SUMMARY_FILE).is_file()
+    assert sv.manifest.adapter.base_checksum == s["base"]["checksum"]
+    assert store.verify("default", "adapter", "facts", "v1").ok
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_base_dir, dtype=torch.float32).eval()
+    ids = torch.tensor([[4, 40, 41, 5]])
+    before = _logits(base, ids)
+    tuned = PeftModel.from_pretrained(base, sv.path).eval()
+    assert not torch.allclose(before, _logits(tuned, ids), atol=1e-4)
+
+
+def test_bad_dataset_names_the_line_and_publishes_nothing(tmp_path, store, dataset_file):
+    lines = dataset_file.read_text().splitlines()
+    lines[6] = json.dumps({"messages": [{"role": "user", "content": "only a question"}]})
+    dataset_file.write_text("\n".join(lines) + "\n")
+    cfg = build_config({**FAST, "base": "tiny", "dataset": [dataset_file], "store_root": store.root,
+                        "output_dir": tmp_path / "out", "max_steps": 2, "publish": True, "name": "facts",
+                        "version": "v1"})
+    out = io.StringIO()
+    with pytest.raises(DatasetError, match=r"train\.jsonl:7: no assistant message"):
+        train(cfg, store=store, out=out)
+    assert _lines(out)[-1]["phase"] == "failed"
+    assert store.list_versions("default", "adapter", "facts") == [] if hasattr(store, "list_versions") else True
+    assert not (store.root / "default" / "adapters" / "facts" / "versions" / "v1").exists()
+    assert not (tmp_path / "out" / "adapter").exists()
+
+
+def test_cli_reports_bad_dataset_with_exit_code_2(tmp_path, tiny_base_dir, capsys):
+    from loraplane.cli import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a"}\n')
+    rc = main(["train", "--base-dir", str(tiny_base_dir), "--dataset", str(bad), "--output-dir", str(tmp_path / "o")])
+    assert rc == 2 and "bad.jsonl:2: missing field 'output'" in capsys.readouterr().err
+
+
+def test_resume_continues_at_the_saved_step_and_matches_an_unbroken_run(tmp_path, tiny_base_dir, dataset_file):
+    from safetensors.torch import load_file
+
+    common = {**FAST, "base_dir": tiny_base_dir, "dataset": [dataset_file], "max_steps": 6, "dropout": 0.1,
+              "grad_accum": 2}
+    whole = train(build_config({**common, "output_dir": tmp_path / "whole"}), out=io.StringIO())
+
+    sliced = build_config({**common, "output_dir": tmp_path / "sliced", "stop_after_steps": 3})
+    first = train(sliced, out=io.StringIO())
+    assert first.stopped_early and first.step == 3 and first.adapter_dir is None
+    ckpts = tmp_path / "sliced" / "checkpoints"
+    assert (ckpts / "latest").read_text() == "step-3"
+    assert json.loads((ckpts / "step-3" / "meta.json").read_text())["step"] == 3
+
+    out = io.StringIO()
+    rest = train(sliced.model_copy(update={"stop_after_steps": None}), out=out)
+    assert rest.summary["steps"]["resumed_from"] == 3
+    assert [r["step"] for r in _lines(out) if r["phase"] == "training" and "loss" in r and r["loss"]] == [4, 6]
+    a = load_file(whole.adapter_dir / "adapter_model.safetensors")
+    b = load_file(rest.adapter_dir / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert rest.summary["train_loss"]["history"] == whole.summary["train_loss"]["history"]
+
+
+def test_checkpoint_from_another_run_is_refused(tmp_path, tiny_base_dir, dataset_file):
+    from loraplane.training.checkpoint import CheckpointError
+
+    common = {**FAST, "base_dir": tiny_base_dir, "dataset": [dataset_file], "output_dir": tmp_path / "o",
+              "max_steps": 2, "stop_after_steps": 1}
+    train(build_config(common), out=io.StringIO())
+    with pytest.raises(CheckpointError, match="different run"):
+        train(build_config({**common, "learning_rate": 1e-2}), out=io.StringIO())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA refusal")
+def test_qlora_without_cuda_is_a_clear_error(tmp_path, tiny_base_dir, dataset_file):
+    from loraplane.training.modeling import MethodUnavailable
+
+    cfg = build_config({**FAST, "method": "qlora", "base_dir": tiny_base_dir, "dataset": [dataset_file],
+                        "output_dir": tmp_path / "o", "max_steps": 1})
+    with pytest.raises(MethodUnavailable, match="qlora needs a CUDA GPU"):
+        train(cfg, out=io.StringIO())
