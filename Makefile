@@ -3,6 +3,10 @@
 # modules), reusing the pip, Go module and Go build caches when present.
 
 PYTHON ?= python3
+# The repository root holds the fixed folder `operator/`; with the current
+# directory first on sys.path, `python -m ...` would import it instead of the
+# standard library's `operator`. Python >= 3.11 leaves the cwd out with this.
+export PYTHONSAFEPATH := 1
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
@@ -26,8 +30,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --progress-bar off -e ".[dev]"
 	touch $@
 
-control-plane:
-	$(PYTHON) -m loraplane.devcluster.build
+control-plane: venv
+	$(PY) -m loraplane.devcluster.build
 
 dev-cluster-up: venv control-plane
 	$(VENV)/bin/loraplane dev-cluster up

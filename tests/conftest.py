@@ -14,6 +14,11 @@ from pathlib import Path
 
 import pytest
 
+# Subprocesses started by tests (`python -m loraplane...`) run from the
+# repository root, where the folder `operator/` would shadow the standard
+# library's `operator` if the cwd were on sys.path.
+os.environ.setdefault("PYTHONSAFEPATH", "1")
+
 SUITES = ("unit", "cluster", "gpu", "kind")
 TESTS_DIR = Path(__file__).parent
 
