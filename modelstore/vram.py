@@ -8,7 +8,7 @@ with fp16 = 2.0 bytes/param, bnb-int8 = 1.05 (int8 weights plus per-row
 scales and the fp16 layers bitsandbytes leaves unquantized), bnb-4bit = 0.55
 (NF4 nibbles plus block absmax constants and unquantized norms/embeddings),
 and OVERHEAD_MIB = 512 for the CUDA context and cuBLAS workspace. For
-Mistral-7B (7.25e9 parameters) this gives ~14.3 GiB fp16, ~7.6 GiB int8 and
+Mistral-7B (7.25e9 parameters) this gives ~14.0 GiB fp16, ~7.6 GiB int8 and
 ~4.2 GiB 4-bit, in line with the seeds' "~6-9 GB int8 on a 3090". It covers
 weights only: KV cache and activations are budgeted separately by the
 operator. The parameter count comes from safetensors headers (8-byte length
