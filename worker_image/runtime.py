@@ -1,0 +1,278 @@
+"""The worker: base model + engine + the adapter set reconciled to the desired
+document, and the status it reports.
+
+Why reconcile in this order — load new adapters, then switch routes, then
+drain and unload removed ones: while a new version loads, the old routes keep
+serving; once routes switch, the old version gets no new requests and is
+freed only after its last in-flight request finishes. A hot swap therefore
+never fails a request and never reloads the base.
+
+Readiness: ready once the base is loaded and the current generation has been
+reconciled, every desired adapter being either loaded or refused. A refused
+(e.g. corrupted) adapter is never served and is reported in ``failed`` so
+the operator can act; it does not take healthy versions of the pool out of
+service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from .desired import AdapterRef, DesiredState, WorkerStatus
+from .routing import BASE_ADAPTER, Choice, RouteError, choose
+
+log = logging.getLogger(__name__)
+
+FAULT_DELAY_ENV = "LORAPLANE_FAULT_ADAPTER_DELAY_MS"
+FAULT_ERROR_ENV = "LORAPLANE_FAULT_ADAPTER_ERROR_RATE"
+
+
+def parse_faults(text: str | None) -> dict[str, float]:
+    """``"synth-v2=250,synth-v1=0"`` -> {"synth-v2": 250.0, ...}. Test-only knob."""
+    out: dict[str, float] = {}
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"fault setting {part!r} is not name=value")
+        out[name.strip()] = float(value)
+    return out
+
+
+@dataclass
+class WorkerConfig:
+    store_root: str | None = None
+    device: str = "cpu"
+    max_batch_size: int = 16
+    max_wait_ms: float = 5.0
+    max_prompt_tokens: int = 2048
+    max_tokens_limit: int = 1024
+    request_timeout_s: float = 120.0
+    verify_full: bool = True
+    fault_delay_ms: dict[str, float] = field(default_factory=dict)
+    fault_error_rate: dict[str, float] = field(default_factory=dict)
+    fault_seed: int | None = None
+
+    @classmethod
+    def faults_from_env(cls, **kw) -> "WorkerConfig":
+        return cls(fault_delay_ms=parse_faults(os.environ.get(FAULT_DELAY_ENV)),
+                   fault_error_rate=parse_faults(os.environ.get(FAULT_ERROR_ENV)), **kw)
+
+
+class AdapterRefused(Exception):
+    pass
+
+
+class Worker:
+    def __init__(self, cfg: WorkerConfig, metrics=None, reporter: Callable[[WorkerStatus], Awaitable[None]] | None = None):
+        from .metrics import WorkerMetrics
+
+        self.cfg = cfg
+        self.metrics = metrics or WorkerMetrics()
+        self.reporter = reporter
+        self.engine = None
+        self.bank = None
+        self.tokenizer = None
+        self.base_ref = None
+        self.base_manifest = None
+        self.variant: str | None = None
+        self.variant_reason: str | None = None
+        self.served: dict[str, AdapterRef] = {}  # loaded and routable
+        self.checksums: dict[str, str] = {}
+        self.failed: dict[str, str] = {}
+        self.applied: DesiredState | None = None
+        self.routes: dict[str, list[tuple[str, int]]] = {}
+        self.reconciled = False
+        self.draining = False
+        self._lock = asyncio.Lock()
+        self._rng = random.Random(cfg.fault_seed)
+        self._route_rng = random.Random()
+        self._unloads: set[asyncio.Future] = set()
+
+    # ---------------------------------------------------------------- state
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None and self.reconciled and not self.draining
+
+    def status(self) -> WorkerStatus:
+        return WorkerStatus(variant=self.variant, loaded=sorted(self.served), failed=dict(self.failed),
+                            ready=self.ready, generation=self.applied.generation if self.applied else 0)
+
+    def base_names(self) -> list[str]:
+        return [self.base_ref.name] if self.base_ref else []
+
+    # ------------------------------------------------------------ reconcile
+    async def apply(self, desired: DesiredState) -> WorkerStatus:
+        async with self._lock:
+            # readiness is not withdrawn during a later reconcile: the old set keeps serving meanwhile
+            try:
+                await self._apply(desired)
+            finally:
+                self.metrics.ready.set(1 if self.ready else 0)
+            st = self.status()
+        if self.reporter:
+            try:
+                await self.reporter(st)
+            except Exception as e:  # noqa: BLE001 - reporting must not stop serving
+                log.warning("could not report status: %s", e)
+        return st
+
+    async def _apply(self, desired: DesiredState) -> None:
+        loop = asyncio.get_running_loop()
+        if self.engine is None:
+            try:
+                await loop.run_in_executor(None, self._load_base, desired)
+                self.failed.pop(BASE_ADAPTER, None)
+            except Exception as e:  # noqa: BLE001
+                self.failed[BASE_ADAPTER] = f"base {desired.base.name}@{desired.base.version}: {e}"
+                log.error("%s", self.failed[BASE_ADAPTER])
+                self.applied = desired
+                return
+        elif (desired.base.owner, desired.base.name, desired.base.version, desired.base.variant) != (
+            self.base_ref.owner, self.base_ref.name, self.base_ref.version, self.base_ref.variant
+        ):
+            # Changing the base is a new worker, not a swap: report, keep serving the old set.
+            self.failed[BASE_ADAPTER] = (
+                f"desired base {desired.base.name}@{desired.base.version} ({desired.base.variant}) differs from the "
+                f"loaded {self.base_ref.name}@{self.base_ref.version} ({self.base_ref.variant}); restart the worker"
+            )
+            self.applied = desired
+            return
+        wanted = {a.name: a for a in desired.adapters}
+        # 1. load new names and names whose content changed (a refused one is retried only when its ref changes)
+        for name, ref in wanted.items():
+            key = f"{ref.owner}/{ref.store_name}@{ref.version}#{ref.checksum}"
+            if name in self.served and self.checksums.get(name) == key:
+                continue
+            if name in self.failed and self.failed[name].startswith(key + ": "):
+                continue
+            t0 = time.perf_counter()
+            try:
+                lora = await loop.run_in_executor(None, self._read_adapter, ref)
+                if name in self.served:  # same name, new content: drain the old one first
+                    self.served.pop(name)
+                    await asyncio.wrap_future(self.engine.unload_when_idle(name))
+                await asyncio.wrap_future(self.engine.call(lambda lora=lora: self.bank.install(lora)))
+            except Exception as e:  # noqa: BLE001 - refused, reported, never served
+                reason = f"{key}: {e}"
+                self.failed[name] = reason
+                self.served.pop(name, None)
+                self.metrics.adapter_load_failures.labels(name, type(e).__name__).inc()
+                log.error("adapter %s refused: %s", name, reason)
+                continue
+            self.metrics.adapter_load.observe(time.perf_counter() - t0)
+            self.failed.pop(name, None)
+            self.served[name] = ref
+            self.checksums[name] = key
+        for name in list(self.failed):
+            if name != BASE_ADAPTER and name not in wanted:
+                self.failed.pop(name)
+        # 2. switch routes (atomic on the event loop: no await between these lines)
+        self.applied = desired
+        self.routes = {t: [(b.adapter, b.weight) for b in bs] for t, bs in desired.routes.items()}
+        removed = [n for n in self.served if n not in wanted]
+        for n in removed:
+            self.served.pop(n)
+            self.checksums.pop(n, None)
+        # 3. drain and free removed versions in the background
+        for n in removed:
+            fut = asyncio.wrap_future(self.engine.unload_when_idle(n))
+            self._unloads.add(fut)
+            fut.add_done_callback(self._unloaded)
+        self.reconciled = True
+        self._update_adapter_gauges()
+
+    def _unloaded(self, fut) -> None:
+        self._unloads.discard(fut)
+        self._update_adapter_gauges()
+
+    def _update_adapter_gauges(self) -> None:
+        if self.bank is not None:
+            self.metrics.adapters_loaded.set(len(self.bank.adapters))
+            self.metrics.adapter_bytes.set(self.bank.nbytes)
+
+    def _load_base(self, desired: DesiredState) -> None:
+        import torch
+
+        from loraplane.modelstore import ModelStore, verify_dir
+
+        from .engine import Engine
+        from .loader import bnb_problem, compute_dtype, load_base, plan_variant
+        from .lora import LoraBank
+
+        t0 = time.perf_counter()
+        ref = desired.base
+        store = ModelStore(self.cfg.store_root)
+        sv = store.resolve(ref.owner, "base", ref.name, ref.version)
+        if ref.checksum and sv.manifest.checksum != ref.checksum:
+            raise AdapterRefused(f"store checksum {sv.manifest.checksum[:12]} != desired {ref.checksum[:12]}")
+        report = verify_dir(sv.path, full=self.cfg.verify_full)
+        if not report.ok:
+            raise AdapterRefused(f"verification failed: {report.summary()}")
+        device = torch.device(self.cfg.device)
+        plan = plan_variant(ref.variant, device.type, bnb_problem() if ref.variant.startswith("bnb") else None)
+        if plan.reason:
+            log.warning("variant: %s", plan.reason)
+        model, tokenizer = load_base(sv.path, plan.variant, str(device))
+        bank = LoraBank(model, compute_dtype(plan.variant), device)
+        self.engine = Engine(model, tokenizer, bank, device, max_batch_size=self.cfg.max_batch_size,
+                             max_wait_ms=self.cfg.max_wait_ms, observer=self.metrics)
+        self.bank, self.tokenizer, self.base_ref, self.base_manifest = bank, tokenizer, ref, sv.manifest
+        self.variant, self.variant_reason = plan.variant, plan.reason
+        self.metrics.base_load.set(time.perf_counter() - t0)
+
+    def _read_adapter(self, ref: AdapterRef):
+        from loraplane.modelstore import ModelStore, verify_dir
+
+        store = ModelStore(self.cfg.store_root)
+        sv = store.resolve(ref.owner, "adapter", ref.store_name, ref.version)
+        if ref.checksum and sv.manifest.checksum != ref.checksum:
+            raise AdapterRefused(f"store checksum {sv.manifest.checksum[:12]} != desired {ref.checksum[:12]}")
+        report = verify_dir(sv.path, full=True)
+        if not report.ok:
+            raise AdapterRefused(f"verification failed: {report.summary()}")
+        info = sv.manifest.adapter
+        if info is not None and info.base_checksum and self.base_manifest is not None \
+                and info.base_checksum != self.base_manifest.checksum:
+            raise AdapterRefused(f"trained on base {info.base_name}@{info.base_version}, not the loaded base")
+        return self.bank.read(ref.name, sv.path)
+
+    # -------------------------------------------------------------- routing
+    def route(self, model: str, key: str | None = None) -> Choice:
+        if self.draining:
+            raise RouteError(503, "worker is draining (shutting down)")
+        if not self.ready:
+            raise RouteError(503, "worker is not ready: base or desired adapters still loading")
+        tasks = {n: a.task for n, a in self.served.items()}
+        if self.applied:
+            tasks = {a.name: a.task for a in self.applied.adapters} | tasks
+        return choose(model, routes=self.routes, adapter_tasks=tasks, loaded=self.served,
+                      base_names=self.base_names(), rand=self._route_rng.random(), key=key)
+
+    def fault_for(self, adapter: str) -> tuple[float, bool]:
+        """(extra delay seconds, inject an error?) for a request served by ``adapter``."""
+        delay = self.cfg.fault_delay_ms.get(adapter, 0.0) / 1000.0
+        rate = self.cfg.fault_error_rate.get(adapter, 0.0)
+        return delay, (rate > 0 and self._rng.random() < rate)
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop taking requests; wait for in-flight ones. True when all finished."""
+        self.draining = True
+        self.metrics.ready.set(0)
+        deadline = time.monotonic() + timeout
+        while self.engine is not None and self.engine.busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.engine is None or not self.engine.busy
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.stop()
