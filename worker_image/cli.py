@@ -1,0 +1,90 @@
+"""``loraplane worker``: run an inference worker.
+
+The desired document comes from ``--desired-file`` (polled) or the
+ConfigMap named by ``LORAPLANE_DESIRED_CONFIGMAP`` (watched). SIGTERM
+drains: /readyz turns 503 at once (the Service stops sending), new requests
+get 503, in-flight ones finish (up to ``--drain-timeout``), then the process
+exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+
+from .desired import DESIRED_CONFIGMAP_ENV
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store-root", default=os.environ.get("MODEL_STORE_ROOT"), help="ModelStore root (env MODEL_STORE_ROOT)")
+    p.add_argument("--desired-file", default=os.environ.get("LORAPLANE_DESIRED_FILE"),
+                   help=f"desired-state JSON file, polled by mtime (else env {DESIRED_CONFIGMAP_ENV}=<ns>/<name>)")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--max-batch-size", type=int, default=16)
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long an idle engine waits to gather a batch")
+    p.add_argument("--max-prompt-tokens", type=int, default=2048)
+    p.add_argument("--max-tokens-limit", type=int, default=1024)
+    p.add_argument("--request-timeout", type=float, default=120.0, help="seconds")
+    p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight requests on SIGTERM")
+    p.add_argument("--quick-verify-base", action="store_true", help="verify base files by size only (not sha256)")
+    p.add_argument("--log-level", default="INFO")
+
+
+async def _main(args) -> int:
+    from aiohttp import web
+
+    from .runtime import Worker, WorkerConfig
+    from .server import create_app
+    from .sources import ConfigMapSource, FileSource, PodReporter
+
+    device = args.device
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = WorkerConfig.faults_from_env(
+        store_root=args.store_root, device=device, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+        max_prompt_tokens=args.max_prompt_tokens, max_tokens_limit=args.max_tokens_limit,
+        request_timeout_s=args.request_timeout, verify_full=not args.quick_verify_base,
+    )
+    if cfg.fault_delay_ms or cfg.fault_error_rate:
+        logging.warning("TEST FAULTS ENABLED: delay=%s error_rate=%s", cfg.fault_delay_ms, cfg.fault_error_rate)
+    worker = Worker(cfg, reporter=PodReporter())
+    runner = web.AppRunner(create_app(worker), handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, args.host, args.port).start()
+    logging.info("worker listening on %s:%s (device %s)", args.host, args.port, device)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = []
+    cm_ref = os.environ.get(DESIRED_CONFIGMAP_ENV)
+    if args.desired_file:
+        tasks.append(asyncio.create_task(FileSource(args.desired_file, worker.apply).run()))
+    elif cm_ref:
+        ConfigMapSource(cm_ref, worker.apply, loop).start()
+    else:
+        logging.error("no desired state: pass --desired-file or set %s", DESIRED_CONFIGMAP_ENV)
+        await runner.cleanup()
+        return 2
+    await stop.wait()
+    logging.info("draining (up to %.0fs)", args.drain_timeout)
+    clean = await worker.drain(args.drain_timeout)
+    await worker.reporter(worker.status())
+    for t in tasks:
+        t.cancel()
+    await runner.cleanup()
+    worker.close()
+    logging.info("stopped (%s)", "drained" if clean else "drain timed out")
+    return 0 if clean else 1
+
+
+def run(args) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(_main(args))
