@@ -75,6 +75,8 @@ def check_model_store(store, dry_run: bool | None = None, owner: str | None = No
     rep = CheckReport(dry_run=dry)
     bases: dict[tuple[str, str, str], Manifest] = {}
     adapters: list[tuple[str, Manifest]] = []
+    for stray in store.strays(owner):
+        rep.add(str(stray.relative_to(store.root)), "directory name not allowed by the store layout; ignored by list/resolve")
     for o in [owner] if owner else store.owners():
         for kind, kdir in KIND_DIRS.items():
             for name in store.names(o, kind):

@@ -57,6 +57,21 @@ class ListedVersion:
         }
 
 
+def _subdirs(d: Path) -> list[str]:
+    """Names of non-hidden subdirectories of ``d`` (none if ``d`` is absent)."""
+    if not d.is_dir():
+        return []
+    return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _valid(name: str) -> bool:
+    try:
+        validate_part("name", name)
+        return True
+    except StoreError:
+        return False
+
+
 class ModelStore:
     def __init__(self, root: str | Path | None = None):
         root = root if root is not None else os.environ.get(ROOT_ENV)
@@ -87,13 +102,19 @@ class ModelStore:
         return StoredVersion(owner, kind, name, version, vdir, m)
 
     def owners(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        """Valid owner dirs; ``lost+found`` and other invalid names are skipped (see ``strays``)."""
+        return [n for n in _subdirs(self.root) if _valid(n)]
 
     def names(self, owner: str, kind: str) -> list[str]:
-        d = self.layout.kind_dir(owner, kind)
-        return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")) if d.is_dir() else []
+        return [n for n in _subdirs(self.layout.kind_dir(owner, kind)) if _valid(n)]
+
+    def strays(self, owner: str | None = None) -> list[Path]:
+        """Directories whose names the layout does not allow (for ``check`` to report)."""
+        out = [self.root / n for n in _subdirs(self.root) if not _valid(n) and n != "lost+found"] if not owner else []
+        for o in [owner] if owner else self.owners():
+            for k in KIND_DIRS:
+                out += [self.layout.kind_dir(o, k) / n for n in _subdirs(self.layout.kind_dir(o, k)) if not _valid(n)]
+        return out
 
     def versions(self, owner: str, kind: str, name: str) -> list[str]:
         d = self.layout.versions_dir(owner, kind, name)
@@ -176,6 +197,18 @@ class ModelStore:
     ) -> VerifyReport:
         sv = self.resolve(owner, kind, name, version)
         return verify_dir(sv.path, full=full, workers=workers, progress=progress, manifest=sv.manifest)
+
+    def resolve_verified(self, owner: str, kind: str, name: str, version: str | None = None,
+                         full: bool = True, workers: int | None = None) -> StoredVersion:
+        """``resolve`` then ``verify``; StoreError naming the damaged files if not ok.
+
+        What the worker calls before loading: a corrupted adapter is refused.
+        """
+        sv = self.resolve(owner, kind, name, version)
+        rep = verify_dir(sv.path, full=full, workers=workers, manifest=sv.manifest)
+        if not rep.ok:
+            raise StoreError(f"refusing {owner}/{kind}/{name}@{sv.version}: " + rep.summary().replace("\n", ";"))
+        return sv
 
     def check(self, dry_run: bool | None = None, owner: str | None = None, workers: int | None = None):
         from .check import check_model_store

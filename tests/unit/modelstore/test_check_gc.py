@@ -93,3 +93,12 @@ def test_gc_keeps_current_protected_and_used_bases(published, make_tiny_adapter,
     # base v1 is kept although not newest: stored adapters were trained on it.
     assert sorted(r.version for r in published.list(kind="base")) == ["v1", "v2"]
     assert published.check(dry_run=False).ok
+
+
+def test_stray_dirs_do_not_break_list_and_are_reported(published):
+    (published.root / "lost+found").mkdir()  # normal on an ext4 PVC: silently skipped
+    (published.root / "bad owner").mkdir()
+    (published.root / "default/adapters/bad name").mkdir()
+    assert len(published.list()) == 2
+    rep = published.check(dry_run=True)
+    assert sorted(p.where for p in rep.problems) == ["bad owner", "default/adapters/bad name"]

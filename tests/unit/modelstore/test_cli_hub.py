@@ -67,11 +67,43 @@ def test_tty_progress_draws_a_bar():
 
 def test_hub_unreachable_is_a_quick_clear_error(store):
     start = time.monotonic()
-    with pytest.raises(StoreError, match="cannot download hf:mistralai/Mistral-7B-Instruct-v0.3@"):
+    with pytest.raises(StoreError, match="cannot download hf:mistralai/Mistral-7B-Instruct-v0.3@") as excinfo:
         publish_from_hub(store, "mistralai/Mistral-7B-Instruct-v0.3", "0" * 40, None,
                          name="mistral", version="v1", endpoint="http://127.0.0.1:9")
     assert time.monotonic() - start < 10  # no multi-retry backoff loop
+    assert "Connect" in str(excinfo.value)  # a network failure, not a wrong call
     assert not any((store.root / ".downloads").iterdir())
     assert store.list() == []
     with pytest.raises(StoreError, match="not a 40-hex commit sha"):
         publish_from_hub(store, "x/y", "main", None, name="m", version="v1", require_pinned=True)
+
+
+def test_hub_publish_path_with_a_local_hub_double(store, tiny_base_dir, monkeypatch):
+    """The hub itself is unreachable here; this checks our side of the calls:
+    the branch is resolved to a sha, the snapshot lands under the store root,
+    is published with the sha as source, and the download dir is removed."""
+    import shutil
+    from types import SimpleNamespace
+
+    import huggingface_hub
+
+    calls = {}
+
+    def model_info(self, repo_id, revision=None, token=None, timeout=None):
+        calls["info"] = (repo_id, revision, token, timeout)
+        return SimpleNamespace(sha="a" * 40)
+
+    def snapshot_download(repo_id, revision, token, local_dir, **kw):
+        calls["download"] = (repo_id, revision, token, local_dir)
+        shutil.copytree(tiny_base_dir, local_dir, dirs_exist_ok=True)
+        return local_dir
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    m = publish_from_hub(store, "org/model", "main", "tok", name="mistral", version="v1", license="Apache-2.0")
+    assert calls["info"] == ("org/model", "main", "tok", 10.0)
+    assert calls["download"][:3] == ("org/model", "a" * 40, "tok")
+    assert calls["download"][3].startswith(str(store.root / ".downloads"))
+    assert m.source == f"hf:org/model@{'a' * 40}" and m.license == "Apache-2.0"
+    assert store.verify("default", "base", "mistral").ok
+    assert not any((store.root / ".downloads").iterdir())

@@ -166,3 +166,22 @@ def test_set_current_rolls_back(published, make_tiny_adapter):
     m = published.publish(make_tiny_adapter(seed=3), kind="adapter", name="synth", version="v3",
                           base_name="mistral", set_current=False)
     assert m.version == "v3" and published.current_version("default", "adapter", "synth") == "v1"
+
+
+def test_resolve_verified_refuses_corrupted_adapter(published):
+    assert published.resolve_verified("default", "adapter", "synth").version == "v1"
+    path = published.resolve("default", "adapter", "synth").path / "adapter_model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[1000] ^= 0x80
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="refusing default/adapter/synth@v1.*corrupt: adapter_model.safetensors"):
+        published.resolve_verified("default", "adapter", "synth")
+
+
+def test_force_without_renameat2_still_replaces(published, make_tiny_adapter, monkeypatch):
+    import loraplane.modelstore.publish as pub
+    monkeypatch.setattr(pub, "exchange", lambda a, b: False)
+    m = published.publish(make_tiny_adapter(seed=2), kind="adapter", name="synth", version="v1",
+                          base_name="mistral", force=True)
+    assert published.resolve("default", "adapter", "synth", "v1").manifest.checksum == m.checksum
+    assert published.verify("default", "adapter", "synth").ok
