@@ -71,6 +71,8 @@ class BaseModelStatus(ApiModel):
     size_bytes: int | None = Field(default=None, alias="sizeBytes")
     variants: list[VariantStatus] = Field(default_factory=list)
     job: str | None = Field(default=None, description="The current publish/verify Job.")
+    published_generation: int | None = Field(default=None, alias="publishedGeneration",
+                                             description="Generation whose hub publish Job succeeded.")
     attempts: int = Field(default=0, description="Failed attempts since the spec last changed (drives backoff).")
     next_retry: str | None = Field(default=None, alias="nextRetry")
     observed_generation: int | None = Field(default=None, alias="observedGeneration")

@@ -1,0 +1,81 @@
+"""Operator settings: command-line flags with environment fallbacks, so the
+same binary runs from a laptop (``--kubeconfig``) and from the chart's
+Deployment (env vars)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("loraplane")
+    except Exception:  # noqa: BLE001 - not installed: a dev tree
+        return "dev"
+
+
+DEFAULT_IMAGE = f"ghcr.io/loraplane/worker:{_version()}"
+
+
+@dataclass
+class Config:
+    worker_image: str = DEFAULT_IMAGE
+    job_image: str | None = None  # default: worker_image (it ships the loraplane CLI)
+    store_root: str | None = None  # where the operator itself sees the store, if mounted
+    job_pod_annotations: dict[str, str] = field(default_factory=dict)
+    resync_seconds: float = 30.0
+    backoff_base_seconds: float = 5.0
+    backoff_max_seconds: float = 300.0
+    namespaces: list[str] = field(default_factory=list)  # empty: all
+    metrics_port: int = 8080
+    peering: str | None = None  # kopf peering object name; None: standalone
+    kubeconfig: str | None = None
+
+    @property
+    def image_for_jobs(self) -> str:
+        return self.job_image or self.worker_image
+
+    def backoff(self, attempts: int) -> float:
+        """Exponential retry delay after ``attempts`` failures (capped)."""
+        return min(self.backoff_max_seconds, self.backoff_base_seconds * (2 ** max(0, attempts - 1)))
+
+
+def _kv(text: str) -> dict[str, str]:
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        return {str(k): str(v) for k, v in json.loads(text).items()}
+    return dict(item.split("=", 1) for item in text.split(","))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    p.add_argument("--kubeconfig", default=env("KUBECONFIG"), help="default: $KUBECONFIG or in-cluster")
+    p.add_argument("--worker-image", default=env("LORAPLANE_WORKER_IMAGE", DEFAULT_IMAGE))
+    p.add_argument("--job-image", default=env("LORAPLANE_JOB_IMAGE"))
+    p.add_argument("--store-root", default=env("MODEL_STORE_ROOT"),
+                   help="the ModelStore as mounted in the operator (optional; see docs/operator.md)")
+    p.add_argument("--job-pod-annotations", default=env("LORAPLANE_JOB_POD_ANNOTATIONS", ""),
+                   help="k=v,k2=v2 or JSON: annotations for Job pod templates")
+    p.add_argument("--namespace", action="append", default=None,
+                   help="watch only these namespaces (repeatable; default: all)")
+    p.add_argument("--resync-seconds", type=float, default=float(env("LORAPLANE_RESYNC_SECONDS", "30")))
+    p.add_argument("--backoff-base-seconds", type=float, default=float(env("LORAPLANE_BACKOFF_BASE", "5")))
+    p.add_argument("--metrics-port", type=int, default=int(env("LORAPLANE_METRICS_PORT", "8080")),
+                   help="Prometheus /metrics port (0: off)")
+    p.add_argument("--peering", default=env("LORAPLANE_PEERING"),
+                   help="kopf peering name for one active instance (default: standalone)")
+    p.add_argument("--verbose", action="store_true")
+
+
+def from_args(args: argparse.Namespace) -> Config:
+    return Config(worker_image=args.worker_image, job_image=args.job_image, store_root=args.store_root,
+                  job_pod_annotations=_kv(args.job_pod_annotations or ""), resync_seconds=args.resync_seconds,
+                  backoff_base_seconds=args.backoff_base_seconds, namespaces=args.namespace or [],
+                  metrics_port=args.metrics_port, peering=args.peering, kubeconfig=args.kubeconfig)

@@ -1,0 +1,205 @@
+"""Pure builders: API objects the operator owns, as plain dicts.
+
+Every object carries a controller ownerReference, so deleting a pool (or a
+BaseModel/Adapter) lets the garbage collector remove what it owns.
+
+Worker pods are pinned with required node affinity on ``metadata.name``
+(the way the DaemonSet controller pins its pods) rather than ``nodeName``:
+the kube-scheduler still checks taints, CPU/memory and volume topology and
+records *why* a pod cannot bind, instead of the kubelet rejecting it.
+The GPU is chosen by us, not the device plugin, so workers do not request
+``nvidia.com/gpu``; the index goes to the container runtime through
+``NVIDIA_VISIBLE_DEVICES`` (see docs/operator.md for the device plugin).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from shlex import quote as q
+
+from .common_types import API_VERSION
+from .names import (
+    GPU_ANNOTATION, MANAGED_BY, ORDINAL_LABEL, OWNER_LABEL, POOL_LABEL, RESERVATION_ANNOTATION,
+    SPEC_HASH_ANNOTATION, desired_configmap, worker_name,
+)
+
+
+def owner_ref(obj: dict) -> dict:
+    meta = obj["metadata"]
+    return {"apiVersion": obj.get("apiVersion", API_VERSION), "kind": obj["kind"], "name": meta["name"],
+            "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+def pool_labels(pool: str) -> dict:
+    return {POOL_LABEL: pool, "app.kubernetes.io/name": "loraplane-worker", "app.kubernetes.io/instance": pool,
+            **MANAGED_BY}
+
+
+def selector(pool: str) -> str:
+    return f"{POOL_LABEL}={pool}"
+
+
+def store_volume(store: dict) -> dict:
+    """core/v1 Volume for a StoreVolume spec (camelCase dict)."""
+    if store.get("persistentVolumeClaim"):
+        pvc = store["persistentVolumeClaim"]
+        return {"name": "model-store", "persistentVolumeClaim": {"claimName": pvc["claimName"],
+                                                                   "readOnly": pvc.get("readOnly", True)}}
+    return {"name": "model-store", "hostPath": {"path": store["hostPath"]["path"], "type": "Directory"}}
+
+
+def store_read_only(store: dict) -> bool:
+    return bool(store.get("persistentVolumeClaim", {}).get("readOnly", True)) if store.get(
+        "persistentVolumeClaim") else False
+
+
+def worker_spec_hash(pool_spec: dict, image: str, store: dict, variant: str) -> str:
+    """What, when changed, needs a new pod (not a hot swap): image, store,
+    resources, port, variant. Routes and adapters are not in it: they reach
+    running workers through the desired ConfigMap."""
+    key = {"image": image, "store": store, "resources": pool_spec.get("resources"), "port": pool_spec.get("port"),
+           "variant": variant}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def worker_pod(pool: dict, ordinal: int, node: str, gpu: int, vram_mib: int, variant: str, image: str,
+               store: dict) -> dict:
+    meta, spec = pool["metadata"], pool["spec"]
+    name, ns = meta["name"], meta["namespace"]
+    mount = store.get("mountPath", "/models")
+    res = spec.get("resources") or {}
+    port = spec.get("port", 8000)
+    reservation = {"node": node, "gpu": gpu, "vramMiB": vram_mib, "variant": variant}
+    env = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "MODEL_STORE_ROOT", "value": mount},
+        {"name": "LORAPLANE_DESIRED_CONFIGMAP", "value": f"{ns}/{desired_configmap(name)}"},
+        {"name": "LORAPLANE_VARIANT", "value": variant},
+        {"name": "LORAPLANE_VRAM_MIB", "value": str(vram_mib)},
+        {"name": "LORAPLANE_PORT", "value": str(port)},
+        {"name": "NVIDIA_VISIBLE_DEVICES", "value": str(gpu)},
+        {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"},
+    ]
+    tolerations = [{k: v for k, v in t.items() if v is not None} for t in (spec.get("gpu") or {}).get(
+        "tolerations") or []]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": worker_name(name, ordinal),
+            "namespace": ns,
+            "labels": {**pool_labels(name), ORDINAL_LABEL: str(ordinal)},
+            "annotations": {
+                RESERVATION_ANNOTATION: json.dumps(reservation, sort_keys=True, separators=(",", ":")),
+                GPU_ANNOTATION: str(gpu),
+                SPEC_HASH_ANNOTATION: worker_spec_hash(spec, image, store, variant),
+            },
+            "ownerReferences": [owner_ref(pool)],
+        },
+        "spec": {
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}]}}},
+            "tolerations": tolerations,
+            "restartPolicy": "Always",
+            "enableServiceLinks": False,
+            "containers": [{
+                "name": "worker",
+                "image": image,
+                "command": ["loraplane", "worker"],
+                "env": env,
+                "ports": [{"name": "http", "containerPort": port}],
+                "resources": {"requests": {"cpu": res.get("cpu", "2"), "memory": res.get("memory", "16Gi")}},
+                "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
+                "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10,
+                                  "failureThreshold": 6},
+                "volumeMounts": [{"name": "model-store", "mountPath": mount, "readOnly": True}],
+            }],
+            "volumes": [store_volume(store)],
+        },
+    }
+
+
+def service(pool: dict) -> dict:
+    meta, spec = pool["metadata"], pool["spec"]
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "labels": pool_labels(meta["name"]),
+                     "ownerReferences": [owner_ref(pool)]},
+        "spec": {"selector": {POOL_LABEL: meta["name"]},
+                 "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]},
+    }
+
+
+def desired_configmap_obj(pool: dict, desired_json: str) -> dict:
+    meta = pool["metadata"]
+    return {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": desired_configmap(meta["name"]), "namespace": meta["namespace"],
+                     "labels": pool_labels(meta["name"]), "ownerReferences": [owner_ref(pool)]},
+        "data": {"desired.json": desired_json},
+    }
+
+
+def _job(owner: dict, name: str, command: str, store: dict, image: str, pod_annotations: dict,
+         env: list | None = None) -> dict:
+    meta = owner["metadata"]
+    labels = {OWNER_LABEL: f"{owner['kind'].lower()}.{meta['name']}", **MANAGED_BY}
+    mount = store.get("mountPath", "/models")
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels,
+                     "ownerReferences": [owner_ref(owner)]},
+        "spec": {
+            "backoffLimit": 0,  # the operator retries with its own backoff and a new Job
+            "ttlSecondsAfterFinished": 3600,
+            "template": {
+                "metadata": {"labels": labels, "annotations": dict(pod_annotations)},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{
+                        "name": "store",
+                        "image": image,
+                        "command": ["sh", "-c", command],
+                        "env": [{"name": "MODEL_STORE_ROOT", "value": mount}] + (env or []),
+                        "terminationMessagePolicy": "FallbackToLogsOnError",
+                        "volumeMounts": [{"name": "model-store", "mountPath": mount,
+                                          "readOnly": store_read_only(store)}],
+                        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
+                    }],
+                    "volumes": [store_volume(store)],
+                },
+            },
+        },
+    }
+
+
+def verify_job(owner: dict, name: str, kind: str, store_owner: str, store_name: str, version: str,
+               relpath: str, derived: bool, store: dict, image: str, pod_annotations: dict) -> dict:
+    """``loraplane modelstore verify`` then the summary into the termination
+    message. An explicit ``path`` is verified by directory instead."""
+    summary = f'python -m loraplane.operator.store_summary "$MODEL_STORE_ROOT" {q(relpath)}'
+    if derived:
+        command = (f'set -e; loraplane modelstore verify --root "$MODEL_STORE_ROOT" --owner {q(store_owner)} '
+                   f'{q(kind)} {q(store_name)} --version {q(version)}; {summary} > /dev/termination-log')
+    else:
+        command = f"set -e; {summary} --verify > /dev/termination-log"
+    return _job(owner, name, command, store, image, pod_annotations)
+
+
+def publish_job(owner: dict, name: str, store_owner: str, store_name: str, version: str, repo: str,
+                revision: str, token_ref: dict | None, store: dict, image: str, pod_annotations: dict,
+                license: str | None = None) -> dict:
+    """Publish from the hub into the store. The token reaches the container
+    only as an env var from the Secret: never on the command line, never in
+    the operator's logs."""
+    env = []
+    if token_ref:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token_ref["name"],
+                                                                        "key": token_ref.get("key", "token")}}})
+    lic = f" --license {q(license)}" if license else ""
+    command = (f'set -e; loraplane modelstore publish --root "$MODEL_STORE_ROOT" --owner {q(store_owner)} '
+               f'--kind base --name {q(store_name)} --version {q(version)} --hf-repo {q(repo)} '
+               f'--revision {q(revision)} --token-env HF_TOKEN{lic}')
+    return _job(owner, name, command, store, image, pod_annotations, env)

@@ -1,0 +1,233 @@
+"""Pure reconcile core for a WorkerPool.
+
+Given the pool, its BaseModel, the Adapters it routes to, its own Pods, the
+GPU nodes and every reservation in the cluster, decide: the desired-state
+document for the workers, the Pods to create (placed by ``placement``) and
+to delete, and the status. The handler applies the plan; running it twice on
+the same world gives the same plan, which is what makes an operator killed
+mid-reconcile safe (stable Pod names turn a repeated create into a 409).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+
+from loraplane.worker.desired import STATUS_ANNOTATION, AdapterRef, BaseRef, DesiredState, RouteBackend
+
+from . import placement as pl
+from .conditions import triple
+from .inventory import pod_done, reservation_of
+from .manifests import selector, worker_pod, worker_spec_hash
+from .names import SPEC_HASH_ANNOTATION, ordinal_of
+
+
+@dataclass
+class PoolPlan:
+    status: dict
+    desired_json: str | None = None
+    create: list[dict] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    requeue_after: float | None = None
+
+
+def _ready(pod: dict) -> bool:
+    conds = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+
+
+def worker_report(pod: dict) -> dict:
+    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(STATUS_ANNOTATION)
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return {}
+
+
+def request_for(pool: dict, worker: str, needs: tuple) -> pl.Request:
+    g = pool["spec"].get("gpu") or {}
+    tolerations = tuple(pl.Toleration(t.get("key"), t.get("operator", "Equal"), t.get("value"), t.get("effect"))
+                        for t in g.get("tolerations") or [])
+    affinity = tuple(tuple(pl.Requirement(r["key"], r["operator"], tuple(r.get("values") or []))
+                           for r in term.get("matchExpressions") or []) for term in g.get("nodeAffinity") or [])
+    meta = pool["metadata"]
+    return pl.Request(worker=worker, needs=needs, pool=f"{meta['namespace']}/{meta['name']}",
+                      policy=g.get("policy", "binpack"), product=g.get("product"),
+                      min_memory_mib=g.get("minMemoryMiB"),
+                      node_selector=tuple(sorted((g.get("nodeSelector") or {}).items())),
+                      affinity=affinity, tolerations=tolerations)
+
+
+def compose_desired(pool: dict, base: dict, adapters: dict[str, dict], variant: str):
+    """(DesiredState, adapter VRAM MiB, problems) from the Ready adapters the routes name."""
+    problems, refs, vram = [], {}, 0
+    routes: dict[str, list[RouteBackend]] = {}
+    for task, backends in sorted((pool["spec"].get("routes") or {}).items()):
+        kept = []
+        for b in backends:
+            a = adapters.get(b["adapter"])
+            st = (a or {}).get("status") or {}
+            if a is None:
+                problems.append(f"adapter {b['adapter']} (route {task}) not found")
+                continue
+            if st.get("phase") != "Ready":
+                problems.append(f"adapter {b['adapter']} (route {task}) is {st.get('phase') or 'Pending'}")
+                continue
+            if a["spec"]["baseModelRef"] != base["metadata"]["name"]:
+                problems.append(f"adapter {b['adapter']} is for BaseModel {a['spec']['baseModelRef']}")
+                continue
+            if b["adapter"] not in refs:
+                src = a["spec"].get("source") or {}
+                refs[b["adapter"]] = AdapterRef(name=b["adapter"], owner=src.get("owner", "default"),
+                                                storeName=src.get("storeName", b["adapter"]),
+                                                version=a["spec"]["version"], checksum=st.get("checksum") or "",
+                                                task=a["spec"]["task"])
+                vram += int(st.get("vramMiB") or 0)
+            kept.append(RouteBackend(adapter=b["adapter"], weight=b["weight"]))
+        if kept:
+            routes[task] = kept
+    bspec, bst = base["spec"], base.get("status") or {}
+    desired = DesiredState(
+        pool=pool["metadata"]["name"], generation=pool["metadata"].get("generation") or 0,
+        base=BaseRef(owner=bspec.get("owner", "default"), name=bspec["storeName"], version=bspec["version"],
+                     checksum=bst.get("checksum") or "", variant=variant),
+        adapters=list(refs.values()), routes=routes)
+    return desired, vram, problems
+
+
+def _worker_status(pod: dict) -> dict:
+    r = reservation_of(pod)
+    rep = worker_report(pod)
+    out = {"pod": pod["metadata"]["name"], "phase": (pod.get("status") or {}).get("phase") or "Pending",
+           "ready": _ready(pod) and rep.get("ready", True) is not False,
+           "loaded": list(rep.get("loaded") or []), "failed": dict(rep.get("failed") or {})}
+    if r is not None:
+        out.update(node=r.node, gpu=r.gpu, vramMiB=r.mib)
+        res = json.loads(pod["metadata"]["annotations"]["loraplane.io/reservation"])
+        out["variant"] = rep.get("variant") or res.get("variant")
+    return out
+
+
+def plan_pool(pool: dict, base: dict | None, adapters: dict[str, dict], pods: list[dict],
+              nodes: list[pl.NodeInfo], reservations: list[pl.Reservation], image: str,
+              now: dt.datetime) -> PoolPlan:
+    meta, spec = pool["metadata"], pool["spec"]
+    name, ns, gen = meta["name"], meta["namespace"], meta.get("generation")
+    status = {"selector": selector(name), "observedGeneration": gen,
+              "conditions": list((pool.get("status") or {}).get("conditions") or [])}
+    replicas = int(spec.get("replicas", 1))
+    mine = [p for p in pods if ordinal_of(p["metadata"]["name"], name) is not None]
+    live = [p for p in mine if not pod_done(p) and not p["metadata"].get("deletionTimestamp")]
+    status.update(replicas=len(live), readyReplicas=sum(1 for p in live if _ready(p)),
+                  workers=sorted((_worker_status(p) for p in live), key=lambda w: ordinal_of(w["pod"], name)))
+
+    def blocked(reason: str, message: str) -> PoolPlan:
+        status["conditions"] = triple(status["conditions"], ready=(False, reason, message),
+                                      progressing=(True, reason, message), degraded=(True, reason, message),
+                                      generation=gen, now=now)
+        status["unplaced"] = max(0, replicas - len(live))
+        return PoolPlan(status=status, requeue_after=15, events=[("Warning", reason, message)])
+
+    if base is None:
+        return blocked("BaseModelMissing", f"BaseModel {spec['baseModelRef']} not found")
+    if (base.get("status") or {}).get("phase") != "Ready":
+        return blocked("WaitingForBaseModel", f"BaseModel {spec['baseModelRef']} is not Ready")
+    offered = {v["name"]: int(v["vramMiB"]) for v in base["status"].get("variants") or []}
+    prefs = [v for v in spec.get("variants") or ["bnb-int8", "fp16"] if v in offered]
+    if not prefs:
+        return blocked("NoVariant", f"none of spec.variants {spec.get('variants')} is offered by BaseModel "
+                                    f"{spec['baseModelRef']} (offers {sorted(offered)})")
+    desired, adapters_mib, problems = compose_desired(pool, base, adapters, prefs[0])
+    status["variant"] = prefs[0]
+    g = spec.get("gpu") or {}
+    extra = adapters_mib + int(g.get("kvCacheMiB", 2048)) + int(g.get("headroomMiB", 1024))
+    needs = tuple((v, offered[v] + extra) for v in prefs)
+    status["needMiB"] = needs[0][1]
+    store = spec.get("store") or base["spec"]["store"]
+    plan = PoolPlan(status=status, desired_json=desired.to_json())
+    declared_pref = (spec.get("variants") or ["bnb-int8"])[0]
+    notes = []
+    if prefs[0] != declared_pref:
+        notes.append(f"{declared_pref} not offered by the BaseModel; using {prefs[0]}")
+
+    # Pods to drop: finished ones and those on nodes that are gone.
+    node_names = {n.name for n in nodes}
+    for p in mine:
+        r = reservation_of(p)
+        if p["metadata"].get("deletionTimestamp"):
+            continue
+        if pod_done(p) or (r is not None and r.node not in node_names):
+            plan.delete.append(p["metadata"]["name"])
+    live = [p for p in live if p["metadata"]["name"] not in plan.delete]
+
+    # Scale down: remove the worker whose removal leaves the least stranded VRAM.
+    while len(live) > replicas:
+        holders = [f"{ns}/{p['metadata']['name']}" for p in live]
+        victim = pl.choose_removal(nodes, reservations, holders).split("/", 1)[1]
+        plan.delete.append(victim)
+        reservations = [r for r in reservations if r.holder != f"{ns}/{victim}"]
+        live = [p for p in live if p["metadata"]["name"] != victim]
+        plan.events.append(("Normal", "ScaledDown", f"removed worker {victim} (least fragmentation)"))
+
+    # Rolling replacement of pods whose image/store/variant/resources changed: one at a time.
+    if len(live) == replicas and all(_ready(p) for p in live):
+        for p in sorted(live, key=lambda p: ordinal_of(p["metadata"]["name"], name)):
+            res = json.loads(p["metadata"]["annotations"].get("loraplane.io/reservation", "{}"))
+            want = worker_spec_hash(spec, image, store, res.get("variant", prefs[0]))
+            if p["metadata"]["annotations"].get(SPEC_HASH_ANNOTATION) != want:
+                plan.delete.append(p["metadata"]["name"])
+                plan.events.append(("Normal", "Replacing", f"worker {p['metadata']['name']} has an outdated spec"))
+                break
+
+    # Scale up / recreate: lowest free ordinals, placed one after another.
+    taken = {ordinal_of(p["metadata"]["name"], name) for p in mine if p["metadata"]["name"] not in plan.delete}
+    taken |= {ordinal_of(p["metadata"]["name"], name) for p in mine if p["metadata"].get("deletionTimestamp")}
+    missing = replicas - len([p for p in live if p["metadata"]["name"] not in plan.delete])
+    ordinals, o = [], 0
+    while len(ordinals) < missing:
+        if o not in taken:
+            ordinals.append(o)
+        o += 1
+    requests = [request_for(pool, f"{ns}/{name}-{o}", needs) for o in ordinals]
+    unplaced = []
+    fallbacks = 0
+    for o, d in zip(ordinals, pl.place(nodes, reservations, requests)):
+        if not d.placed:
+            unplaced.append(d.message)
+            continue
+        fallbacks += d.fallback is not None
+        plan.create.append(worker_pod(pool, o, d.node, d.gpu, d.need_mib, d.variant, image, store))
+        plan.events.append(("Normal", "Placed", f"worker {name}-{o} on {d.node}/gpu{d.gpu} "
+                            f"({pl.gib(d.need_mib)}, {d.variant})" + (f"; {d.fallback}" if d.fallback else "")))
+    fallbacks += sum(1 for w in status["workers"] if w.get("variant") and w["variant"] != prefs[0])
+    if fallbacks:
+        notes.append(f"{fallbacks} worker(s) fell back from {prefs[0]} to a later variant for lack of VRAM")
+    status["unplaced"] = len(unplaced)
+    failed_adapters = sorted({f"{w['pod']}: {k}: {v}" for w in status["workers"] for k, v in w["failed"].items()})
+
+    # Conditions.
+    ready_n = status["readyReplicas"]
+    if unplaced:
+        plan.events.append(("Warning", "FailedPlacement", f"{len(unplaced)} worker(s) unplaced: {unplaced[0]}"))
+        plan.requeue_after = 15
+        progressing = (True, "Unplaceable", f"{len(unplaced)} of {replicas} worker(s) unplaced: {unplaced[0]}")
+    elif plan.create or plan.delete or ready_n < replicas or len(live) != replicas:
+        progressing = (True, "Reconciling", f"{ready_n}/{replicas} workers ready")
+        plan.requeue_after = 5
+    else:
+        progressing = (False, "Stable", f"{ready_n}/{replicas} workers ready")
+    degraded_msgs = problems + failed_adapters
+    degraded = (True, "AdaptersUnavailable", "; ".join(degraded_msgs)[:1000]) if degraded_msgs else \
+        (False, "AsExpected", "")
+    is_ready = not unplaced and ready_n >= replicas and not plan.create and not degraded_msgs and \
+        len(live) == replicas
+    ready_msg = "; ".join([f"{ready_n}/{replicas} workers ready"] + notes)
+    ready = (is_ready, "AllWorkersReady" if is_ready else progressing[1] if progressing[0] else degraded[1],
+             ready_msg)
+    status["conditions"] = triple(status["conditions"], ready=ready, progressing=progressing, degraded=degraded,
+                                  generation=gen, now=now)
+    return plan
