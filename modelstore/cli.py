@@ -113,6 +113,9 @@ def run(args) -> int:
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as e:  # unreadable root, permissions: a store error for scripts too
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 def _dispatch(args) -> int:

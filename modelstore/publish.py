@@ -212,6 +212,9 @@ def publish_dir(
         write_manifest(manifest, staging)
         fsync_tree_dirs(staging)
         commit(staging, name_dir, version, force)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise StoreError(f"publishing {owner}/{kind}/{name}@{version} failed, nothing was committed: {e}") from e
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

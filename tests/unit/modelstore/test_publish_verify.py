@@ -185,3 +185,22 @@ def test_force_without_renameat2_still_replaces(published, make_tiny_adapter, mo
                           base_name="mistral", force=True)
     assert published.resolve("default", "adapter", "synth", "v1").manifest.checksum == m.checksum
     assert published.verify("default", "adapter", "synth").ok
+
+
+def test_failed_publish_cleans_staging_and_keeps_current(published, tiny_base_dir, monkeypatch):
+    import loraplane.modelstore.publish as pub
+    real = pub.copy_and_hash
+    seen = []
+
+    def flaky(src, dst, **kw):
+        seen.append(src)
+        if len(seen) == 3:
+            raise OSError(28, "No space left on device")
+        return real(src, dst, **kw)
+
+    monkeypatch.setattr(pub, "copy_and_hash", flaky)
+    with pytest.raises(StoreError, match="mistral@v2 failed, nothing was committed: .*No space left"):
+        published.publish(tiny_base_dir, kind="base", name="mistral", version="v2", workers=1)
+    assert [r.version for r in published.list(kind="base")] == ["v1"]
+    assert published.current_version("default", "base", "mistral") == "v1"
+    assert list((published.layout.name_dir("default", "base", "mistral") / STAGING).iterdir()) == []
