@@ -204,3 +204,28 @@ def test_failed_publish_cleans_staging_and_keeps_current(published, tiny_base_di
     assert [r.version for r in published.list(kind="base")] == ["v1"]
     assert published.current_version("default", "base", "mistral") == "v1"
     assert list((published.layout.name_dir("default", "base", "mistral") / STAGING).iterdir()) == []
+
+
+ADAPTER_SCRIPT = """
+import sys
+from loraplane.modelstore import ModelStore, StoreError
+try:
+    m = ModelStore(sys.argv[1]).publish(sys.argv[2], kind="adapter", name="synth", version="v9", base_name="mistral")
+    print("WON", m.checksum)
+except StoreError as e:
+    print("LOST", e)
+    sys.exit(3)
+"""
+
+
+def test_concurrent_publish_from_two_processes(published, make_tiny_adapter):
+    env = dict(os.environ, **{COPY_DELAY_ENV: "0.3"})
+    procs = [subprocess.Popen([sys.executable, "-c", ADAPTER_SCRIPT, str(published.root), str(make_tiny_adapter(seed=s))],
+                              env=env, stdout=subprocess.PIPE, text=True) for s in (1, 2)]
+    outs = [(p.communicate(timeout=60)[0], p.returncode) for p in procs]
+    assert sorted(rc for _, rc in outs) == [0, 3], outs
+    won = next(o for o, rc in outs if rc == 0).split()[1]
+    lost = next(o for o, rc in outs if rc == 3)
+    assert "version 'v9' already exists" in lost
+    assert published.resolve("default", "adapter", "synth", "v9").manifest.checksum == won
+    assert published.verify("default", "adapter", "synth", "v9").ok
