@@ -130,7 +130,9 @@ def plan_pool(pool: dict, base: dict | None, adapters: dict[str, dict], pods: li
                                       progressing=(True, reason, message), degraded=(True, reason, message),
                                       generation=gen, now=now)
         status["unplaced"] = max(0, replicas - len(live))
-        return PoolPlan(status=status, requeue_after=15, events=[("Warning", reason, message)])
+        before = next((c for c in (pool.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), {})
+        events = [] if before.get("reason") == reason else [("Warning", reason, message)]  # no event spam
+        return PoolPlan(status=status, requeue_after=15, events=events)
 
     if base is None:
         return blocked("BaseModelMissing", f"BaseModel {spec['baseModelRef']} not found")
@@ -212,7 +214,9 @@ def plan_pool(pool: dict, base: dict | None, adapters: dict[str, dict], pods: li
     # Conditions.
     ready_n = status["readyReplicas"]
     if unplaced:
-        plan.events.append(("Warning", "FailedPlacement", f"{len(unplaced)} worker(s) unplaced: {unplaced[0]}"))
+        prev = next((c for c in status["conditions"] if c.get("type") == "Progressing"), {})
+        if prev.get("reason") != "Unplaceable" or str(len(unplaced)) not in prev.get("message", "")[:4]:
+            plan.events.append(("Warning", "FailedPlacement", f"{len(unplaced)} worker(s) unplaced: {unplaced[0]}"))
         plan.requeue_after = 15
         progressing = (True, "Unplaceable", f"{len(unplaced)} of {replicas} worker(s) unplaced: {unplaced[0]}")
     elif plan.create or plan.delete or ready_n < replicas or len(live) != replicas:

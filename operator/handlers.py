@@ -1,0 +1,128 @@
+"""kopf wiring: one daemon per object runs reconcile passes; watch events
+only wake daemons. Handlers hold no logic (see ``reconcile`` and the cores).
+
+Why daemons and wake-ups rather than on.create/on.update handlers: a pool's
+outcome depends on other objects (its Pods, nodes, the BaseModel, Adapters,
+other pools' reservations), so every change anywhere relevant must lead to
+the same full, idempotent pass. A daemon per object serialises passes for
+that object; kopf stops daemons when the object goes away and while peering
+pauses this instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+import kopf
+
+from .common_types import GROUP, VERSION
+from .inventory import node_info
+from .names import OWNER_LABEL, POOL_LABEL
+from .reconcile import reconcile_pool, reconcile_resolve, timed
+
+
+class State:
+    kube = None
+    cfg = None
+    wakeups: dict[tuple[str, str, str], asyncio.Event] = {}
+    nodes: dict[str, object] = {}
+
+
+def _wake(kind: str, ns: str | None = None, name: str | None = None) -> None:
+    for (k, n, nm), ev in list(State.wakeups.items()):
+        if k == kind and (ns is None or n == ns) and (name is None or nm == name):
+            ev.set()
+
+
+async def _loop(kind: str, namespace: str, name: str, stopped, fn) -> None:
+    ev = State.wakeups.setdefault((kind, namespace, name), asyncio.Event())
+    loop = asyncio.get_running_loop()
+    try:
+        while not stopped:
+            ev.clear()
+            delay = await loop.run_in_executor(None, functools.partial(timed, kind, fn, namespace, name))
+            timeout = min(delay, State.cfg.resync_seconds) if delay else State.cfg.resync_seconds
+            try:
+                await asyncio.wait_for(ev.wait(), timeout=timeout)
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        State.wakeups.pop((kind, namespace, name), None)
+
+
+@kopf.daemon(GROUP, VERSION, "workerpools", cancellation_timeout=10)
+async def workerpool_daemon(name, namespace, stopped, **_):
+    await _loop("WorkerPool", namespace, name, stopped,
+                lambda ns, n: reconcile_pool(State.kube, State.cfg, ns, n))
+
+
+@kopf.daemon(GROUP, VERSION, "basemodels", cancellation_timeout=10)
+async def basemodel_daemon(name, namespace, stopped, **_):
+    await _loop("BaseModel", namespace, name, stopped,
+                lambda ns, n: reconcile_resolve(State.kube, State.cfg, "BaseModel", ns, n))
+
+
+@kopf.daemon(GROUP, VERSION, "adapters", cancellation_timeout=10)
+async def adapter_daemon(name, namespace, stopped, **_):
+    await _loop("Adapter", namespace, name, stopped,
+                lambda ns, n: reconcile_resolve(State.kube, State.cfg, "Adapter", ns, n))
+
+
+# --- wake-ups ------------------------------------------------------------
+
+@kopf.on.event(GROUP, VERSION, "workerpools")
+async def pool_changed(name, namespace, **_):
+    _wake("WorkerPool", namespace, name)
+
+
+@kopf.on.event(GROUP, VERSION, "basemodels")
+async def base_changed(name, namespace, **_):
+    _wake("BaseModel", namespace, name)
+    _wake("Adapter", namespace)
+    _wake("WorkerPool", namespace)
+
+
+@kopf.on.event(GROUP, VERSION, "adapters")
+async def adapter_changed(name, namespace, **_):
+    _wake("Adapter", namespace, name)
+    _wake("WorkerPool", namespace)
+
+
+@kopf.on.event("", "v1", "pods", labels={POOL_LABEL: kopf.PRESENT})
+async def worker_pod_changed(namespace, labels, **_):
+    _wake("WorkerPool", namespace, labels[POOL_LABEL])
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={OWNER_LABEL: kopf.PRESENT})
+async def job_changed(namespace, labels, **_):
+    kind, _, name = labels[OWNER_LABEL].partition(".")
+    _wake({"basemodel": "BaseModel", "adapter": "Adapter"}.get(kind, kind), namespace, name)
+
+
+@kopf.on.event("", "v1", "nodes")
+async def node_changed(name, body, type, **_):
+    """Wake pools only when something placement looks at changed (KWOK and
+    kubelets update nodes often; their heartbeats must not cause passes)."""
+    info = None if type == "DELETED" else node_info(dict(body))
+    if State.nodes.get(name) != info:
+        State.nodes[name] = info
+        _wake("WorkerPool")
+
+
+@kopf.on.event("", "v1", "pods", labels={POOL_LABEL: kopf.ABSENT})
+async def other_pod_changed(body, type, **_):
+    """A non-loraplane pod taking or releasing whole GPUs changes the ledger."""
+    spec = body.get("spec") or {}
+    wants_gpu = any("nvidia.com/gpu" in str((c.get("resources") or {})) for c in spec.get("containers") or [])
+    if wants_gpu and (type in ("DELETED", "ADDED") or spec.get("nodeName")):
+        _wake("WorkerPool")
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, **_):
+    settings.posting.level = 100  # we post our own Events; keep kopf's handler chatter out of them
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.loraplane.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.loraplane.io")
+    settings.watching.server_timeout = 300
+    settings.execution.max_workers = 16

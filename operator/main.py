@@ -1,0 +1,41 @@
+"""Start the operator: ``loraplane operator run``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from .config import from_args
+
+
+def run_operator(args) -> int:
+    import kopf
+
+    from . import handlers, metrics
+    from .kube import Kube
+
+    cfg = from_args(args)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # one line per watch event otherwise
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    if cfg.kubeconfig:
+        os.environ["KUBECONFIG"] = cfg.kubeconfig
+    handlers.State.kube = Kube(cfg.kubeconfig)
+    handlers.State.cfg = cfg
+    metrics.serve(cfg.metrics_port)
+
+    @kopf.on.login()
+    def login(**kwargs):
+        if cfg.kubeconfig:
+            return kopf.login_with_kubeconfig(**kwargs)
+        return kopf.login_with_service_account(**kwargs)
+
+    kwargs = {"standalone": cfg.peering is None, "peering_name": cfg.peering}
+    if cfg.namespaces:
+        kwargs["namespaces"] = cfg.namespaces
+    else:
+        kwargs["clusterwide"] = True
+    asyncio.run(kopf.operator(**kwargs))
+    return 0

@@ -1,0 +1,164 @@
+"""One reconcile pass per object: read the world, call the pure core, apply.
+
+Runs in a worker thread (the kubernetes client is synchronous). Placement
+and pod creation for all pools happen under one lock, and the ledger is
+re-read from the API inside it: two pools reconciled at once can never both
+take the last free VRAM of a GPU. With kopf peering only one operator
+instance is active, so the lock is enough cluster-wide.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+from . import inventory, metrics
+from .config import Config
+from .kube import Kube
+from .manifests import desired_configmap_obj, publish_job, service, verify_job
+from .names import OWNER_LABEL, POOL_LABEL
+from .pool_core import plan_pool
+from .resolve_core import JobState, World, plan_adapter, plan_basemodel, relpath_of
+from .store_summary import summarize_dir
+
+log = logging.getLogger("loraplane.operator")
+PLACEMENT_LOCK = threading.Lock()
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _job_state(kube: Kube, ns: str, job: dict) -> JobState:
+    name = job["metadata"]["name"]
+    st = job.get("status") or {}
+    conds = {c["type"]: c["status"] for c in st.get("conditions") or []}
+    phase = "Succeeded" if conds.get("Complete") == "True" or st.get("succeeded") else \
+        "Failed" if conds.get("Failed") == "True" or st.get("failed") else "Running"
+    message = ""
+    if phase != "Running":
+        for pod in kube.list_pods(ns, f"job-name={name}"):
+            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+                term = (cs.get("state") or {}).get("terminated") or {}
+                message = term.get("message") or term.get("reason") or message
+    step = "publish" if "-publish-" in name else "verify"
+    return JobState(name=name, step=step, phase=phase, message=message)
+
+
+def _summary(cfg: Config, job: JobState | None, relpath: str) -> tuple[dict | None, str | None]:
+    if job and job.message.strip().startswith("{"):
+        try:
+            return json.loads(job.message.strip().splitlines()[-1]), None
+        except ValueError:
+            pass
+    if cfg.store_root:
+        try:
+            return summarize_dir(Path(cfg.store_root) / relpath), None
+        except Exception as e:  # noqa: BLE001 - reported in status
+            return None, f"cannot read manifest of {relpath} from the operator's store mount: {e}"
+    return None, "the verify Job left no summary in its termination message and the operator has no --store-root"
+
+
+def _apply_status(kube: Kube, obj: dict, status: dict) -> None:
+    if status != (obj.get("status") or {}):
+        kube.patch_status(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"], status)
+
+
+def reconcile_resolve(kube: Kube, cfg: Config, kind: str, ns: str, name: str) -> float | None:
+    obj = kube.get_custom(kind, ns, name)
+    if obj is None:
+        return None
+    spec = obj["spec"]
+    store_kind = "base" if kind == "BaseModel" else "adapter"
+    owner_label = f"{kind.lower()}.{name}"
+    jobs = {j["metadata"]["name"]: _job_state(kube, ns, j) for j in kube.list_jobs(ns, f"{OWNER_LABEL}={owner_label}")}
+    world = World(now=_now(), jobs=jobs)
+    relpath, derived = relpath_of(spec, store_kind) if (kind == "BaseModel" or spec.get("source")) else ("", True)
+    current = (obj.get("status") or {}).get("job")
+    done = jobs.get(current) if current else None
+    if done and done.phase == "Succeeded" and done.step == "verify":
+        world.summary, world.summary_error = _summary(cfg, done, relpath)
+    if kind == "BaseModel":
+        ref = ((spec.get("source") or {}).get("huggingFace") or {}).get("tokenSecretRef")
+        if ref:
+            world.secret_missing = kube.secret_key_present(ns, ref["name"], ref.get("key", "token"))
+        plan = plan_basemodel(obj, world, cfg.backoff)
+    else:
+        world.base = kube.get_custom("BaseModel", ns, spec["baseModelRef"])
+        plan = plan_adapter(obj, world, cfg.backoff)
+    if plan.create_job:
+        store = spec["store"] if kind == "BaseModel" else (world.base or {}).get("spec", {}).get("store", {})
+        if plan.create_job == "publish":
+            hf = spec["source"]["huggingFace"]
+            job = publish_job(obj, plan.job_name, spec.get("owner", "default"), spec["storeName"], spec["version"],
+                              hf["repo"], hf["revision"], hf.get("tokenSecretRef"), store, cfg.image_for_jobs,
+                              cfg.job_pod_annotations, spec.get("license"))
+        else:
+            src = spec.get("source") or {}
+            owner = spec.get("owner", "default") if kind == "BaseModel" else src.get("owner", "default")
+            sname = spec["storeName"] if kind == "BaseModel" else src["storeName"]
+            job = verify_job(obj, plan.job_name, store_kind, owner, sname, spec["version"], relpath, derived, store,
+                             cfg.image_for_jobs, cfg.job_pod_annotations)
+        job["metadata"]["labels"][OWNER_LABEL] = owner_label
+        job["spec"]["template"]["metadata"]["labels"][OWNER_LABEL] = owner_label
+        kube.create(job)
+    _apply_status(kube, obj, plan.status)
+    for e in plan.events:
+        kube.event(obj, *e)
+    return plan.requeue_after
+
+
+def reconcile_pool(kube: Kube, cfg: Config, ns: str, name: str) -> float | None:
+    pool = kube.get_custom("WorkerPool", ns, name)
+    if pool is None:
+        return None
+    spec = pool["spec"]
+    base = kube.get_custom("BaseModel", ns, spec["baseModelRef"])
+    wanted = {b["adapter"] for bs in (spec.get("routes") or {}).values() for b in bs}
+    adapters = {a["metadata"]["name"]: a for a in kube.list_custom("Adapter", ns) if a["metadata"]["name"] in wanted}
+    image = spec.get("image") or cfg.worker_image
+    with PLACEMENT_LOCK:
+        nodes = [inventory.node_info(n) for n in kube.list_nodes()]
+        all_pods = kube.list_pods()
+        reservations = inventory.reservations(all_pods, nodes)
+        mine = [p for p in all_pods if p["metadata"].get("namespace") == ns
+                and (p["metadata"].get("labels") or {}).get(POOL_LABEL) == name]
+        plan = plan_pool(pool, base, adapters, mine, nodes, reservations, image, _now())
+        for pod in plan.create:
+            created = kube.create(pod)
+            variant = json.loads(pod["metadata"]["annotations"]["loraplane.io/reservation"])["variant"]
+            if created:
+                metrics.PLACEMENTS.labels(ns, name, variant).inc()
+    metrics.observe_ledger(nodes, reservations + inventory.reservations(plan.create, nodes))
+    if plan.desired_json is not None:
+        kube.apply(desired_configmap_obj(pool, plan.desired_json))
+    kube.apply(service(pool))
+    for pod_name in plan.delete:
+        kube.delete_pod(ns, pod_name)
+    variant = plan.status.get("variant") or ""
+    metrics.POOL_UNPLACED.labels(ns, name, variant).set(plan.status.get("unplaced", 0))
+    metrics.POOL_READY.labels(ns, name, variant).set(plan.status.get("readyReplicas", 0))
+    if plan.status.get("unplaced"):
+        metrics.PLACEMENT_FAILURES.labels(ns, name, variant).inc(plan.status["unplaced"])
+    _apply_status(kube, pool, plan.status)
+    for e in plan.events:
+        kube.event(pool, *e)
+    return plan.requeue_after
+
+
+def timed(kind: str, fn, *args) -> float | None:
+    """Run one pass; errors are logged and counted, never raised (the caller
+    retries after the resync period)."""
+    start = time.perf_counter()
+    try:
+        return fn(*args)
+    except Exception:  # noqa: BLE001
+        metrics.RECONCILE_ERRORS.labels(kind).inc()
+        log.exception("reconcile %s %s failed", kind, args[-2:])
+        return 10.0
+    finally:
+        metrics.RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - start)
