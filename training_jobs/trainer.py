@@ -243,6 +243,8 @@ def _train(cfg: TrainConfig, store, reporter: ProgressReporter) -> TrainResult:
         train_loss={"first": history[0]["loss"] if history else None,
                     "final": history[-1]["loss"] if history else None, "history": history},
         eval_loss={"initial": eval_initial, "final": eval_final, "history": eval_history},
+        parameters={"trainable": sum(p.numel() for p in params),
+                    "total": sum(p.numel() for p in model.parameters())},
         tokens_trained=prior_tokens + tokens,
         tokens_per_second=round((prior_tokens + tokens) / train_seconds, 1) if train_seconds > 0 else None,
         duration_seconds=round(time.monotonic() - t_start + prior_seconds, 3),
