@@ -35,6 +35,7 @@ class Config:
     metrics_port: int = 8080
     peering: str | None = None  # kopf peering object name; None: standalone
     kubeconfig: str | None = None
+    create_delay_seconds: float = 0.0  # fault injection: pause after each pod create (restart tests)
 
     @property
     def image_for_jobs(self) -> str:
@@ -71,6 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Prometheus /metrics port (0: off)")
     p.add_argument("--peering", default=env("LORAPLANE_PEERING"),
                    help="kopf peering name for one active instance (default: standalone)")
+    p.add_argument("--create-delay-seconds", type=float, default=float(env("LORAPLANE_CREATE_DELAY", "0")),
+                   help="fault injection: sleep after each worker pod create (to kill the operator mid-pass)")
     p.add_argument("--verbose", action="store_true")
 
 
@@ -78,4 +81,5 @@ def from_args(args: argparse.Namespace) -> Config:
     return Config(worker_image=args.worker_image, job_image=args.job_image, store_root=args.store_root,
                   job_pod_annotations=_kv(args.job_pod_annotations or ""), resync_seconds=args.resync_seconds,
                   backoff_base_seconds=args.backoff_base_seconds, namespaces=args.namespace or [],
-                  metrics_port=args.metrics_port, peering=args.peering, kubeconfig=args.kubeconfig)
+                  metrics_port=args.metrics_port, peering=args.peering, kubeconfig=args.kubeconfig,
+                  create_delay_seconds=args.create_delay_seconds)

@@ -133,6 +133,8 @@ def reconcile_pool(kube: Kube, cfg: Config, ns: str, name: str) -> float | None:
             variant = json.loads(pod["metadata"]["annotations"]["loraplane.io/reservation"])["variant"]
             if created:
                 metrics.PLACEMENTS.labels(ns, name, variant).inc()
+            if cfg.create_delay_seconds:
+                time.sleep(cfg.create_delay_seconds)
     metrics.observe_ledger(nodes, reservations + inventory.reservations(plan.create, nodes))
     if plan.desired_json is not None:
         kube.apply(desired_configmap_obj(pool, plan.desired_json))
