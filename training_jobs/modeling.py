@@ -2,7 +2,9 @@
 
 QLoRA = base quantized to 4-bit NF4 by bitsandbytes (double quantization,
 bf16 compute), ``prepare_model_for_kbit_training`` (norms in fp32, input
-grads for checkpointing), LoRA on top; CUDA only. LoRA on CPU trains in
+grads for checkpointing), LoRA on top; on CUDA. Without CUDA it is refused
+unless ``device: cpu`` is given explicitly: bitsandbytes (>= 0.45) has a slow
+CPU 4-bit path, which lets the CPU test suite run the real QLoRA code. LoRA on CPU trains in
 fp32 (bf16 on request); on CUDA LoRA defaults to bf16 where supported.
 """
 
@@ -30,15 +32,16 @@ def pick_device(cfg: TrainConfig) -> str:
     import torch
 
     if cfg.method == "qlora":
-        if not torch.cuda.is_available():
-            raise MethodUnavailable("method qlora needs a CUDA GPU (4-bit bitsandbytes training); "
-                                    "none is visible here — use method lora on CPU")
         try:
             import bitsandbytes  # noqa: F401
         except Exception as exc:
-            raise MethodUnavailable(f"method qlora needs bitsandbytes: {exc}") from exc
+            raise MethodUnavailable(f"method qlora needs bitsandbytes (pip install bitsandbytes): {exc}") from exc
         if cfg.device == "cpu":
-            raise MethodUnavailable("method qlora cannot run with device cpu")
+            return "cpu"  # explicit opt-in: bitsandbytes' slow CPU 4-bit path, for tests and debugging
+        if not torch.cuda.is_available():
+            raise MethodUnavailable("method qlora needs a CUDA GPU (4-bit bitsandbytes training) and none is "
+                                    "visible here; use method lora on CPU (or --device cpu to force "
+                                    "bitsandbytes' slow CPU 4-bit path)")
         return "cuda"
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise MethodUnavailable("device cuda requested but no CUDA GPU is visible")
@@ -54,6 +57,8 @@ def pick_dtype(cfg: TrainConfig, device: str) -> str:
         return cfg.dtype
     if device == "cuda" and torch.cuda.is_bf16_supported():
         return "bfloat16"
+    if cfg.method == "qlora":
+        return "bfloat16"  # 4-bit compute dtype; bitsandbytes' CPU path supports it
     return "float32"
 
 
@@ -74,7 +79,7 @@ def load_for_training(cfg: TrainConfig, base_path: Path) -> Loaded:
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                    bnb_4bit_compute_dtype=dtype)
         model = AutoModelForCausalLM.from_pretrained(base_path, quantization_config=quant, dtype=dtype,
-                                                     device_map={"": 0})
+                                                     device_map={"": 0 if device == "cuda" else "cpu"})
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
     else:

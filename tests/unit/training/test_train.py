@@ -139,3 +139,29 @@ def test_qlora_without_cuda_is_a_clear_error(tmp_path, tiny_base_dir, dataset_fi
                         "output_dir": tmp_path / "o", "max_steps": 1})
     with pytest.raises(MethodUnavailable, match="qlora needs a CUDA GPU"):
         train(cfg, out=io.StringIO())
+
+
+def test_qlora_path_on_cpu_trains_a_4bit_base_and_yields_a_plain_lora_adapter(tmp_path, dataset_file):
+    """The real QLoRA code (NF4 load, prepare_model_for_kbit_training, LoRA on
+    Linear4bit) through bitsandbytes' CPU path, opted into with device=cpu."""
+    pytest.importorskip("bitsandbytes")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from loraplane.tiny_model import build_base
+
+    # bitsandbytes' CPU 4-bit inference kernel needs out_features % 32 == 0 (688 is not).
+    tiny_base_dir = build_base(tmp_path / "base", intermediate_size=704)
+    cfg = build_config({**FAST, "method": "qlora", "device": "cpu", "base_dir": tiny_base_dir,
+                        "dataset": [dataset_file], "output_dir": tmp_path / "o", "max_steps": 8,
+                        "gradient_checkpointing": True})
+    res = train(cfg, out=io.StringIO())
+    s = res.summary
+    assert s["method"] == "qlora" and s["dtype"] == "bfloat16"
+    assert s["train_loss"]["final"] < s["train_loss"]["first"]
+    cfg_json = json.loads((res.adapter_dir / "adapter_config.json").read_text())
+    assert cfg_json["r"] == 8 and sorted(cfg_json["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    base = AutoModelForCausalLM.from_pretrained(tiny_base_dir, dtype=torch.float32).eval()
+    ids = torch.tensor([[4, 40, 41, 5]])
+    before = _logits(base, ids)
+    assert not torch.allclose(before, _logits(PeftModel.from_pretrained(base, res.adapter_dir).eval(), ids), atol=1e-4)
