@@ -134,3 +134,10 @@ def wait_for(fn, timeout=60.0, interval=0.5, what="condition"):
 
 def get_json(cluster, *args) -> dict:
     return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
+
+
+@pytest.fixture(scope="session")
+def helpers():
+    """Helpers for test modules (``--import-mode=importlib`` cannot import conftest)."""
+    from types import SimpleNamespace
+    return SimpleNamespace(wait_for=wait_for, get_json=get_json, BASE_NAME=BASE_NAME, BASE_VERSION=BASE_VERSION)
