@@ -11,12 +11,14 @@ never silently trains with a default.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+STORE_ROOT_ENV = "MODEL_STORE_ROOT"  # same variable the ModelStore reads
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
@@ -73,6 +75,8 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
+        if self.store_root is None and os.environ.get(STORE_ROOT_ENV):
+            self.store_root = Path(os.environ[STORE_ROOT_ENV])
         if not self.dataset:
             raise ValueError("dataset: at least one JSONL file is required")
         if (self.base is None) == (self.base_dir is None):

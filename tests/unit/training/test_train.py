@@ -11,7 +11,7 @@ import torch
 from loraplane.training.config import build_config
 from loraplane.training.dataset import DatasetError
 from loraplane.training.summary import REQUIRED, SUMMARY_FILE
-from loraplane.training.trainer import train
+from loraplane.training.trainer import TrainingError, train
 
 FAST = dict(batch_size=4, seq_len=48, learning_rate=5e-3, lr_scheduler="constant", logging_steps=2, save_steps=100,
             eval_split=0.2, dropout=0.0, r=8, alpha=16, seed=0)
@@ -68,8 +68,24 @@ def test_trains_publishes_and_the_adapter_changes_outputs(tmp_path, store, datas
     base = AutoModelForCausalLM.from_pretrained(tiny_base_dir, dtype=torch.float32).eval()
     ids = torch.tensor([[4, 40, 41, 5]])
     before = _logits(base, ids)
-    tuned = PeftModel.from_pretrained(base, sv.path).eval()
-    assert not torch.allclose(before, _logits(tuned, ids), atol=1e-4)
+    peft_logits = _logits(PeftModel.from_pretrained(base, sv.path).eval(), ids)
+    assert not torch.allclose(before, peft_logits, atol=1e-4)
+
+    # The worker's own multi-LoRA loader serves it from the store path, same outputs as PEFT.
+    from loraplane.worker.lora import LoraBank
+
+    served = AutoModelForCausalLM.from_pretrained(tiny_base_dir, dtype=torch.float32).eval()
+    bank = LoraBank(served, torch.float32, "cpu")
+    bank.add("facts", sv.path)
+    bank.set_batch(["facts"])
+    assert torch.allclose(_logits(served, ids), peft_logits, atol=1e-4)
+    bank.set_batch([None])
+    assert torch.allclose(_logits(served, ids), before, atol=1e-5)
+
+    # Publishing the same version again is refused before any training.
+    with pytest.raises(TrainingError, match="already in the store"):
+        train(cfg.model_copy(update={"output_dir": tmp_path / "again"}), store=store, out=io.StringIO())
+    assert not (tmp_path / "again").exists()
 
 
 def test_bad_dataset_names_the_line_and_publishes_nothing(tmp_path, store, dataset_file):
@@ -165,3 +181,43 @@ def test_qlora_path_on_cpu_trains_a_4bit_base_and_yields_a_plain_lora_adapter(tm
     ids = torch.tensor([[4, 40, 41, 5]])
     before = _logits(base, ids)
     assert not torch.allclose(before, _logits(PeftModel.from_pretrained(base, res.adapter_dir).eval(), ids), atol=1e-4)
+
+
+def test_job_path_spec_file_env_store_and_pod_annotation(tmp_path, store, dataset_file, monkeypatch, capsys):
+    """What a Job runs: `loraplane train --spec` with camelCase keys, the store
+    from MODEL_STORE_ROOT, POD_NAME/POD_NAMESPACE from the downward API."""
+    import kubernetes
+
+    from loraplane.cli import main
+    from loraplane.training.progress import ANNOTATION
+
+    patches = []
+
+    class FakeCoreV1:
+        def patch_namespaced_pod(self, name, namespace, body):
+            patches.append((name, namespace, body))
+
+    monkeypatch.setattr(kubernetes.config, "load_incluster_config", lambda: None)
+    monkeypatch.setattr(kubernetes.client, "CoreV1Api", FakeCoreV1)
+    monkeypatch.setenv("POD_NAME", "train-facts-v2-abcde")
+    monkeypatch.setenv("POD_NAMESPACE", "ml")
+    monkeypatch.setenv("MODEL_STORE_ROOT", str(store.root))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"base: default/tiny\ndataset: {dataset_file}\nadapterName: facts\nadapterVersion: v2\ntask: facts\n"
+        f"publish: true\nhyperparameters:\n  loraR: 4\n  loraAlpha: 8\n  maxSteps: 3\n  batchSize: 4\n"
+        f"  seqLen: 48\n  loggingSteps: 1\n"
+    )
+    assert main(["train", "--spec", str(spec), "--learning-rate", "1e-3"]) == 0
+
+    sv = store.resolve("default", "adapter", "facts", "v2")
+    summary = json.loads((sv.path / SUMMARY_FILE).read_text())
+    assert summary["hyperparameters"]["r"] == 4 and summary["hyperparameters"]["learning_rate"] == 1e-3
+    # Default output dir lives on the store volume, keyed by the adapter, so a restarted pod resumes.
+    assert (store.root / ".training" / "default" / "facts" / "v2" / "checkpoints" / "latest").is_file()
+    assert all(p[:2] == ("train-facts-v2-abcde", "ml") for p in patches)
+    states = [json.loads(p[2]["metadata"]["annotations"][ANNOTATION]) for p in patches]
+    assert states[0]["phase"] == "loading" and states[-1]["phase"] == "succeeded" and states[-1]["step"] == 3
+    assert len(states) < 6  # throttled: 1 per 5 s plus the final, not one per line
+    printed = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [r["step"] for r in printed if r["phase"] == "training"] == [1, 2, 3]
