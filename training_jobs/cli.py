@@ -3,7 +3,8 @@
 Flags override the spec file (``--spec`` JSON/YAML with the same keys, snake
 or camel case). Exit codes: 0 trained (and published if asked) or stopped
 on ``--stop-after-steps``; 2 bad config, dataset or method for this machine;
-1 anything else (the error is also the pod's termination message).
+143/130 stopped by SIGTERM/SIGINT after checkpointing the current step; 1
+anything else (the error is also the pod's termination message).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from .trainer import train
 
     try:
-        train(cfg)
+        result = train(cfg)
     except (DatasetError, MethodUnavailable, ConfigError) as exc:
         print(f"loraplane train: {exc}", file=sys.stderr)
         return 2
@@ -98,4 +99,8 @@ def run(args: argparse.Namespace) -> int:
         traceback.print_exc(file=sys.stderr)
         print(f"loraplane train: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    if result.signal:  # checkpointed on SIGTERM/SIGINT: non-zero so the Job restarts the pod
+        print(f"loraplane train: stopped by {result.signal} after step {result.step}; checkpoint saved",
+              file=sys.stderr)
+        return 143 if result.signal == "SIGTERM" else 130
     return 0

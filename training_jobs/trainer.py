@@ -42,6 +42,39 @@ class TrainResult:
     step: int
     total_steps: int
     stopped_early: bool
+    signal: str | None = None  # "SIGTERM"/"SIGINT" when stopped by one
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT -> finish the current step, checkpoint, exit.
+
+    Why: a pod being evicted or drained gets SIGTERM and a grace period; a
+    checkpoint written then means the restarted pod loses at most one step.
+    """
+
+    def __init__(self):
+        self.signal: str | None = None
+        self._old = {}
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        import signal
+
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def _utc() -> str:
@@ -106,7 +139,8 @@ def train(cfg: TrainConfig, *, store=None, annotator: PodAnnotator | None = None
     reporter = ProgressReporter(0, annotator if annotator is not None else PodAnnotator.from_env(), out or sys.stdout)
     reporter.report(0, "loading")
     try:
-        return _train(cfg, store, reporter)
+        with _StopFlag() as stop:
+            return _train(cfg, store, reporter, stop)
     except BaseException as exc:
         message = f"{type(exc).__name__}: {exc}"
         last = reporter.last
@@ -116,7 +150,7 @@ def train(cfg: TrainConfig, *, store=None, annotator: PodAnnotator | None = None
         raise
 
 
-def _train(cfg: TrainConfig, store, reporter: ProgressReporter) -> TrainResult:
+def _train(cfg: TrainConfig, store, reporter: ProgressReporter, stop: _StopFlag) -> TrainResult:
     import torch
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
@@ -187,7 +221,7 @@ def _train(cfg: TrainConfig, store, reporter: ProgressReporter) -> TrainResult:
     t_loop = time.monotonic()
     step = start
     stop_at = min(total, cfg.stop_after_steps) if cfg.stop_after_steps else total
-    while step < stop_at:
+    while step < stop_at and stop.signal is None:
         batches = [[train_set[i] for i in idx] for idx in
                    plan.step_micro_batches(step, cfg.grad_accum, len(train_set), cfg.batch_size, cfg.seed)]
         tensors = [_batch_tensors(b, pad_id, device) for b in batches]
@@ -214,13 +248,13 @@ def _train(cfg: TrainConfig, store, reporter: ProgressReporter) -> TrainResult:
             reporter.report(step, "training", loss=mean, tps=tps, eta=eta, epoch=epoch,
                             lr=scheduler.get_last_lr()[0])
             window_loss, window_n = 0.0, 0
-        if step % cfg.save_steps == 0 and step < stop_at:
+        if step % cfg.save_steps == 0 and step < stop_at and stop.signal is None:
             save_checkpoint(step)
     train_seconds = prior_seconds + (time.monotonic() - t_loop)
-    if step < total:  # stopped on request: leave a checkpoint, publish nothing
+    if step < total:  # stopped on request or by a signal: leave a checkpoint, publish nothing
         save_checkpoint(step)
-        reporter.report(step, "stopped", final=True)
-        return TrainResult(None, None, None, step, total, True)
+        reporter.report(step, "stopped", final=True, signal=stop.signal)
+        return TrainResult(None, None, None, step, total, True, stop.signal)
 
     reporter.report(step, "evaluating", loss=history[-1]["loss"] if history else None)
     eval_final = evaluate(model, eval_set, cfg.batch_size, pad_id, device)

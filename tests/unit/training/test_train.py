@@ -221,3 +221,36 @@ def test_job_path_spec_file_env_store_and_pod_annotation(tmp_path, store, datase
     assert len(states) < 6  # throttled: 1 per 5 s plus the final, not one per line
     printed = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert [r["step"] for r in printed if r["phase"] == "training"] == [1, 2, 3]
+
+
+def test_sigterm_checkpoints_the_current_step_and_a_rerun_resumes(tmp_path, tiny_base_dir, dataset_file):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out_dir = tmp_path / "o"
+    cmd = [sys.executable, "-m", "loraplane.cli", "train", "--base-dir", str(tiny_base_dir), "--dataset",
+           str(dataset_file), "--output-dir", str(out_dir), "--max-steps", "100000", "--logging-steps", "1",
+           "--batch-size", "2", "--seq-len", "32", "--save-steps", "100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in proc.stdout:  # wait until it is really training
+            if '"phase":"training"' in line:
+                break
+        os.kill(proc.pid, signal.SIGTERM)
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=60) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    last = json.loads(rest.strip().splitlines()[-1])
+    assert last["phase"] == "stopped" and last["signal"] == "SIGTERM"
+    step = int((out_dir / "checkpoints" / "latest").read_text().removeprefix("step-"))
+    assert step == last["step"] >= 1
+    # A restarted pod (same args) picks it up.
+    cfg = build_config({"base_dir": tiny_base_dir, "dataset": [dataset_file], "output_dir": out_dir,
+                        "max_steps": 100000, "logging_steps": 1, "batch_size": 2, "seq_len": 32,
+                        "save_steps": 100000, "stop_after_steps": step + 1})
+    res = train(cfg, out=io.StringIO())
+    assert res.step == step + 1
