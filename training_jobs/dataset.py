@@ -9,7 +9,8 @@ reason. Nothing is trained or published from a file with a bad line.
 Record formats (one JSON object per line; blank lines are skipped):
 - instruction: {"instruction": str, "input": str (optional), "output": str}
 - chat: {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
-  with at least one assistant message; the loss covers every assistant turn.
+  with at least one assistant message; the loss covers every assistant turn
+  (only the last one when the chat template is not prefix-stable).
 """
 
 from __future__ import annotations
@@ -160,22 +161,31 @@ def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str
 def assistant_spans(tokenizer, ex: Example) -> tuple[str, list[tuple[int, int]]]:
     """Render the conversation and return the character spans of assistant turns.
 
-    Relies on the template being prefix-stable (rendering the first k turns is
-    a prefix of rendering all of them), true for Mistral's and most templates;
-    a template that is not is reported rather than trained on wrongly.
+    Every assistant turn is learned when the template is prefix-stable
+    (rendering the first k turns is a prefix of rendering all of them), true
+    of most templates. Some are not (Mistral v0.3 moves the system prompt into
+    the LAST user turn); then only the final assistant turn is learned, which
+    is still exact. Anything else is reported rather than trained on wrongly.
     """
     msgs = [{"role": r, "content": c} for r, c in ex.messages]
     try:
         full = _render(tokenizer, msgs, add_generation_prompt=False)
-        spans = []
-        for i, (role, _) in enumerate(ex.messages):
-            if role != "assistant":
-                continue
-            start = len(_render(tokenizer, msgs[:i], add_generation_prompt=True)) if i else 0
-            upto = _render(tokenizer, msgs[: i + 1], add_generation_prompt=False)
-            if not full.startswith(upto):
-                raise DatasetError(f"{ex.source}: chat template is not prefix-stable; cannot mask the prompt")
-            spans.append((start, len(upto)))
+
+        def span(i: int) -> tuple[int, int] | None:
+            prompt = _render(tokenizer, msgs[:i], add_generation_prompt=True) if i else ""
+            upto = full if i == len(msgs) - 1 else _render(tokenizer, msgs[: i + 1], add_generation_prompt=False)
+            if not (full.startswith(prompt) and full.startswith(upto) and len(prompt) <= len(upto)):
+                return None
+            return len(prompt), len(upto)
+
+        turns = [i for i, (role, _) in enumerate(ex.messages) if role == "assistant"]
+        spans = [span(i) for i in turns]
+        if any(sp is None for sp in spans):
+            last = span(turns[-1]) if turns[-1] == len(msgs) - 1 else None
+            if last is None:
+                raise DatasetError(f"{ex.source}: the chat template does not render this conversation "
+                                   "prefix-stably; cannot tell prompt from answer")
+            spans = [last]
     except DatasetError:
         raise
     except Exception as exc:  # template errors (e.g. roles must alternate)

@@ -82,3 +82,26 @@ def test_collate_pads_right_and_masks_padding():
     assert out["input_ids"] == [[1, 2, 3], [4, 0, 0]]
     assert out["attention_mask"] == [[1, 1, 1], [1, 0, 0]]
     assert out["labels"] == [[-100, 2, 3], [4, -100, -100]]
+
+
+def test_template_that_moves_the_system_prompt_learns_only_the_last_answer():
+    # Like Mistral v0.3: the system prompt is prepended to the LAST user turn,
+    # so earlier prefixes do not match the full rendering.
+    tok = build_tokenizer()
+    tok.chat_template = (
+        "{% set sys = messages[0]['content'] if messages[0]['role'] == 'system' else '' %}"
+        "{% set conv = messages[1:] if sys else messages %}"
+        "{% set last_user = namespace(i=-1) %}"
+        "{% for m in conv %}{% if m['role'] == 'user' %}{% set last_user.i = loop.index0 %}{% endif %}{% endfor %}"
+        "{% for m in conv %}"
+        "{% if m['role'] == 'user' %}{{ '<|user|> ' }}{% if loop.index0 == last_user.i and sys %}"
+        "{{ sys + ' ' }}{% endif %}{{ m['content'] + ' ' }}"
+        "{% else %}{{ '<|assistant|> ' + m['content'] + ' ' }}{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|> ' }}{% endif %}"
+    )
+    ex = Example((("system", "short answer"), ("user", "tell me about the cat"), ("assistant", "red"),
+                  ("user", "and the dog"), ("assistant", "blue")), "x:1")
+    t = tokenize_example(tok, ex, seq_len=128)
+    labelled = [tok.convert_ids_to_tokens(i) for i, lab in zip(t.input_ids, t.labels) if lab != IGNORE_INDEX]
+    assert labelled == ["blue", "</s>"]
