@@ -165,6 +165,7 @@ class Ledger:
         self.nodes = {n.name: n for n in nodes}
         self.free: dict[tuple[str, int], int] = {}
         self.pool_count: dict[tuple[str, str], int] = {}
+        self.eligible_cache: dict = {}
         for n in sorted(nodes, key=lambda n: n.name):
             for i in range(n.gpu_count):
                 self.free[(n.name, i)] = n.gpu_memory_mib
@@ -187,15 +188,26 @@ def _choose(ledger: Ledger, gpus: list[tuple[str, int]], need: int, req: Request
     return min(fits, key=lambda g: (ledger.free[g] - need, g))
 
 
+def _eligible(ledger: Ledger, req: Request) -> tuple[list[tuple[str, int]], dict[str, int]]:
+    """Eligible GPUs and skip reasons; cached per request shape (all workers
+    of a pool share one), which keeps a 1000-worker pass linear in GPUs."""
+    key = (req.product, req.min_memory_mib, req.node_selector, req.affinity, req.tolerations)
+    hit = ledger.eligible_cache.get(key)
+    if hit is None:
+        skipped: dict[str, int] = {}
+        gpus: list[tuple[str, int]] = []
+        for name in sorted(ledger.nodes):
+            why = ineligibility(ledger.nodes[name], req)
+            if why:
+                skipped[why] = skipped.get(why, 0) + 1
+            else:
+                gpus.extend((name, i) for i in range(ledger.nodes[name].gpu_count))
+        hit = ledger.eligible_cache[key] = (gpus, skipped)
+    return hit
+
+
 def place_one(ledger: Ledger, req: Request) -> Decision:
-    skipped: dict[str, int] = {}
-    gpus: list[tuple[str, int]] = []
-    for name in sorted(ledger.nodes):
-        why = ineligibility(ledger.nodes[name], req)
-        if why:
-            skipped[why] = skipped.get(why, 0) + 1
-        else:
-            gpus.extend((name, i) for i in range(ledger.nodes[name].gpu_count))
+    gpus, skipped = _eligible(ledger, req)
     if not gpus:
         detail = ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())) or "no nodes"
         return Decision(req.worker, message=f"no eligible GPU node ({detail})")
@@ -259,3 +271,22 @@ def _neg(key):
 def vram_lower_bound(total_need_mib: int, gpu_memory_mib: int) -> int:
     """GPUs needed if VRAM were perfectly divisible: ceil(sum need / card)."""
     return -(-total_need_mib // gpu_memory_mib)
+
+
+def integral_lower_bound(needs: list[int], card: int) -> int:
+    """Martello-Toth L2 bound for bin packing, and a count bound: no placement
+    of whole workers can use fewer GPUs. Tighter than ``vram_lower_bound`` when workers do not
+    divide a card evenly (two 10.8 GiB workers strand 2.4 GiB per card)."""
+    best = vram_lower_bound(sum(needs), card)
+    for alpha in sorted({n for n in needs if n <= card // 2} | {0}):
+        j1 = [n for n in needs if n > card - alpha]
+        j2 = [n for n in needs if card / 2 < n <= card - alpha]
+        j3 = [n for n in needs if alpha <= n <= card / 2]
+        spare = len(j2) * card - sum(j2)
+        best = max(best, len(j1) + len(j2) + max(0, -(-(sum(j3) - spare) // card)))
+    # Count bound: a card holds at most floor(card / s) workers of size >= s.
+    ordered = sorted(needs, reverse=True)
+    for i, s in enumerate(ordered):
+        if s > 0 and (i + 1 == len(ordered) or ordered[i + 1] != s):
+            best = max(best, -(-(i + 1) // max(1, card // s)))
+    return best

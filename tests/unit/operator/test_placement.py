@@ -159,3 +159,21 @@ def test_deterministic_whatever_the_input_order(nodes, raw, data, seed):
     seed.shuffle(shuffled_res)
     assert place(shuffled_nodes, shuffled_res, reqs) == first
     assert all(isinstance(d, Decision) for d in first)
+
+
+def test_integral_lower_bound_examples():
+    from loraplane.operator.placement import integral_lower_bound
+    assert integral_lower_bound([11052] * 6, 24576) == 3  # two per card at most
+    assert vram_lower_bound(6 * 11052, 24576) == 3
+    assert integral_lower_bound([11052] * 1000, 24576) == 500 > vram_lower_bound(11052 * 1000, 24576)
+    assert integral_lower_bound([13000, 13000, 5000], 24576) == 2
+
+
+@settings(max_examples=100, deadline=None)
+@given(needs=st.lists(st.integers(500, 24576), min_size=1, max_size=40))
+def test_integral_lower_bound_never_exceeds_binpack(needs):
+    from loraplane.operator.placement import integral_lower_bound
+    nodes = [NodeInfo(f"n{i:03d}", {}, 1, 24576) for i in range(len(needs))]
+    ds = place(nodes, [], [Request(f"p-{i}", (("fp16", n),)) for i, n in enumerate(sorted(needs, reverse=True))])
+    assert all(d.placed for d in ds)
+    assert integral_lower_bound(needs, 24576) <= len({(d.node, d.gpu) for d in ds})
