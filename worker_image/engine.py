@@ -51,6 +51,7 @@ class GenRequest:
     temperature: float = 0.0
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False  # benchmarks: always generate max_tokens
     id: int = field(default_factory=lambda: next(_ids))
     enqueued: float = field(default_factory=time.monotonic)
     generated: list[int] = field(default_factory=list)
@@ -315,7 +316,7 @@ class Engine:
                 self._finish(r, "cancelled")
                 continue
             reason = None
-            if t in self.eos_ids:
+            if t in self.eos_ids and not r.ignore_eos:
                 reason = "stop"
             else:
                 r.generated.append(t)

