@@ -30,6 +30,14 @@ class BaseInfo:
     version: str | None = None
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def dir_checksum(path: Path) -> str:
     """sha256 over (relative path, file sha256) of every file, sorted.
 
@@ -38,11 +46,7 @@ def dir_checksum(path: Path) -> str:
     """
     total = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        total.update(f"{f.relative_to(path).as_posix()}\0{h.hexdigest()}\n".encode())
+        total.update(f"{f.relative_to(path).as_posix()}\0{file_sha256(f)}\n".encode())
     return total.hexdigest()
 
 
@@ -60,7 +64,10 @@ def resolve_base(cfg: TrainConfig, store=None) -> BaseInfo:
                 checksum, src = dir_checksum(path), "computed"
         else:
             checksum, src = dir_checksum(path), "computed"
-        return BaseInfo(path, checksum, src, f"local:{path}", name=cfg.base_name, version=cfg.base_version)
+        info = BaseInfo(path, checksum, src, f"local:{path}", name=cfg.base_name, version=cfg.base_version)
+        if cfg.publish and store is not None:
+            info = _match_store_base(info, cfg, store)
+        return info
 
     from loraplane.modelstore import StoreError
 
@@ -77,3 +84,24 @@ def resolve_base(cfg: TrainConfig, store=None) -> BaseInfo:
         raise BaseModelError(f"base {cfg.base}: {exc}") from exc
     return BaseInfo(Path(sv.path), sv.manifest.checksum, "store-manifest", f"{owner}/{name}@{sv.version}",
                     owner=owner, name=name, version=sv.version)
+
+
+def _match_store_base(info: BaseInfo, cfg: TrainConfig, store) -> BaseInfo:
+    """A local base used to publish under ``base_name`` must BE that store base:
+    every file in its manifest present here with the same sha256. Then the
+    summary records the store's checksum, the one the adapter's manifest pins."""
+    from loraplane.modelstore import StoreError
+
+    try:
+        sv = store.resolve(cfg.owner, "base", cfg.base_name, cfg.base_version)
+    except StoreError as exc:
+        raise BaseModelError(f"base_name {cfg.base_name}: {exc}") from exc
+    for rel, entry in sv.manifest.files.items():
+        local = info.path / rel
+        if not local.is_file() or local.stat().st_size != entry.size or file_sha256(local) != entry.sha256:
+            raise BaseModelError(
+                f"base dir {info.path} is not the store base {cfg.owner}/{cfg.base_name}@{sv.version}: "
+                f"{rel} is {'missing' if not local.is_file() else 'different'}; train with --base instead"
+            )
+    return BaseInfo(info.path, sv.manifest.checksum, "store-manifest", f"local:{info.path}",
+                    owner=cfg.owner, name=cfg.base_name, version=sv.version)

@@ -254,3 +254,23 @@ def test_sigterm_checkpoints_the_current_step_and_a_rerun_resumes(tmp_path, tiny
                         "save_steps": 100000, "stop_after_steps": step + 1})
     res = train(cfg, out=io.StringIO())
     assert res.step == step + 1
+
+
+def test_publishing_from_a_base_dir_checks_it_is_the_named_store_base(tmp_path, store, dataset_file, tiny_base_dir):
+    import shutil
+
+    from loraplane.training.base import BaseModelError
+
+    other = tmp_path / "other-base"
+    shutil.copytree(tiny_base_dir, other)
+    (other / "config.json").write_text((other / "config.json").read_text().replace("\n", "\n "))
+    common = {**FAST, "dataset": [dataset_file], "store_root": store.root, "max_steps": 2, "publish": True,
+              "name": "facts", "version": "v9", "base_name": "tiny"}
+    with pytest.raises(BaseModelError, match="config.json is different"):
+        train(build_config({**common, "base_dir": other, "output_dir": tmp_path / "a"}), store=store,
+              out=io.StringIO())
+    res = train(build_config({**common, "base_dir": tiny_base_dir, "output_dir": tmp_path / "b"}), store=store,
+                out=io.StringIO())
+    assert res.summary["base"]["checksum"] == store.resolve("default", "base", "tiny").manifest.checksum
+    assert store.resolve("default", "adapter", "facts", "v9").manifest.adapter.base_checksum == \
+        res.summary["base"]["checksum"]
