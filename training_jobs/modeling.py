@@ -85,7 +85,10 @@ def load_for_training(cfg: TrainConfig, base_path: Path) -> Loaded:
     else:
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype).to(device)
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     missing = [m for m in cfg.target_modules if not any(n.endswith(m) for n, _ in model.named_modules())]
     if missing:
