@@ -215,7 +215,7 @@ def process_cold_start(store_root: Path, n: int) -> float:
         t0 = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "loraplane.cli", "worker", "--store-root", str(store_root),
                                  "--desired-file", str(f), "--port", str(port), "--host", "127.0.0.1",
-                                 "--device", "cpu", "--log-level", "WARNING"],
+                                 "--device", "cpu", "--threads", "1", "--log-level", "WARNING"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             while True:

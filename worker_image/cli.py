@@ -32,6 +32,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--request-timeout", type=float, default=120.0, help="seconds")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight requests on SIGTERM")
     p.add_argument("--quick-verify-base", action="store_true", help="verify base files by size only (not sha256)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op CPU threads (default: torch's choice; set to the CPU limit of the Pod)")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -42,10 +44,12 @@ async def _main(args) -> int:
     from .server import create_app
     from .sources import ConfigMapSource, FileSource, PodReporter
 
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = args.device
     if device is None:
-        import torch
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = WorkerConfig.faults_from_env(
         store_root=args.store_root, device=device, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,

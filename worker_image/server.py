@@ -138,6 +138,10 @@ async def _serve(request, w: Worker, body: dict, *, prompt=None, messages=None, 
         raise ApiError(400, "prompt is empty after tokenization")
     if len(ids) > w.cfg.max_prompt_tokens:
         raise ApiError(400, f"prompt has {len(ids)} tokens; this worker accepts at most {w.cfg.max_prompt_tokens}")
+    ctx = getattr(w.engine.model.config, "max_position_embeddings", None)
+    if ctx and len(ids) + params["max_tokens"] > ctx:
+        raise ApiError(400, f"prompt ({len(ids)} tokens) + max_tokens ({params['max_tokens']}) exceeds the "
+                            f"model's context of {ctx} tokens")
     delay, inject = w.fault_for(choice.adapter)
     if inject:
         w.metrics.requests.labels(task, adapter_label, "500").inc()

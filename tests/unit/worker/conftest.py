@@ -82,3 +82,15 @@ def helpers():
     h.desired = desired
     h.running_worker = running_worker
     return h
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models on a shared 2-core box: 2 intra-op threads spin against other
+    processes and run ~30x slower; one thread is stable. Restored afterwards."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

@@ -33,7 +33,7 @@ def test_worker_process_serves_and_drains(worker_store, tmp_path, helpers):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("POD_NAME", "LORAPLANE_DESIRED_CONFIGMAP")}
     proc = subprocess.Popen([sys.executable, "-m", "loraplane.cli", "worker", "--store-root", str(worker_store),
-                             "--desired-file", str(f), "--port", str(port), "--host", "127.0.0.1", "--device", "cpu"],
+                             "--desired-file", str(f), "--port", str(port), "--host", "127.0.0.1", "--device", "cpu", "--threads", "1"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"

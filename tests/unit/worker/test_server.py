@@ -147,6 +147,9 @@ def test_errors_limits_and_metrics(worker_store, run, helpers):
             out["unknown"] = await _complete(c, "nope")
             out["too_many"] = await _complete(c, "synthesizer", max_tokens=10**6)
             out["long_prompt"] = await _complete(c, "synthesizer", prompt="cat " * 3000)
+            w.cfg.max_prompt_tokens = 5000
+            out["ctx"] = await _complete(c, "synthesizer", prompt="cat " * 1500, max_tokens=1000)
+            w.cfg.max_prompt_tokens = 2048
             out["bad_json"] = (await c.post("/v1/completions", data=b"{")).status
             out["models"] = await (await c.get("/v1/models")).json()
             out["health"] = (await c.get("/healthz")).status
@@ -158,6 +161,7 @@ def test_errors_limits_and_metrics(worker_store, run, helpers):
     assert o["unknown"][0] == 404 and "nope" in o["unknown"][1]["error"]["message"]
     assert o["too_many"][0] == 400 and "max_tokens" in o["too_many"][1]["error"]["message"]
     assert o["long_prompt"][0] == 400 and "tokens" in o["long_prompt"][1]["error"]["message"]
+    assert o["ctx"][0] == 400 and "context" in o["ctx"][1]["error"]["message"]
     assert o["bad_json"] == 400 and o["health"] == 200 and o["ok"][0] == 200
     ids = {m["id"] for m in o["models"]["data"]}
     assert {"synthesizer", "critic", "synth-v1", "synth-v2", "critic-v1", "tiny"} <= ids
@@ -243,3 +247,30 @@ def test_configmap_handler_applies_document(run, helpers):
     assert seen == [doc]
     with pytest.raises(ValueError):
         ConfigMapSource("no-namespace", apply, None)
+
+
+def test_short_request_does_not_wait_for_long_one(worker_store, run, helpers):
+    """Continuous batching: a request joining a running batch leaves it when done."""
+    desired, running_worker = helpers.desired, helpers.running_worker
+
+    async def go():
+        async with running_worker(worker_store, desired(ROUTES), max_tokens_limit=4096) as (w, c):
+            order = []
+
+            async def call(name, n):
+                r = await c.post("/v1/completions", json={"model": "synth-v1", "prompt": PROMPT, "max_tokens": n,
+                                                          "temperature": 0, "ignore_eos": True})
+                body = await r.json()
+                order.append((name, body["usage"]["completion_tokens"]))
+
+            long = asyncio.create_task(call("long", 400))
+            while w.engine.busy == 0:
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.05)  # the long one is decoding
+            await call("short", 2)
+            long_done_already = long.done()
+            await long
+            return order, long_done_already
+    order, long_done_already = run(go())
+    assert not long_done_already
+    assert order == [("short", 2), ("long", 400)]
