@@ -11,15 +11,31 @@ when it carries the annotation ``loraplane.io/kwok-result`` with that value
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import yaml
 
 RESULT_ANNOTATION = "loraplane.io/kwok-result"
+#: Optional: becomes the container's termination message, as a kubelet would
+#: copy /dev/termination-log (the host runner sets it from the real file).
+MESSAGE_ANNOTATION = "loraplane.io/kwok-message"
 
 
 def _result_selector(value: str) -> dict:
     return {"key": f'.metadata.annotations["{RESULT_ANNOTATION}"]', "operator": "In", "values": [value]}
+
+
+def _with_message(template: str) -> str:
+    """Add ``message:`` beside the terminated ``reason:``, same indentation.
+    Inside upstream's ``range`` over containers ``.`` is the container, so the
+    pod is reached through upstream's ``$root``."""
+    return re.sub(
+        r"^(\s*)reason: Completed$",
+        lambda m: f"{m.group(0)}\n{m.group(1)}message: "
+                  f'{{{{ or (index $root.metadata.annotations "{MESSAGE_ANNOTATION}") "" | Quote }}}}',
+        template, flags=re.M,
+    )
 
 
 def _only_when_asked(stage: dict) -> dict:
@@ -27,6 +43,7 @@ def _only_when_asked(stage: dict) -> dict:
     exprs = stage["spec"]["selector"]["matchExpressions"]
     exprs[:] = [e for e in exprs if e["key"] != ".metadata.ownerReferences.[].kind"]
     exprs.append(_result_selector("Succeeded"))
+    stage["spec"]["next"]["statusTemplate"] = _with_message(stage["spec"]["next"]["statusTemplate"])
     return stage
 
 

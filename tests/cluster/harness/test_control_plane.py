@@ -220,3 +220,16 @@ def test_server_is_a_real_kube_apiserver(dev_cluster):
     assert version["serverVersion"]["gitVersion"].startswith(versions.KUBERNETES_VERSION)
     with pytest.raises(subprocess.CalledProcessError):
         dev_cluster.kubectl("get", "nosuchkind")
+
+
+def test_failed_pod_carries_the_injected_termination_message(dev_cluster, namespace, gpu_nodes):
+    from loraplane.devcluster.kwok_stages import MESSAGE_ANNOTATION
+
+    spec = job(namespace, "explains", "Failed")
+    spec["spec"]["template"]["metadata"]["annotations"][MESSAGE_ANNOTATION] = "dataset.jsonl:3: not JSON"
+    dev_cluster.kubectl("apply", "-f", "-", input=json.dumps(spec))
+    dev_cluster.kubectl("wait", "-n", namespace, "--for=condition=Failed", "job/explains", "--timeout=60s")
+    pod = get_json(dev_cluster, "pods", "-n", namespace, "-l", "job-name=explains")["items"][0]
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["exitCode"] == 1
+    assert terminated["message"] == "dataset.jsonl:3: not JSON"
