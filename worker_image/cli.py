@@ -15,22 +15,32 @@ import logging
 import os
 import signal
 
-from .desired import DESIRED_CONFIGMAP_ENV
+from typing import get_args
+
+from .desired import DESIRED_CONFIGMAP_ENV, Variant
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store-root", default=os.environ.get("MODEL_STORE_ROOT"), help="ModelStore root (env MODEL_STORE_ROOT)")
     p.add_argument("--desired-file", default=os.environ.get("LORAPLANE_DESIRED_FILE"),
                    help=f"desired-state JSON file, polled by mtime (else env {DESIRED_CONFIGMAP_ENV}=<ns>/<name>)")
-    p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default=os.environ.get("LORAPLANE_HOST", "0.0.0.0"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("LORAPLANE_PORT", "8000")), help="(env LORAPLANE_PORT)")
+    p.add_argument("--variant", default=os.environ.get("LORAPLANE_VARIANT") or None, choices=get_args(Variant),
+                   help="override the document's base variant for this worker (env LORAPLANE_VARIANT, set by the "
+                        "operator from the pod's VRAM reservation)")
+    p.add_argument("--vram-mib", type=int, default=int(os.environ.get("LORAPLANE_VRAM_MIB", "0")) or None,
+                   help="CUDA memory this worker may use (env LORAPLANE_VRAM_MIB): enforced with "
+                        "torch.cuda.set_per_process_memory_fraction so a worker OOMs inside its reservation "
+                        "instead of starving a neighbour on a shared GPU")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long an idle engine waits to gather a batch")
     p.add_argument("--max-prompt-tokens", type=int, default=2048)
     p.add_argument("--max-tokens-limit", type=int, default=1024)
     p.add_argument("--request-timeout", type=float, default=120.0, help="seconds")
-    p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight requests on SIGTERM")
+    p.add_argument("--drain-timeout", type=float, default=25.0, help="seconds to finish in-flight requests on SIGTERM (keep below the Pod's "
+                        "terminationGracePeriodSeconds, 30 by default)")
     p.add_argument("--quick-verify-base", action="store_true", help="verify base files by size only (not sha256)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op CPU threads (default: torch's choice; set to the CPU limit of the Pod)")
@@ -55,6 +65,7 @@ async def _main(args) -> int:
         store_root=args.store_root, device=device, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
         max_prompt_tokens=args.max_prompt_tokens, max_tokens_limit=args.max_tokens_limit,
         request_timeout_s=args.request_timeout, verify_full=not args.quick_verify_base,
+        variant=args.variant, vram_mib=args.vram_mib,
     )
     if cfg.fault_delay_ms or cfg.fault_error_rate:
         logging.warning("TEST FAULTS ENABLED: delay=%s error_rate=%s", cfg.fault_delay_ms, cfg.fault_error_rate)

@@ -58,6 +58,8 @@ class WorkerConfig:
     max_tokens_limit: int = 1024
     request_timeout_s: float = 120.0
     verify_full: bool = True
+    variant: str | None = None  # overrides the document's base.variant (per-pod placement decision)
+    vram_mib: int | None = None  # CUDA memory cap for this process
     fault_delay_ms: dict[str, float] = field(default_factory=dict)
     fault_error_rate: dict[str, float] = field(default_factory=dict)
     fault_seed: int | None = None
@@ -137,13 +139,14 @@ class Worker:
                 log.error("%s", self.failed[BASE_ADAPTER])
                 self.applied = desired
                 return
-        elif (desired.base.owner, desired.base.name, desired.base.version, desired.base.variant) != (
-            self.base_ref.owner, self.base_ref.name, self.base_ref.version, self.base_ref.variant
+        elif (desired.base.owner, desired.base.name, desired.base.version, self._requested(desired)) != (
+            self.base_ref.owner, self.base_ref.name, self.base_ref.version, self._requested_variant
         ):
             # Changing the base is a new worker, not a swap: report, keep serving the old set.
             self.failed[BASE_ADAPTER] = (
-                f"desired base {desired.base.name}@{desired.base.version} ({desired.base.variant}) differs from the "
-                f"loaded {self.base_ref.name}@{self.base_ref.version} ({self.base_ref.variant}); restart the worker"
+                f"desired base {desired.base.name}@{desired.base.version} ({self._requested(desired)}) differs from "
+                f"the loaded {self.base_ref.name}@{self.base_ref.version} ({self._requested_variant}); "
+                "restart the worker"
             )
             self.applied = desired
             return
@@ -219,7 +222,11 @@ class Worker:
         if not report.ok:
             raise AdapterRefused(f"verification failed: {report.summary()}")
         device = torch.device(self.cfg.device)
-        plan = plan_variant(ref.variant, device.type, bnb_problem() if ref.variant.startswith("bnb") else None)
+        requested = self._requested(desired)
+        if device.type == "cuda" and self.cfg.vram_mib:
+            total = torch.cuda.get_device_properties(device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, self.cfg.vram_mib * 2**20 / total), device)
+        plan = plan_variant(requested, device.type, bnb_problem() if requested.startswith("bnb") else None)
         if plan.reason:
             log.warning("variant: %s", plan.reason)
         model, tokenizer = load_base(sv.path, plan.variant, str(device))
@@ -228,7 +235,11 @@ class Worker:
                              max_wait_ms=self.cfg.max_wait_ms, observer=self.metrics)
         self.bank, self.tokenizer, self.base_ref, self.base_manifest = bank, tokenizer, ref, sv.manifest
         self.variant, self.variant_reason = plan.variant, plan.reason
+        self._requested_variant = requested
         self.metrics.base_load.set(time.perf_counter() - t0)
+
+    def _requested(self, desired: DesiredState) -> str:
+        return self.cfg.variant or desired.base.variant
 
     def _read_adapter(self, ref: AdapterRef):
         from loraplane.modelstore import ModelStore, verify_dir

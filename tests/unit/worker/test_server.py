@@ -274,3 +274,21 @@ def test_short_request_does_not_wait_for_long_one(worker_store, run, helpers):
     order, long_done_already = run(go())
     assert not long_done_already
     assert order == [("short", 2), ("long", 400)]
+
+
+def test_variant_override_and_base_change_reported(worker_store, run, helpers):
+    desired, running_worker = helpers.desired, helpers.running_worker
+
+    async def go():
+        async with running_worker(worker_store, desired(ROUTES), variant="bnb-int8") as (w, c):
+            first = w.status()
+            ok = await _complete(c, "synth-v1", max_tokens=2)
+            doc = desired(ROUTES, generation=2)
+            doc.base.version = "v9"
+            st = await w.apply(doc)
+            still = await _complete(c, "synth-v1", max_tokens=2)
+            return first, w.variant_reason, ok[0], st, still[0]
+    first, reason, ok, st, still = run(go())
+    assert first.variant == "fp32" and "bnb-int8" in reason and ok == 200  # CPU: reported fallback
+    assert "__base__" in st.failed and "restart" in st.failed["__base__"]
+    assert still == 200 and st.loaded == ["critic-v1", "synth-v1", "synth-v2"]  # keeps serving the old set
