@@ -25,8 +25,11 @@ from .reconcile import reconcile_pool, reconcile_resolve, timed
 class State:
     kube = None
     cfg = None
+    ledger = None  # LedgerCache
+    applied = None  # reconcile.Applied
     wakeups: dict[tuple[str, str, str], asyncio.Event] = {}
     nodes: dict[str, object] = {}
+    generations: dict[tuple[str, str], object] = {}
 
 
 def _wake(kind: str, ns: str | None = None, name: str | None = None) -> None:
@@ -54,7 +57,7 @@ async def _loop(kind: str, namespace: str, name: str, stopped, fn) -> None:
 @kopf.daemon(GROUP, VERSION, "workerpools", cancellation_timeout=10)
 async def workerpool_daemon(name, namespace, stopped, **_):
     await _loop("WorkerPool", namespace, name, stopped,
-                lambda ns, n: reconcile_pool(State.kube, State.cfg, ns, n))
+                lambda ns, n: reconcile_pool(State.kube, State.cfg, State.ledger, State.applied, ns, n))
 
 
 @kopf.daemon(GROUP, VERSION, "basemodels", cancellation_timeout=10)
@@ -72,8 +75,17 @@ async def adapter_daemon(name, namespace, stopped, **_):
 # --- wake-ups ------------------------------------------------------------
 
 @kopf.on.event(GROUP, VERSION, "workerpools")
-async def pool_changed(name, namespace, **_):
-    _wake("WorkerPool", namespace, name)
+async def pool_changed(name, namespace, body, type, **_):
+    """Wake on spec (generation) or metadata changes, not on our own status
+    patches (each would cost one more pass)."""
+    meta = body.get("metadata") or {}
+    key = (namespace, name)
+    seen = (meta.get("generation"), meta.get("deletionTimestamp"), str(meta.get("annotations")))
+    if type == "DELETED":
+        State.generations.pop(key, None)
+    elif State.generations.get(key) != seen:
+        State.generations[key] = seen
+        _wake("WorkerPool", namespace, name)
 
 
 @kopf.on.event(GROUP, VERSION, "basemodels")
@@ -90,7 +102,9 @@ async def adapter_changed(name, namespace, **_):
 
 
 @kopf.on.event("", "v1", "pods", labels={POOL_LABEL: kopf.PRESENT})
-async def worker_pod_changed(namespace, labels, **_):
+async def worker_pod_changed(namespace, labels, body, type, **_):
+    if State.ledger is not None:
+        State.ledger.pod_event(dict(body), deleted=type == "DELETED")
     _wake("WorkerPool", namespace, labels[POOL_LABEL])
 
 
@@ -104,6 +118,8 @@ async def job_changed(namespace, labels, **_):
 async def node_changed(name, body, type, **_):
     """Wake pools only when something placement looks at changed (KWOK and
     kubelets update nodes often; their heartbeats must not cause passes)."""
+    if State.ledger is not None:
+        State.ledger.node_event(dict(body), deleted=type == "DELETED")
     info = None if type == "DELETED" else node_info(dict(body))
     if State.nodes.get(name) != info:
         State.nodes[name] = info
@@ -115,8 +131,11 @@ async def other_pod_changed(body, type, **_):
     """A non-loraplane pod taking or releasing whole GPUs changes the ledger."""
     spec = body.get("spec") or {}
     wants_gpu = any("nvidia.com/gpu" in str((c.get("resources") or {})) for c in spec.get("containers") or [])
-    if wants_gpu and (type in ("DELETED", "ADDED") or spec.get("nodeName")):
-        _wake("WorkerPool")
+    if wants_gpu:
+        if State.ledger is not None:
+            State.ledger.pod_event(dict(body), deleted=type == "DELETED")
+        if type in ("DELETED", "ADDED") or spec.get("nodeName"):
+            _wake("WorkerPool")
 
 
 @kopf.on.startup()

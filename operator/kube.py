@@ -73,20 +73,21 @@ class Kube:
         return None if key in (s.data or {}) else f"Secret {name} has no key {key!r}"
 
     # --- writes ----------------------------------------------------------
-    def create(self, obj: dict) -> bool:
-        """Create; False when it already exists (a repeated reconcile)."""
+    def create(self, obj: dict) -> dict | None:
+        """Create and return the stored object; None when it already exists
+        (a repeated reconcile)."""
         ns = obj["metadata"]["namespace"]
         try:
             if obj["kind"] == "Pod":
-                self.core.create_namespaced_pod(ns, obj, field_manager=FIELD_MANAGER)
+                r = self.core.create_namespaced_pod(ns, obj, field_manager=FIELD_MANAGER, _preload_content=False)
             elif obj["kind"] == "Job":
-                self.batch.create_namespaced_job(ns, obj, field_manager=FIELD_MANAGER)
+                r = self.batch.create_namespaced_job(ns, obj, field_manager=FIELD_MANAGER, _preload_content=False)
             else:
                 raise ValueError(obj["kind"])
-            return True
+            return self._json(r)
         except ApiException as e:
             if e.status == 409:
-                return False
+                return None
             raise
 
     def delete_pod(self, ns: str, name: str) -> None:

@@ -14,6 +14,8 @@ def run_operator(args) -> int:
 
     from . import handlers, metrics
     from .kube import Kube
+    from .ledger_cache import LedgerCache
+    from .reconcile import Applied
 
     cfg = from_args(args)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -24,6 +26,9 @@ def run_operator(args) -> int:
         os.environ["KUBECONFIG"] = cfg.kubeconfig
     handlers.State.kube = Kube(cfg.kubeconfig)
     handlers.State.cfg = cfg
+    kube = handlers.State.kube
+    handlers.State.ledger = LedgerCache(kube.list_nodes, kube.list_pods, resync_seconds=cfg.resync_seconds)
+    handlers.State.applied = Applied(ttl=cfg.resync_seconds)
     metrics.serve(cfg.metrics_port)
 
     @kopf.on.login()

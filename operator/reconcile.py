@@ -10,6 +10,7 @@ instance is active, so the lock is enough cluster-wide.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import threading
@@ -19,6 +20,7 @@ from pathlib import Path
 from . import inventory, metrics
 from .config import Config
 from .kube import Kube
+from .ledger_cache import LedgerCache
 from .manifests import desired_configmap_obj, publish_job, service, verify_job
 from .names import OWNER_LABEL, POOL_LABEL
 from .pool_core import plan_pool
@@ -112,7 +114,28 @@ def reconcile_resolve(kube: Kube, cfg: Config, kind: str, ns: str, name: str) ->
     return plan.requeue_after
 
 
-def reconcile_pool(kube: Kube, cfg: Config, ns: str, name: str) -> float | None:
+class Applied:
+    """Skips server-side applies of objects unchanged since the last apply
+    (re-applied at least every ``ttl`` seconds, so a deleted ConfigMap comes
+    back)."""
+
+    def __init__(self, ttl: float = 30.0):
+        self.ttl, self.seen, self.lock = ttl, {}, threading.Lock()
+
+    def apply(self, kube: Kube, obj: dict) -> None:
+        key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+        digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+        with self.lock:
+            last = self.seen.get(key)
+        if last and last[0] == digest and time.monotonic() - last[1] < self.ttl:
+            return
+        kube.apply(obj)
+        with self.lock:
+            self.seen[key] = (digest, time.monotonic())
+
+
+def reconcile_pool(kube: Kube, cfg: Config, ledger: LedgerCache, applied: Applied, ns: str,
+                   name: str) -> float | None:
     pool = kube.get_custom("WorkerPool", ns, name)
     if pool is None:
         return None
@@ -121,24 +144,22 @@ def reconcile_pool(kube: Kube, cfg: Config, ns: str, name: str) -> float | None:
     wanted = {b["adapter"] for bs in (spec.get("routes") or {}).values() for b in bs}
     adapters = {a["metadata"]["name"]: a for a in kube.list_custom("Adapter", ns) if a["metadata"]["name"] in wanted}
     image = spec.get("image") or cfg.worker_image
+    mine = kube.list_pods(ns, f"{POOL_LABEL}={name}")
     with PLACEMENT_LOCK:
-        nodes = [inventory.node_info(n) for n in kube.list_nodes()]
-        all_pods = kube.list_pods()
-        reservations = inventory.reservations(all_pods, nodes)
-        mine = [p for p in all_pods if p["metadata"].get("namespace") == ns
-                and (p["metadata"].get("labels") or {}).get(POOL_LABEL) == name]
+        nodes, reservations, _ = ledger.view()
         plan = plan_pool(pool, base, adapters, mine, nodes, reservations, image, _now())
         for pod in plan.create:
             created = kube.create(pod)
             variant = json.loads(pod["metadata"]["annotations"]["loraplane.io/reservation"])["variant"]
             if created:
+                ledger.created(created)  # write-through: the next placement sees it
                 metrics.PLACEMENTS.labels(ns, name, variant).inc()
             if cfg.create_delay_seconds:
                 time.sleep(cfg.create_delay_seconds)
     metrics.observe_ledger(nodes, reservations + inventory.reservations(plan.create, nodes))
     if plan.desired_json is not None:
-        kube.apply(desired_configmap_obj(pool, plan.desired_json))
-    kube.apply(service(pool))
+        applied.apply(kube, desired_configmap_obj(pool, plan.desired_json))
+    applied.apply(kube, service(pool))
     for pod_name in plan.delete:
         kube.delete_pod(ns, pod_name)
     variant = plan.status.get("variant") or ""
