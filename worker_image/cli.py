@@ -88,6 +88,7 @@ async def _main(args) -> int:
         logging.error("no desired state: pass --desired-file or set %s", DESIRED_CONFIGMAP_ENV)
         await runner.cleanup()
         return 2
+    tasks.append(asyncio.create_task(_retry_base(worker)))
     await stop.wait()
     logging.info("draining (up to %.0fs)", args.drain_timeout)
     clean = await worker.drain(args.drain_timeout)
@@ -98,6 +99,16 @@ async def _main(args) -> int:
     worker.close()
     logging.info("stopped (%s)", "drained" if clean else "drain timed out")
     return 0 if clean else 1
+
+
+async def _retry_base(worker, every_s: float = 15.0) -> None:
+    """A base that failed to load (store not mounted yet, transient I/O) is retried
+    without waiting for the next document change."""
+    while True:
+        await asyncio.sleep(every_s)
+        if worker.engine is None and worker.applied is not None and not worker.draining:
+            logging.info("retrying the base model load")
+            await worker.apply(worker.applied)
 
 
 def run(args) -> int:
