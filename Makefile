@@ -30,6 +30,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --progress-bar off -e ".[dev]"
 	touch $@
 
+crds: venv
+	$(PY) -m loraplane.operator.crdgen
+	$(PY) -m loraplane.operator.crdgen charts/loraplane/crds
+
 control-plane: venv
 	$(PY) -m loraplane.devcluster.build
 

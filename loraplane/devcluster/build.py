@@ -27,7 +27,8 @@ from . import versions
 STAMP = "build-info.json"
 # kubectl too: tests drive the cluster with a client of the same version.
 KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
-ALL_BINARIES = ("etcd", *KUBE_BINARIES, "kwok")
+CONTROL_PLANE_BINARIES = ("etcd", *KUBE_BINARIES, "kwok")
+ALL_BINARIES = (*CONTROL_PLANE_BINARIES, "helm")
 GOPROXY_URL = os.environ.get("GOPROXY", "https://proxy.golang.org").split(",")[0]
 
 
@@ -42,9 +43,13 @@ def bin_dir() -> Path:
 def missing_binaries(directory: Path | None = None) -> list[str]:
     """What must be (re)built; everything when the last build did not finish."""
     directory = directory or bin_dir()
-    if not (directory / STAMP).exists():
+    stamp = directory / STAMP
+    if not stamp.exists():
         return list(ALL_BINARIES)
-    return _absent(directory)
+    missing = _absent(directory)
+    if json.loads(stamp.read_text()).get("helm") != versions.HELM_VERSION and "helm" not in missing:
+        missing.append("helm")
+    return missing
 
 
 def _absent(directory: Path) -> list[str]:
@@ -182,6 +187,15 @@ def build_kwok(out: Path, work: Path) -> None:
         shutil.copyfile(module_dir / "kustomize" / "stage" / rel, stages_dir() / Path(rel).name)
 
 
+def build_helm(out: Path, work: Path) -> None:
+    print(f"+ GOBIN={out} go install helm.sh/helm/v3/cmd/helm@{versions.HELM_VERSION}", flush=True)
+    env = _go_env() | {"GOBIN": str(out), "GOFLAGS": ""}
+    subprocess.run(
+        ["go", "install", "-trimpath", "-ldflags=-s -w", f"helm.sh/helm/v3/cmd/helm@{versions.HELM_VERSION}"],
+        cwd=work, env=env, check=True,
+    )
+
+
 def build(force: bool = False) -> Path:
     """Build whatever is missing; return the directory holding the binaries."""
     out = bin_dir()
@@ -201,6 +215,8 @@ def build(force: bool = False) -> Path:
         steps.append(("kubernetes " + versions.KUBERNETES_VERSION, build_kubernetes))
     if "kwok" in todo:
         steps.append(("kwok " + versions.KWOK_VERSION, build_kwok))
+    if "helm" in todo:
+        steps.append(("helm " + versions.HELM_VERSION, build_helm))
     timings = {}
     for name, step in steps:
         started = time.monotonic()
@@ -211,7 +227,7 @@ def build(force: bool = False) -> Path:
     if still_missing:
         raise SystemExit(f"build finished but these binaries are missing: {still_missing}")
     info = {"bin_dir": str(out), "built_seconds": timings, "kubernetes": versions.KUBERNETES_VERSION,
-            "etcd": versions.ETCD_VERSION, "kwok": versions.KWOK_VERSION}
+            "etcd": versions.ETCD_VERSION, "kwok": versions.KWOK_VERSION, "helm": versions.HELM_VERSION}
     (out / STAMP).write_text(json.dumps(info, indent=2))
     print(json.dumps(info), flush=True)
     return out

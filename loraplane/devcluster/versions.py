@@ -8,6 +8,8 @@ Bumping KUBERNETES_VERSION bumps every k8s.io staging module with it
 KUBERNETES_VERSION = "v1.37.2"
 ETCD_VERSION = "v3.7.3"
 KWOK_VERSION = "v0.8.0"
+# Not part of the control plane: renders and lints the chart in tests.
+HELM_VERSION = "v3.22.0"
 
 
 def staging_version(kubernetes_version: str = KUBERNETES_VERSION) -> str:
