@@ -1,0 +1,73 @@
+"""The chart's ServiceAccount and ClusterRole are enough for the real operator:
+it runs with a token of that ServiceAccount (not the admin certificate),
+brings a pool to Ready, and no API call is refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from loraplane.devcluster import build
+
+ROOT = Path(__file__).resolve().parents[3]
+BASE_NAME, BASE_VERSION = "mistral-7b-instruct", "v0.3"  # as published by the op_store fixture
+
+
+def rendered_rbac(release: str, namespace: str) -> list[dict]:
+    out = subprocess.run([str(build.bin_dir() / "helm"), "template", release, str(ROOT / "charts" / "loraplane"),
+                          "--namespace", namespace, "--set", "peering.enabled=false"],
+                         capture_output=True, text=True, check=True).stdout
+    return [d for d in yaml.safe_load_all(out)
+            if d and d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
+
+
+def token_kubeconfig(cluster, namespace: str, sa: str, path: Path) -> Path:
+    token = cluster.kubectl("create", "token", sa, "-n", namespace, "--duration=1h").stdout.strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    server = admin["clusters"][0]["cluster"]
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "c", "cluster": server}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa", "namespace": namespace}}],
+    }))
+    return path
+
+
+def test_operator_runs_with_only_the_charts_rbac(dev_cluster, namespace, operator, op_store, gpu_nodes, helpers,
+                                                 tmp_path):
+    release = f"lp-{namespace}"
+    docs = rendered_rbac(release, namespace)
+    dev_cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
+    sa = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
+    kubeconfig = token_kubeconfig(dev_cluster, namespace, sa, tmp_path / "sa.kubeconfig")
+    who = dev_cluster.kubectl("--kubeconfig", str(kubeconfig), "auth", "whoami", "-o", "json").stdout
+    assert f"system:serviceaccount:{namespace}:{sa}" in who
+
+    _, label = gpu_nodes(1, gpus=2)
+    op = operator(kubeconfig=kubeconfig, namespace=namespace)
+    store = {"hostPath": {"path": str(op_store)}, "mountPath": "/models"}
+    objects = [
+        {"apiVersion": "loraplane.io/v1alpha1", "kind": "BaseModel", "metadata": {"name": "m"},
+         "spec": {"storeName": BASE_NAME, "version": BASE_VERSION, "store": store,
+                  "variants": [{"name": "fp16", "vramMiB": 14336}]}},
+        {"apiVersion": "loraplane.io/v1alpha1", "kind": "Adapter", "metadata": {"name": "syn-v1"},
+         "spec": {"baseModelRef": "m", "task": "synthesizer", "version": "v1",
+                  "source": {"storeName": "synthesizer"}}},
+        {"apiVersion": "loraplane.io/v1alpha1", "kind": "WorkerPool", "metadata": {"name": "p"},
+         "spec": {"baseModelRef": "m", "replicas": 1, "variants": ["fp16"], "gpu": {"nodeSelector": label},
+                  "routes": {"synthesizer": [{"adapter": "syn-v1", "weight": 100}]}}},
+    ]
+    dev_cluster.kubectl("apply", "-n", namespace, "-f", "-", input="\n---\n".join(json.dumps(d) for d in objects))
+
+    def pool_ready():
+        pool = helpers.get_json(dev_cluster, "wp", "p", "-n", namespace)
+        conds = {c["type"]: c["status"] for c in (pool.get("status") or {}).get("conditions") or []}
+        return conds.get("Ready") == "True"
+
+    helpers.wait_for(pool_ready, timeout=120, what="the pool to become Ready under the chart's RBAC")
+    log = op.tail(400)
+    assert "forbidden" not in log.lower(), log
