@@ -234,4 +234,15 @@ def plan_pool(pool: dict, base: dict | None, adapters: dict[str, dict], pods: li
              ready_msg)
     status["conditions"] = triple(status["conditions"], ready=ready, progressing=progressing, degraded=degraded,
                                   generation=gen, now=now)
+    plan.events = _merge_events(plan.events)
     return plan
+
+
+def _merge_events(events: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """One Event per (type, reason) per pass: a 20-worker scale-up posts one
+    ``Placed`` Event listing the workers, not 20 API writes."""
+    merged: dict[tuple[str, str], list[str]] = {}
+    for type_, reason, message in events:
+        merged.setdefault((type_, reason), []).append(message)
+    return [(t, r, msgs[0] if len(msgs) == 1 else f"{len(msgs)}: " + "; ".join(msgs))
+            for (t, r), msgs in merged.items()]
