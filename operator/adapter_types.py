@@ -1,17 +1,16 @@
 """Adapter: one version of one task's LoRA adapter on one BaseModel.
 
-An Adapter comes from the ModelStore (``source``) or, in a later issue, from
-a training Job (``training``). The operator verifies the stored manifest and
+An Adapter comes from the ModelStore (``source``) or from a training Job
+(``training``, see ``training_types`` and ``training_core``). The operator verifies the stored manifest and
 checks that the adapter was trained on exactly the BaseModel's checksum.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import ConfigDict, Field
 
 from .common_types import DNS_LABEL, RELATIVE_PATH_RULE, STORE_SEGMENT, ApiModel, Condition, cel, condition_map_rules
+from .training_types import TrainingSpec, TrainingStatus
 
 
 class AdapterSource(ApiModel):
@@ -29,9 +28,8 @@ class AdapterSpec(ApiModel):
                       description="Task name clients call, e.g. synthesizer.")
     version: str = Field(pattern=STORE_SEGMENT, max_length=128, description="Adapter version in the ModelStore.")
     source: AdapterSource | None = Field(default=None, description="Take the adapter from the ModelStore.")
-    training: dict[str, Any] | None = Field(
-        default=None, description="Train the adapter with a Job (defined by the training issue).",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    training: TrainingSpec | None = Field(
+        default=None, description="Train the adapter with a Job on the GPU fleet and publish it (docs/training.md).")
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         cel("has(self.source) != has(self.training)", "adapter needs exactly one of spec.source or spec.training"),
@@ -39,7 +37,7 @@ class AdapterSpec(ApiModel):
 
 
 class AdapterStatus(ApiModel):
-    phase: str | None = Field(default=None, description="Pending, Verifying, Ready, Degraded or Failed.")
+    phase: str | None = Field(default=None, description="Pending, Training, Verifying, Ready, Degraded or Failed.")
     store_path: str | None = Field(default=None, alias="storePath")
     checksum: str | None = Field(default=None)
     base_checksum: str | None = Field(default=None, alias="baseChecksum",
@@ -52,6 +50,7 @@ class AdapterStatus(ApiModel):
     next_retry: str | None = Field(default=None, alias="nextRetry")
     observed_generation: int | None = Field(default=None, alias="observedGeneration")
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=condition_map_rules())
+    training: TrainingStatus | None = Field(default=None, description="Training Job progress (spec.training).")
 
 
 PRINTER_COLUMNS = [
@@ -60,5 +59,7 @@ PRINTER_COLUMNS = [
     {"name": "Version", "type": "string", "jsonPath": ".spec.version"},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "VRAM-MiB", "type": "integer", "jsonPath": ".status.vramMiB"},
+    {"name": "Training", "type": "string", "jsonPath": ".status.training.progress", "priority": 1},
+    {"name": "Loss", "type": "number", "jsonPath": ".status.training.loss", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

@@ -69,7 +69,14 @@ async def basemodel_daemon(name, namespace, stopped, **_):
 @kopf.daemon(GROUP, VERSION, "adapters", cancellation_timeout=10)
 async def adapter_daemon(name, namespace, stopped, **_):
     await _loop("Adapter", namespace, name, stopped,
-                lambda ns, n: reconcile_resolve(State.kube, State.cfg, "Adapter", ns, n))
+                lambda ns, n: _reconcile_adapter(State.kube, State.cfg, State.ledger, ns, n))
+
+
+def _reconcile_adapter(*args):
+    """Adapters with spec.training go through training_handlers (which hands the rest to
+    reconcile_resolve); imported late because it imports this module."""
+    from .training_handlers import reconcile_adapter
+    return reconcile_adapter(*args)
 
 
 # --- wake-ups ------------------------------------------------------------

@@ -12,7 +12,7 @@ from .config import from_args
 def run_operator(args) -> int:
     import kopf
 
-    from . import handlers, metrics
+    from . import handlers, metrics, training_handlers  # noqa: F401 - registers the training pod handler
     from .kube import Kube
     from .ledger_cache import LedgerCache
     from .reconcile import Applied

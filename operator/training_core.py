@@ -1,0 +1,467 @@
+"""Pure core for an Adapter with ``spec.training``: the training Job, its VRAM
+need, and the Adapter's phase from what the Job and its pods report.
+
+Flow: Pending (BaseModel not Ready, or no GPU has room) -> Training (Job
+placed on one GPU, progress copied from the pod's
+``loraplane.io/training-progress`` annotation) -> the published adapter is
+verified exactly like a ``source`` Adapter (``resolve_core.plan_adapter``
+runs the verify Job) -> Ready, or Failed with the pod's own reason.
+
+Why place the Job ourselves: training and serving share the fleet, so the
+training pod carries the same ``loraplane.io/reservation`` annotation as a
+worker (node, GPU, MiB) and every ledger (the operator's, after a restart
+too) counts it; the pod is pinned to the node with required node affinity
+and to the card with ``NVIDIA_VISIBLE_DEVICES``, like a worker.
+
+Why a Failed training is not retried: the Job already retried its pods
+(``backoffLimit``, each pod resuming from the last checkpoint); what is left
+is a deterministic failure (bad dataset, version already published, OOM at
+this batch size) that a blind retry would repeat on a shared GPU. A new
+generation of the spec gets a new Job.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from shlex import join as shjoin
+
+from . import placement as pl
+from .conditions import triple
+from .manifests import owner_ref, store_volume
+from .names import GPU_ANNOTATION, MANAGED_BY, OWNER_LABEL, RESERVATION_ANNOTATION, job_name
+from .pool_core import request_for
+from .store_summary import store_relpath
+
+PROGRESS_ANNOTATION = "loraplane.io/training-progress"  # = loraplane.training.progress.ANNOTATION
+TRAINING_LABEL = "loraplane.io/training"  # on training pods: the Adapter's name
+GENERATION_LABEL = "loraplane.io/generation"  # on training Jobs: the Adapter generation they train
+DATA_MOUNT = "/data"
+EXIT_BAD_CONFIG = 2  # the trainer's "bad config/dataset/method": never worth a pod retry
+
+# --- VRAM need ---------------------------------------------------------------------------------
+#: Reference shape for the derived need: Mistral-7B (fp16 weights 14336 MiB, 32 layers x 4096).
+REF_FP16_MIB = 14336
+#: Activation MiB per token (batch x seqLen) at the reference shape, incl. fp32 logits and their
+#: gradient (32768 vocab x 8 B = 0.25 MiB): with gradient checkpointing one hidden state per layer
+#: is kept (32 x 4096 x 2 B = 0.25 MiB) plus one layer recomputed; without, ~34 x hidden x layers B.
+ACT_MIB_PER_TOKEN = {True: 0.75, False: 4.5}
+#: LoRA weights + grads + AdamW moments (16 B/param) per rank and target module at the reference
+#: shape: q/k/v/o at r=16 are 13.6 M params -> 208 MiB, i.e. 3.25 MiB per (rank x module).
+LORA_MIB_PER_RANK_MODULE = 3.25
+CUDA_OVERHEAD_MIB = 1024  # context, cuBLAS workspace, allocator fragmentation
+
+
+@dataclass(frozen=True)
+class Need:
+    mib: int
+    detail: str  # how it was obtained, for status and events
+
+
+def _trainer_default(h: dict, key: str, default):
+    v = h.get(key)
+    return default if v is None else v
+
+
+def derive_need(training: dict, base_variants: dict[str, int]) -> Need:
+    """Declared ``resources.vramMiB``, or base weights + LoRA state + activations + overhead.
+
+    Base weights come from the BaseModel's measured variants: qlora loads the base in 4-bit
+    (``bnb-4bit``; else 0.3 x fp16, NF4 with double quantisation), lora in 16-bit (``bf16``/
+    ``fp16``; else fp32 / 2). LoRA state and activations are scaled from the Mistral-7B reference
+    by the base's size, which over-estimates larger bases (activations grow with sqrt of size)
+    and is what ``resources.vramMiB`` is for.
+    """
+    declared = (training.get("resources") or {}).get("vramMiB")
+    if declared:
+        return Need(int(declared), f"declared {declared} MiB")
+    h = training.get("hyperparameters") or {}
+    fp16 = base_variants.get("fp16") or base_variants.get("bf16") or (
+        base_variants["fp32"] // 2 if base_variants.get("fp32") else None)
+    if training.get("method", "qlora") == "qlora":
+        weights = base_variants.get("bnb-4bit") or (int(fp16 * 0.3) if fp16 else None)
+    else:
+        weights = fp16
+    if not weights:
+        raise ValueError(f"cannot derive the VRAM need: the BaseModel offers no usable variant "
+                         f"({sorted(base_variants) or 'none'}); set spec.training.resources.vramMiB")
+    scale = (fp16 or weights) / REF_FP16_MIB
+    r = _trainer_default(h, "r", 16)
+    modules = len(_trainer_default(h, "targetModules", ["q_proj", "k_proj", "v_proj", "o_proj"]))
+    lora = LORA_MIB_PER_RANK_MODULE * r * modules * scale
+    tokens = _trainer_default(h, "batchSize", 4) * _trainer_default(h, "seqLen", 512)
+    act = ACT_MIB_PER_TOKEN[bool(h.get("gradientCheckpointing"))] * tokens * scale
+    total = int(weights + lora + act + CUDA_OVERHEAD_MIB + 0.999)
+    return Need(total, f"derived {total} MiB = base {weights} + LoRA {lora:.0f} + activations {act:.0f} "
+                       f"({tokens} tokens) + {CUDA_OVERHEAD_MIB} overhead")
+
+
+# --- the Job ---------------------------------------------------------------------------------------
+def adapter_store_name(adapter: dict) -> str:
+    return (adapter["spec"]["training"].get("storeName")) or adapter["metadata"]["name"]
+
+
+def adapter_relpath(adapter: dict) -> str:
+    t = adapter["spec"]["training"]
+    return store_relpath(t.get("owner", "default"), "adapter", adapter_store_name(adapter), adapter["spec"]["version"])
+
+
+def train_job_name(adapter: dict) -> str:
+    """Deterministic per generation (a restarted operator finds its Job); never depends on
+    retries of the verify step."""
+    return job_name("adp", adapter["metadata"]["name"], "train", adapter["metadata"].get("generation") or 0, 0)
+
+
+def train_args(adapter: dict, base: dict, store_mount: str) -> list[str]:
+    """``loraplane train`` argv for the Job. Fixed ``--version`` (the Adapter's) so a restarted pod
+    finds its own checkpoint under ``<store>/.training/<owner>/<name>/<version>``."""
+    spec, t = adapter["spec"], adapter["spec"]["training"]
+    bspec = base["spec"]
+    data = t["dataset"]
+    root = DATA_MOUNT if data.get("persistentVolumeClaim") else store_mount
+    args = ["loraplane", "train", "--method", t.get("method", "qlora"),
+            "--base", f"{bspec.get('owner', 'default')}/{bspec['storeName']}@{bspec['version']}",
+            "--verify-base", t.get("verifyBase", "quick"), "--device", t.get("device", "auto"),
+            "--store-root", store_mount, "--owner", t.get("owner", "default"),
+            "--name", adapter_store_name(adapter), "--version", spec["version"], "--task", spec["task"],
+            "--publish"]
+    for p in data["paths"]:
+        args += ["--dataset", f"{root.rstrip('/')}/{p}"]
+    h = t.get("hyperparameters") or {}
+    for key in sorted(h):
+        v = h[key]
+        if v is None:
+            continue
+        flag = "--" + "".join("-" + c.lower() if c.isupper() else c for c in key)
+        if isinstance(v, bool):
+            args.append(flag if v else "--no-" + flag[2:])
+        elif isinstance(v, list):
+            args += [flag, ",".join(v)]
+        else:
+            args += [flag, str(v)]
+    return args
+
+
+def training_job(adapter: dict, base: dict, name: str, node: str, gpu: int, need_mib: int, image: str,
+                 pod_annotations: dict | None = None) -> dict:
+    meta, t = adapter["metadata"], adapter["spec"]["training"]
+    store = base["spec"]["store"]
+    mount = store.get("mountPath", "/models")
+    owner_label = f"adapter.{meta['name']}"
+    labels = {OWNER_LABEL: owner_label, **MANAGED_BY}
+    job_labels = {**labels, GENERATION_LABEL: str(meta.get("generation") or 0)}
+    pod_labels = {**labels, TRAINING_LABEL: meta["name"], "app.kubernetes.io/name": "loraplane-trainer"}
+    reservation = {"node": node, "gpu": gpu, "vramMiB": need_mib, "variant": f"training-{t.get('method', 'qlora')}"}
+    res = t.get("resources") or {}
+    volume = store_volume(store)
+    if "persistentVolumeClaim" in volume:  # the trainer publishes: the store is mounted read-write
+        volume["persistentVolumeClaim"]["readOnly"] = False
+    volumes, mounts = [volume], [{"name": "model-store", "mountPath": mount}]
+    claim = (t["dataset"].get("persistentVolumeClaim") or {}).get("claimName")
+    if claim:
+        volumes.append({"name": "dataset", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": "dataset", "mountPath": DATA_MOUNT, "readOnly": True})
+    env = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "MODEL_STORE_ROOT", "value": mount},
+        {"name": "NVIDIA_VISIBLE_DEVICES", "value": str(gpu)},
+        {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": meta["namespace"], "labels": job_labels,
+                     "annotations": {RESERVATION_ANNOTATION: json.dumps(reservation, sort_keys=True,
+                                                                        separators=(",", ":"))},
+                     "ownerReferences": [owner_ref(adapter)]},
+        "spec": {
+            "backoffLimit": int(t.get("backoffLimit", 2)),
+            "activeDeadlineSeconds": int(t.get("activeDeadlineSeconds", 86400)),
+            # Exit 2 is a bad config or dataset: fail the Job at once. Evictions/drains (the trainer
+            # checkpointed on SIGTERM) do not count against backoffLimit.
+            "podFailurePolicy": {"rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In",
+                                                      "values": [EXIT_BAD_CONFIG]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]},
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": {
+                    **(pod_annotations or {}),
+                    RESERVATION_ANNOTATION: json.dumps(reservation, sort_keys=True, separators=(",", ":")),
+                    GPU_ANNOTATION: str(gpu)}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "terminationGracePeriodSeconds": 300,  # finish the step and checkpoint on SIGTERM
+                    "enableServiceLinks": False,
+                    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [{"matchFields": [
+                            {"key": "metadata.name", "operator": "In", "values": [node]}]}]}}},
+                    "tolerations": [{k: v for k, v in tol.items() if v is not None}
+                                    for tol in (t.get("gpu") or {}).get("tolerations") or []],
+                    "containers": [{
+                        "name": "trainer",
+                        "image": t.get("image") or image,
+                        "command": train_args(adapter, base, mount),
+                        "env": env,
+                        "terminationMessagePolicy": "FallbackToLogsOnError",
+                        "resources": {"requests": {"cpu": res.get("cpu", "4"), "memory": res.get("memory", "32Gi")}},
+                        "volumeMounts": mounts,
+                    }],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+def placement_request(adapter: dict, need_mib: int) -> pl.Request:
+    meta = adapter["metadata"]
+    gpu = adapter["spec"]["training"].get("gpu") or {}
+    fake = {"metadata": {"namespace": meta["namespace"], "name": f"train-{meta['name']}"}, "spec": {"gpu": gpu}}
+    method = adapter["spec"]["training"].get("method", "qlora")
+    return request_for(fake, f"{meta['namespace']}/{train_job_name(adapter)}", ((f"training-{method}", need_mib),))
+
+
+def pending_reservation_pod(job: dict) -> dict:
+    """A stand-in for the Job's pod, written through to the ledger cache at once so the next
+    placement sees the VRAM before the Job controller has created the pod."""
+    meta = job["metadata"]
+    return {"metadata": {"name": f"{meta['name']}-pending", "namespace": meta["namespace"], "uid": "",
+                         "annotations": {RESERVATION_ANNOTATION: meta["annotations"][RESERVATION_ANNOTATION]}},
+            "spec": {}, "status": {"phase": "Pending"}}
+
+
+# --- observing the Job -----------------------------------------------------------------------------
+@dataclass
+class TrainPod:
+    name: str
+    phase: str  # Pending Running Succeeded Failed
+    created: str = ""
+    progress: dict | None = None
+    exit_code: int | None = None
+    reason: str = ""  # terminated.reason (Error, OOMKilled, ...)
+    message: str = ""  # terminated.message (the trainer's error, or the log tail)
+
+
+@dataclass
+class TrainJob:
+    name: str
+    phase: str  # Running Succeeded Failed
+    failed_pods: int = 0
+    reason: str = ""  # Job condition reason (BackoffLimitExceeded, DeadlineExceeded, PodFailurePolicy)
+    message: str = ""
+    pods: list[TrainPod] = field(default_factory=list)
+    generation: int | None = None
+
+
+def pod_state(pod: dict) -> TrainPod:
+    meta, st = pod.get("metadata") or {}, pod.get("status") or {}
+    raw = (meta.get("annotations") or {}).get(PROGRESS_ANNOTATION)
+    try:
+        progress = json.loads(raw) if raw else None
+    except ValueError:
+        progress = None
+    out = TrainPod(name=meta.get("name", ""), phase=st.get("phase") or "Pending",
+                   created=meta.get("creationTimestamp") or "", progress=progress)
+    for cs in st.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+        if term:
+            out.exit_code, out.reason, out.message = term.get("exitCode"), term.get("reason") or "", \
+                term.get("message") or ""
+    return out
+
+
+def job_state(job: dict, pods: list[dict]) -> TrainJob:
+    st = job.get("status") or {}
+    conds = [c for c in st.get("conditions") or [] if c.get("status") == "True"]
+    failed = next((c for c in conds if c.get("type") == "Failed"), None)
+    complete = next((c for c in conds if c.get("type") == "Complete"), None)
+    phase = "Succeeded" if complete else "Failed" if failed else "Running"
+    gen = ((job.get("metadata") or {}).get("labels") or {}).get(GENERATION_LABEL, "")
+    return TrainJob(name=job["metadata"]["name"], phase=phase, failed_pods=int(st.get("failed") or 0),
+                    reason=(failed or {}).get("reason", ""), message=(failed or {}).get("message", ""),
+                    pods=sorted((pod_state(p) for p in pods), key=lambda p: (p.created, p.name)),
+                    generation=int(gen) if gen.isdigit() else None)
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
+    # The trainer's own error line wins over a traceback's last frame.
+    mine = [ln for ln in lines if ln.startswith("loraplane train:")]
+    return (mine or lines or [""])[-1][:400]
+
+
+def failure_reason(job: TrainJob) -> str:
+    """Why the Job failed, from the most specific source: the last failed pod's termination
+    message (the trainer's error), else its terminated reason and exit code, else the Job's
+    condition (deadline, backoff limit)."""
+    failed = [p for p in job.pods if p.phase == "Failed" or p.exit_code not in (None, 0)]
+    for p in reversed(failed):
+        line = _last_line(p.message)
+        if line:
+            return f"pod {p.name}: {line}"
+        if p.reason or p.exit_code is not None:
+            extra = " (out of memory: lower batchSize/seqLen or raise resources.vramMiB)" \
+                if p.reason == "OOMKilled" else ""
+            return f"pod {p.name}: {p.reason or 'terminated'} with exit code {p.exit_code}{extra}"
+    if job.reason or job.message:
+        return f"{job.reason}: {job.message}".strip(": ")
+    return "the training Job failed without a reason"
+
+
+def fold_progress(training: dict, job: TrainJob) -> dict:
+    """``status.training`` from the newest pod's progress annotation (older pods' progress is kept
+    when the new pod has not reported yet: a resumed pod starts from that step)."""
+    out = dict(training)
+    out["job"] = job.name
+    out["restarts"] = job.failed_pods
+    for p in reversed(job.pods):
+        if p.progress:
+            pr = p.progress
+            out.update(phase=pr.get("phase"), step=pr.get("step"), totalSteps=pr.get("totalSteps"),
+                       loss=pr.get("loss"), evalLoss=pr.get("evalLoss"), tokensPerSecond=pr.get("tokensPerSecond"),
+                       etaSeconds=pr.get("etaSeconds"), updated=pr.get("updated"))
+            if pr.get("totalSteps"):
+                out["progress"] = f"{pr.get('step', 0)}/{pr['totalSteps']}"
+            break
+    return out
+
+
+# --- the plan --------------------------------------------------------------------------------------
+@dataclass
+class TrainPlan:
+    status: dict
+    place: bool = False  # run placement, then ``placed``/``unplaced``
+    need: Need | None = None
+    verify: bool = False  # training done: verify the published adapter as a source Adapter
+    delete_jobs: list[str] = field(default_factory=list)  # training Jobs of older generations
+    requeue_after: float | None = None
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def _status(adapter: dict) -> dict:
+    st = dict(adapter.get("status") or {})
+    gen = adapter["metadata"].get("generation")
+    if st.get("observedGeneration") != gen:  # the spec changed: start over
+        st.update(phase="Pending", attempts=0, nextRetry=None, job=None, checksum=None)
+        st["training"] = {}
+    st.setdefault("training", {})
+    st["training"] = dict(st["training"] or {})
+    return st
+
+
+def _set(adapter: dict, st: dict, now: dt.datetime, phase: str, reason: str, message: str, *,
+         ready=False, progressing=True, degraded=False) -> dict:
+    gen = adapter["metadata"].get("generation")
+    st.update(phase=phase, observedGeneration=gen)
+    st["conditions"] = triple(st.get("conditions") or [], ready=(ready, reason, message),
+                              progressing=(progressing, reason, message),
+                              degraded=(degraded, reason if degraded else "AsExpected", message if degraded else ""),
+                              generation=gen, now=now)
+    return st
+
+
+def plan_training(adapter: dict, base: dict | None, jobs: list[TrainJob], now: dt.datetime) -> TrainPlan:
+    meta = adapter["metadata"]
+    gen = meta.get("generation") or 0
+    st = _status(adapter)
+    name = train_job_name(adapter)
+    plan = TrainPlan(status=st)
+    plan.delete_jobs = [j.name for j in jobs if j.name != name and j.generation is not None and j.generation < gen
+                        and j.phase == "Running"]
+    if st["training"].get("trainedGeneration") == gen:
+        plan.verify = True
+        return plan
+    job = next((j for j in jobs if j.name == name), None)
+    if job is None:
+        if st.get("phase") == "Failed" and st.get("observedGeneration") == gen:
+            return plan  # terminal for this generation (the Job may have been cleaned up by its TTL)
+        if base is None:
+            _set(adapter, st, now, "Pending", "BaseModelMissing",
+                 f"BaseModel {adapter['spec']['baseModelRef']} not found in this namespace")
+            plan.requeue_after = 15
+            return plan
+        if (base.get("status") or {}).get("phase") != "Ready":
+            _set(adapter, st, now, "Pending", "WaitingForBaseModel",
+                 f"BaseModel {adapter['spec']['baseModelRef']} is not Ready")
+            plan.requeue_after = 10
+            return plan
+        variants = {v["name"]: int(v["vramMiB"]) for v in base["status"].get("variants") or []}
+        try:
+            plan.need = derive_need(adapter["spec"]["training"], variants)
+        except ValueError as e:
+            _set(adapter, st, now, "Failed", "NeedUnknown", str(e), progressing=False, degraded=True)
+            plan.events.append(("Warning", "NeedUnknown", str(e)))
+            return plan
+        st["training"]["needMiB"] = plan.need.mib
+        plan.place = True
+        return plan
+    st["training"] = fold_progress(st["training"], job)
+    if job.phase == "Running":
+        p = st["training"]
+        where = f"{p.get('node')}/gpu{p.get('gpu')}" if p.get("node") else "its GPU"
+        if p.get("totalSteps"):
+            msg = f"Job {name} on {where}: step {p.get('step')}/{p['totalSteps']}"
+            if p.get("loss") is not None:
+                msg += f", loss {p['loss']:.4g}"
+            if p.get("etaSeconds") is not None:
+                msg += f", ETA {p['etaSeconds']:.0f}s"
+        else:
+            msg = f"Job {name} on {where}: {p.get('phase') or 'starting'}"
+        if job.failed_pods:
+            msg += f" ({job.failed_pods} pod(s) failed; resumed from the last checkpoint)"
+        _set(adapter, st, now, "Training", "Training", msg)
+        plan.requeue_after = 15
+        return plan
+    if job.phase == "Failed":
+        why = failure_reason(job)
+        first = st.get("phase") != "Failed"
+        _set(adapter, st, now, "Failed", "TrainingFailed", f"Job {name} failed: {why}", progressing=False,
+             degraded=True)
+        if first:
+            plan.events.append(("Warning", "TrainingFailed", f"Job {name} failed: {why}"))
+        return plan
+    st["training"]["trainedGeneration"] = gen
+    st["training"]["phase"] = "succeeded"
+    plan.events.append(("Normal", "Trained", f"Job {name} succeeded; verifying {adapter_relpath(adapter)}"))
+    plan.verify = True
+    return plan
+
+
+def placed(adapter: dict, plan: TrainPlan, decision: pl.Decision, now: dt.datetime) -> TrainPlan:
+    """Status after the Job was created on ``decision``'s GPU."""
+    st = plan.status
+    st["training"].update(job=train_job_name(adapter), node=decision.node, gpu=decision.gpu,
+                          needMiB=decision.need_mib, phase="pending")
+    msg = f"Job {train_job_name(adapter)} placed on {decision.node}/gpu{decision.gpu} ({plan.need.detail})"
+    _set(adapter, st, now, "Training", "TrainingStarted", msg)
+    plan.events.append(("Normal", "TrainingStarted", msg))
+    plan.requeue_after = 5
+    return plan
+
+
+def unplaced(adapter: dict, plan: TrainPlan, decision: pl.Decision, now: dt.datetime) -> TrainPlan:
+    st = plan.status
+    msg = f"no GPU has room for training ({plan.need.detail}): {decision.message}"
+    before = next((c for c in st.get("conditions") or [] if c.get("type") == "Progressing"), {})
+    _set(adapter, st, now, "Pending", "Unplaceable", msg)
+    if before.get("reason") != "Unplaceable":
+        plan.events.append(("Warning", "FailedPlacement", msg))
+    plan.requeue_after = 15
+    return plan
+
+
+def verify_view(adapter: dict) -> dict:
+    """The Adapter as ``resolve_core.plan_adapter`` sees it once trained: a ``source`` Adapter
+    naming the version the trainer published."""
+    spec = {k: v for k, v in adapter["spec"].items() if k != "training"}
+    t = adapter["spec"]["training"]
+    spec["source"] = {"owner": t.get("owner", "default"), "storeName": adapter_store_name(adapter)}
+    return {**adapter, "spec": spec}
+
+
+def describe(args: list[str]) -> str:
+    """The Job's command as one shell line (docs, events)."""
+    return shjoin(args)
