@@ -193,6 +193,7 @@ def training_job(adapter: dict, base: dict, name: str, node: str, gpu: int, need
                     GPU_ANNOTATION: str(gpu)}},
                 "spec": {
                     "restartPolicy": "Never",
+                    **({"serviceAccountName": t["serviceAccountName"]} if t.get("serviceAccountName") else {}),
                     "terminationGracePeriodSeconds": 300,  # finish the step and checkpoint on SIGTERM
                     "enableServiceLinks": False,
                     "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
@@ -425,6 +426,7 @@ def plan_training(adapter: dict, base: dict | None, jobs: list[TrainJob], now: d
         return plan
     st["training"]["trainedGeneration"] = gen
     st["training"]["phase"] = "succeeded"
+    st["observedGeneration"] = gen  # else the next pass would take it for a spec change
     plan.events.append(("Normal", "Trained", f"Job {name} succeeded; verifying {adapter_relpath(adapter)}"))
     plan.verify = True
     return plan

@@ -11,11 +11,11 @@ on a GPU through the same VRAM ledger as the workers and reports progress in
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from .common_types import STORE_SEGMENT, ApiModel, NodeSelectorTerm, Toleration, cel
+from .common_types import DNS_SUBDOMAIN, STORE_SEGMENT, ApiModel, NodeSelectorTerm, Toleration, cel
 
 _BAD_PATH = re.compile(r"(^|/)\.\.(/|$)")
 
@@ -30,7 +30,7 @@ class DatasetClaim(ApiModel):
 
 
 class TrainingDataset(ApiModel):
-    paths: list[str] = Field(min_length=1, max_length=16,
+    paths: list[Annotated[str, Field(min_length=1, max_length=1024)]] = Field(min_length=1, max_length=16,
                              description="JSONL files, relative to the store root (or to the claim when "
                                          "persistentVolumeClaim is set).",
                              json_schema_extra={"x-kubernetes-validations": [DATASET_PATHS_RULE]})
@@ -48,26 +48,29 @@ class TrainingDataset(ApiModel):
 
 
 class Hyperparameters(ApiModel):
-    """The trainer's weight-deciding settings; unset: the trainer's default."""
+    """The trainer's weight-deciding settings; unset: the trainer's default.
+
+    Bounds are inclusive (``ge``/``le``): crdgen copies pydantic's numeric
+    ``exclusiveMinimum``, which the API server's OpenAPI v3 schema refuses."""
 
     r: int | None = Field(default=None, ge=1, le=1024, description="LoRA rank (trainer default 16).")
     alpha: int | None = Field(default=None, ge=1, description="LoRA alpha (default 32).")
-    dropout: float | None = Field(default=None, ge=0, lt=1, description="LoRA dropout (default 0.05).")
-    target_modules: list[str] | None = Field(default=None, alias="targetModules", max_length=32,
+    dropout: float | None = Field(default=None, ge=0, le=0.99, description="LoRA dropout (default 0.05).")
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(default=None, alias="targetModules", max_length=32,
                                              description="Modules to adapt (default q_proj,k_proj,v_proj,o_proj).")
-    learning_rate: float | None = Field(default=None, alias="learningRate", gt=0, description="Default 2e-4.")
+    learning_rate: float | None = Field(default=None, alias="learningRate", ge=1e-12, description="Default 2e-4.")
     weight_decay: float | None = Field(default=None, alias="weightDecay", ge=0)
     lr_scheduler: Literal["linear", "cosine", "constant"] | None = Field(default=None, alias="lrScheduler")
     warmup_steps: int | None = Field(default=None, alias="warmupSteps", ge=0)
-    epochs: float | None = Field(default=None, gt=0, description="Default 1; maxSteps wins.")
+    epochs: float | None = Field(default=None, ge=0.001, description="Default 1; maxSteps wins.")
     max_steps: int | None = Field(default=None, alias="maxSteps", ge=1, description="Optimizer steps.")
     batch_size: int | None = Field(default=None, alias="batchSize", ge=1, le=4096, description="Micro-batch (default 4).")
     grad_accum: int | None = Field(default=None, alias="gradAccum", ge=1, description="Micro-batches per step (default 1).")
     seq_len: int | None = Field(default=None, alias="seqLen", ge=8, le=1048576, description="Max tokens (default 512).")
     gradient_checkpointing: bool | None = Field(default=None, alias="gradientCheckpointing")
-    max_grad_norm: float | None = Field(default=None, alias="maxGradNorm", gt=0)
+    max_grad_norm: float | None = Field(default=None, alias="maxGradNorm", ge=1e-6)
     seed: int | None = None
-    eval_split: float | None = Field(default=None, alias="evalSplit", ge=0, lt=1)
+    eval_split: float | None = Field(default=None, alias="evalSplit", ge=0, le=0.99)
     logging_steps: int | None = Field(default=None, alias="loggingSteps", ge=1)
     save_steps: int | None = Field(default=None, alias="saveSteps", ge=1)
 
@@ -108,6 +111,9 @@ class TrainingSpec(ApiModel):
     gpu: TrainingGpu = Field(default_factory=TrainingGpu, json_schema_extra={"default": {}})
     image: str | None = Field(default=None, min_length=1, description="Trainer image (default: the operator's "
                                                                       "Job image).")
+    service_account_name: str | None = Field(
+        default=None, alias="serviceAccountName", pattern=DNS_SUBDOMAIN, max_length=253,
+        description="ServiceAccount of the training pod; it needs patch on pods to publish progress.")
     backoff_limit: int = Field(default=2, alias="backoffLimit", ge=0, le=20,
                                description="Pod retries; each restarted pod resumes from the last checkpoint.")
     active_deadline_seconds: int = Field(default=86400, alias="activeDeadlineSeconds", ge=60,
