@@ -42,8 +42,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drain-timeout", type=float, default=25.0, help="seconds to finish in-flight requests on SIGTERM (keep below the Pod's "
                         "terminationGracePeriodSeconds, 30 by default)")
     p.add_argument("--quick-verify-base", action="store_true", help="verify base files by size only (not sha256)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op CPU threads (default: torch's choice; set to the CPU limit of the Pod)")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("LORAPLANE_THREADS", "0")) or None,
+                   help="torch intra-op CPU threads (env LORAPLANE_THREADS; default: torch's choice; set to the CPU "
+                        "limit of the Pod)")
     p.add_argument("--log-level", default="INFO")
 
 

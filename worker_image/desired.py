@@ -22,6 +22,9 @@ DESIRED_KEY = "desired.json"
 STATUS_ANNOTATION = "loraplane.io/worker-status"
 #: Environment variable naming the ConfigMap as ``<namespace>/<name>``.
 DESIRED_CONFIGMAP_ENV = "LORAPLANE_DESIRED_CONFIGMAP"
+#: Environment variable with the URL the worker is reachable at when its pod IP
+#: is not (a host process standing in for a KWOK pod, see devcluster/hostrunner.py).
+ADVERTISE_URL_ENV = "LORAPLANE_ADVERTISE_URL"
 
 Variant = Literal["fp16", "bnb-int8", "bnb-4bit", "fp32", "bf16"]
 
@@ -100,6 +103,8 @@ class WorkerStatus(_Strict):
     failed: dict[str, str] = Field(default_factory=dict)
     ready: bool = False
     generation: int = 0
+    endpoint: str | None = Field(default=None, description="base URL to scrape/serve this worker when the pod IP "
+                                                         "cannot be dialled (env LORAPLANE_ADVERTISE_URL)")
     updated: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat())
 
     def to_annotation(self) -> str:

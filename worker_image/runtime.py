@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from .desired import AdapterRef, DesiredState, WorkerStatus
+from .desired import ADVERTISE_URL_ENV, AdapterRef, DesiredState, WorkerStatus
 from .routing import BASE_ADAPTER, Choice, RouteError, choose
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,8 @@ class Worker:
 
     def status(self) -> WorkerStatus:
         return WorkerStatus(variant=self.variant, loaded=sorted(self.served), failed=dict(self.failed),
-                            ready=self.ready, generation=self.applied.generation if self.applied else 0)
+                            ready=self.ready, generation=self.applied.generation if self.applied else 0,
+                            endpoint=os.environ.get(ADVERTISE_URL_ENV) or None)
 
     def base_names(self) -> list[str]:
         return [self.base_ref.name] if self.base_ref else []

@@ -89,3 +89,16 @@ def test_file_source_applies_on_change_and_skips_bad(tmp_path):
         assert await src.check_once()
     asyncio.run(go())
     assert seen == [3, 4]
+
+
+def test_status_reports_the_advertised_endpoint(monkeypatch):
+    """A host process standing in for a KWOK pod advertises where it listens
+    (the fake pod IP cannot be dialled); the operator scrapes that URL."""
+    from loraplane.worker.runtime import Worker, WorkerConfig
+
+    monkeypatch.setenv("LORAPLANE_ADVERTISE_URL", "http://127.0.0.1:4321")
+    assert Worker(WorkerConfig(store_root="/nonexistent", device="cpu")).status().endpoint == "http://127.0.0.1:4321"
+    monkeypatch.delenv("LORAPLANE_ADVERTISE_URL")
+    st = Worker(WorkerConfig(store_root="/nonexistent", device="cpu")).status()
+    assert st.endpoint is None
+    assert WorkerStatus.from_annotation(st.to_annotation()).endpoint is None
