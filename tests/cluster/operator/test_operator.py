@@ -219,3 +219,27 @@ def test_kubectl_scale_up_and_down(dev_cluster, namespace, operator, op_store, g
     dev_cluster.kubectl("delete", "wp", "p", "-n", namespace, "--timeout=60s")
     wait_for(lambda: dev_cluster.kubectl("get", "svc,cm", "-n", namespace, "-l", "loraplane.io/pool=p",
                                          "-o", "name").stdout.strip() == "", timeout=60, what="owned objects gone")
+
+
+def test_missing_secret_is_a_condition_with_backoff_not_a_crash(dev_cluster, namespace, operator, op_store):
+    op = operator()
+    doc = base_doc(op_store, name="hub", source={"huggingFace": {
+        "repo": "mistralai/Mistral-7B-Instruct-v0.3", "revision": "main", "tokenSecretRef": {"name": "absent"}}})
+    doc["spec"]["version"] = "v0.3-hub"
+    apply(dev_cluster, namespace, doc)
+
+    def retried():
+        bm = get_json(dev_cluster, "bm", "hub", "-n", namespace)
+        st = bm.get("status") or {}
+        return st.get("attempts", 0) >= 2 and bm
+    bm = wait_for(retried, timeout=60, what="two attempts")
+    ready_c = condition(bm, "Ready")
+    assert ready_c["status"] == "False" and ready_c["reason"] == "SecretMissing"
+    assert "Secret absent not found" in ready_c["message"] and bm["status"]["nextRetry"]
+    assert not get_json(dev_cluster, "jobs", "-n", namespace)["items"]  # nothing started without the token
+    assert op.proc.poll() is None  # still running
+    # The Secret appears: the next retry publishes, then verifies (KWOK completes both Jobs).
+    apply(dev_cluster, namespace, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "absent"},
+                                   "stringData": {"token": "hf_secret_value"}})
+    wait_for(lambda: ready(dev_cluster, namespace, "bm", "hub"), timeout=90, what="Ready after the Secret")
+    assert "hf_secret_value" not in op.log.read_text()

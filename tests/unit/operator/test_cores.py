@@ -147,3 +147,13 @@ def test_inventory_charges_whole_gpus_to_other_pods():
                                 "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
     assert node.gpu_count == 2 and node.unschedulable and node.ready and node.taints[0].key == "k"
     assert json.loads(mine[0]["metadata"]["annotations"]["loraplane.io/reservation"])["gpu"] == 0
+
+
+def test_metrics_follow_the_ledger():
+    from prometheus_client import REGISTRY
+
+    from loraplane.operator import metrics
+    nodes_ = [pl.NodeInfo("mx", {}, 2, 24576)]
+    metrics.observe_ledger(nodes_, [pl.Reservation("mx", 1, 10000, "ns/p-0")])
+    assert REGISTRY.get_sample_value("loraplane_gpu_vram_allocated_mebibytes", {"node": "mx", "gpu": "1"}) == 10000
+    assert REGISTRY.get_sample_value("loraplane_gpu_vram_free_mebibytes", {"node": "mx", "gpu": "0"}) == 24576
