@@ -15,6 +15,7 @@ from pydantic import ConfigDict, Field
 from .common_types import (
     DNS_LABEL, ApiModel, Condition, NodeSelectorTerm, StoreVolume, Toleration, Variant, cel, condition_map_rules,
 )
+from .rollout_types import Backend, Revision, RolloutSpec, RolloutState, RouteStatus
 
 TASK_KEY = r"^[a-z0-9]([-_a-z0-9]*[a-z0-9])?$"
 
@@ -80,10 +81,18 @@ class WorkerPoolSpec(ApiModel):
     port: int = Field(default=8000, ge=1, le=65535, description="Worker HTTP port (OpenAI-compatible).")
     max_adapters: int | None = Field(default=None, alias="maxAdapters", ge=1, le=1024,
                                      description="Refuse pools routing to more distinct adapters than this.")
+    rollouts: dict[str, RolloutSpec] = Field(
+        default_factory=dict, max_length=256,
+        description="task -> automated canary rollout of that task's route (docs/rollouts.md).",
+        json_schema_extra={"x-kubernetes-validations": [
+            cel("self.all(t, t.matches('" + TASK_KEY + "'))", "rollouts keys must be task names"),
+        ]})
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         cel("!has(self.maxAdapters) || self.routes.map(t, size(self.routes[t])).sum() <= self.maxAdapters",
             "routes name more adapter backends than maxAdapters allows", field_path=".routes"),
+        cel("!has(self.rollouts) || self.rollouts.all(t, has(self.routes) && t in self.routes)",
+            "every rollouts key must be a task of routes", field_path=".rollouts"),
     ]})
 
 
@@ -109,6 +118,18 @@ class WorkerPoolStatus(ApiModel):
     workers: list[WorkerStatus] = Field(default_factory=list)
     observed_generation: int | None = Field(default=None, alias="observedGeneration")
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=condition_map_rules())
+    routes: list[RouteStatus] = Field(default_factory=list,
+                                      description="Per task: desired vs effective weight of each backend.")
+    effective_routes: dict[str, list[Backend]] = Field(
+        default_factory=dict, alias="effectiveRoutes",
+        description="Weights the workers use now (load before route: a backend gets weight once all ready "
+                    "workers have loaded it).")
+    draining: dict[str, str] = Field(default_factory=dict,
+                                     description="adapter -> time its effective weight became 0 (unloaded after "
+                                                 "the drain period).")
+    revisions: list[Revision] = Field(default_factory=list, max_length=10,
+                                      description="Last effective route sets (rollback restores the previous).")
+    rollouts: dict[str, RolloutState] = Field(default_factory=dict, description="task -> automated rollout state.")
 
 
 PRINTER_COLUMNS = [
@@ -118,5 +139,6 @@ PRINTER_COLUMNS = [
     {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
     {"name": "Unplaced", "type": "integer", "jsonPath": ".status.unplaced"},
     {"name": "Status", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].reason"},
+    {"name": "Rollout", "type": "string", "jsonPath": ".status.rollouts.*.phase", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
