@@ -62,9 +62,18 @@ def request_for(pool: dict, worker: str, needs: tuple) -> pl.Request:
                       affinity=affinity, tolerations=tolerations)
 
 
+#: VRAM reserved for a routed adapter that is not verified yet (its size is
+#: unknown): a rank-16 all-linear Mistral-7B adapter is 84 MB, rank 64 ~336 MB.
+PENDING_ADAPTER_MIB = 256
+
+
 def compose_desired(pool: dict, base: dict, adapters: dict[str, dict], variant: str):
-    """(DesiredState, adapter VRAM MiB, problems) from the Ready adapters the routes name."""
+    """(DesiredState, adapter VRAM MiB, problems) from the Ready adapters the
+    routes name. The VRAM also counts routed adapters that exist but are not
+    Ready yet (their ``vramMiB`` if known, else ``PENDING_ADAPTER_MIB``), so
+    workers placed before an adapter is verified have room to load it."""
     problems, refs, vram = [], {}, 0
+    pending: set[str] = set()
     routes: dict[str, list[RouteBackend]] = {}
     for task, backends in sorted((pool["spec"].get("routes") or {}).items()):
         kept = []
@@ -76,6 +85,9 @@ def compose_desired(pool: dict, base: dict, adapters: dict[str, dict], variant: 
                 continue
             if st.get("phase") != "Ready":
                 problems.append(f"adapter {b['adapter']} (route {task}) is {st.get('phase') or 'Pending'}")
+                if b["adapter"] not in pending:
+                    pending.add(b["adapter"])
+                    vram += int(st.get("vramMiB") or PENDING_ADAPTER_MIB)
                 continue
             if a["spec"]["baseModelRef"] != base["metadata"]["name"]:
                 problems.append(f"adapter {b['adapter']} is for BaseModel {a['spec']['baseModelRef']}")

@@ -157,3 +157,11 @@ def test_metrics_follow_the_ledger():
     metrics.observe_ledger(nodes_, [pl.Reservation("mx", 1, 10000, "ns/p-0")])
     assert REGISTRY.get_sample_value("loraplane_gpu_vram_allocated_mebibytes", {"node": "mx", "gpu": "1"}) == 10000
     assert REGISTRY.get_sample_value("loraplane_gpu_vram_free_mebibytes", {"node": "mx", "gpu": "0"}) == 24576
+
+
+def test_need_reserves_room_for_adapters_not_verified_yet():
+    from loraplane.operator.pool_core import PENDING_ADAPTER_MIB
+    pending = {**ADP, "status": {"phase": "Verifying"}}
+    plan = plan_pool(pool(1), BASE, {"syn-v1": pending}, [], nodes(), [], "img", NOW)
+    assert plan.status["needMiB"] == 7680 + PENDING_ADAPTER_MIB + 2048 + 1024
+    assert DesiredState.from_json(plan.desired_json).adapters == []  # not served until Ready
