@@ -137,10 +137,15 @@ def test_training_job_shares_the_gpu_with_a_worker_and_ends_ready(dev_cluster, n
             assert st["storePath"] == rel and st["checksum"] == manifest.checksum
             assert st["training"]["trainedGeneration"] == 1 and st["training"]["progress"] == "3/3"
             assert st["training"]["loss"] is not None and st["training"]["node"] == names[0]
-            summary = json.loads((train_store / rel / "training_summary.json").read_text()) \
-                if (train_store / rel / "training_summary.json").exists() else None
-            if summary:
-                assert summary["steps"]["completed"] == 3
+            assert manifest.adapter.training_summary == "training_summary.json" and manifest.adapter.r == 4
+            summary = json.loads((train_store / rel / "training_summary.json").read_text())
+            assert summary["steps"]["completed"] == 3 and summary["hyperparameters"]["r"] == 4
+            assert summary["base"]["checksum"] == get_json(dev_cluster, "basemodel", "m", "-n", namespace)[
+                "status"]["checksum"] == st["baseChecksum"]
+            # The trainer annotated its own pod (downward API identity); the operator copied it.
+            pod = get_json(dev_cluster, "pods", "-n", namespace, "-l", "loraplane.io/training=echo-v1")["items"][0]
+            progress = json.loads(pod["metadata"]["annotations"]["loraplane.io/training-progress"])
+            assert progress["phase"] == "succeeded" and progress["step"] == 3
     finally:
         dev_cluster.delete_nodes(names)
 
