@@ -20,6 +20,9 @@ VRAM_ALLOCATED = Gauge("loraplane_gpu_vram_allocated_mebibytes", "VRAM reserved 
 VRAM_FREE = Gauge("loraplane_gpu_vram_free_mebibytes", "VRAM not reserved on a GPU", ["node", "gpu"])
 POOL_UNPLACED = Gauge("loraplane_pool_unplaced_workers", "Workers waiting for a GPU (pool depletion)",
                       ["namespace", "pool", "variant"])
+ROLLOUT_TRANSITIONS = Counter("loraplane_operator_rollout_transitions_total",
+                              "Rollout transitions (Event reasons: StepPromoted, AnalysisFailed, RolledBack, ...)",
+                              ["namespace", "pool", "task", "reason"])
 POOL_READY = Gauge("loraplane_pool_ready_workers", "Ready workers of a pool", ["namespace", "pool", "variant"])
 
 

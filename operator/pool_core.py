@@ -67,11 +67,23 @@ def request_for(pool: dict, worker: str, needs: tuple) -> pl.Request:
 PENDING_ADAPTER_MIB = 256
 
 
-def compose_desired(pool: dict, base: dict, adapters: dict[str, dict], variant: str):
+def _adapter_ref(name: str, a: dict) -> AdapterRef:
+    src, st = a["spec"].get("source") or {}, a.get("status") or {}
+    return AdapterRef(name=name, owner=src.get("owner", "default"), storeName=src.get("storeName", name),
+                      version=a["spec"]["version"], checksum=st.get("checksum") or "", task=a["spec"]["task"])
+
+
+def compose_desired(pool: dict, base: dict, adapters: dict[str, dict], variant: str,
+                    routing: tuple[dict[str, dict[str, int]], set[str]] | None = None):
     """(DesiredState, adapter VRAM MiB, problems) from the Ready adapters the
     routes name. The VRAM also counts routed adapters that exist but are not
     Ready yet (their ``vramMiB`` if known, else ``PENDING_ADAPTER_MIB``), so
-    workers placed before an adapter is verified have room to load it."""
+    workers placed before an adapter is verified have room to load it.
+
+    ``routing`` = (effective routes, adapters to keep) from ``pool_routing``:
+    the document then carries those weights (load before route) and holds
+    every kept adapter (a canary before it gets weight, a drained one until
+    its drain period ends) instead of the spec's routes as they are."""
     problems, refs, vram = [], {}, 0
     pending: set[str] = set()
     routes: dict[str, list[RouteBackend]] = {}
@@ -93,15 +105,25 @@ def compose_desired(pool: dict, base: dict, adapters: dict[str, dict], variant: 
                 problems.append(f"adapter {b['adapter']} is for BaseModel {a['spec']['baseModelRef']}")
                 continue
             if b["adapter"] not in refs:
-                src = a["spec"].get("source") or {}
-                refs[b["adapter"]] = AdapterRef(name=b["adapter"], owner=src.get("owner", "default"),
-                                                storeName=src.get("storeName", b["adapter"]),
-                                                version=a["spec"]["version"], checksum=st.get("checksum") or "",
-                                                task=a["spec"]["task"])
+                refs[b["adapter"]] = _adapter_ref(b["adapter"], a)
                 vram += int(st.get("vramMiB") or 0)
             kept.append(RouteBackend(adapter=b["adapter"], weight=b["weight"]))
         if kept:
             routes[task] = kept
+    if routing is not None:
+        weights, keep = routing
+        for name in sorted((set(keep) | {x for r in weights.values() for x in r}) - set(refs) - pending):
+            a = adapters.get(name)
+            st = (a or {}).get("status") or {}
+            if a is None or st.get("phase") != "Ready" or a["spec"]["baseModelRef"] != base["metadata"]["name"]:
+                if a is not None and st.get("phase") != "Ready":
+                    problems.append(f"adapter {name} (rollout) is {st.get('phase') or 'Pending'}")
+                continue
+            refs[name] = _adapter_ref(name, a)
+            vram += int(st.get("vramMiB") or 0)
+        routes = {t: [RouteBackend(adapter=x, weight=w) for x, w in r.items() if x in refs and w > 0]
+                  for t, r in sorted(weights.items())}
+        routes = {t: r for t, r in routes.items() if r}
     bspec, bst = base["spec"], base.get("status") or {}
     desired = DesiredState(
         pool=pool["metadata"]["name"], generation=pool["metadata"].get("generation") or 0,
@@ -126,7 +148,7 @@ def _worker_status(pod: dict) -> dict:
 
 def plan_pool(pool: dict, base: dict | None, adapters: dict[str, dict], pods: list[dict],
               nodes: list[pl.NodeInfo], reservations: list[pl.Reservation], image: str,
-              now: dt.datetime) -> PoolPlan:
+              now: dt.datetime, routing: tuple[dict[str, dict[str, int]], set[str]] | None = None) -> PoolPlan:
     meta, spec = pool["metadata"], pool["spec"]
     name, ns, gen = meta["name"], meta["namespace"], meta.get("generation")
     status = {"selector": selector(name), "observedGeneration": gen,
@@ -155,7 +177,7 @@ def plan_pool(pool: dict, base: dict | None, adapters: dict[str, dict], pods: li
     if not prefs:
         return blocked("NoVariant", f"none of spec.variants {spec.get('variants')} is offered by BaseModel "
                                     f"{spec['baseModelRef']} (offers {sorted(offered)})")
-    desired, adapters_mib, problems = compose_desired(pool, base, adapters, prefs[0])
+    desired, adapters_mib, problems = compose_desired(pool, base, adapters, prefs[0], routing)
     status["variant"] = prefs[0]
     g = spec.get("gpu") or {}
     extra = adapters_mib + int(g.get("kvCacheMiB", 2048)) + int(g.get("headroomMiB", 1024))

@@ -17,13 +17,17 @@ import threading
 import time
 from pathlib import Path
 
-from . import inventory, metrics
+from . import analysis, inventory, metrics, pool_routing
+from .conditions import get_condition, set_condition
 from .config import Config
 from .kube import Kube
 from .ledger_cache import LedgerCache
 from .manifests import desired_configmap_obj, publish_job, service, verify_job
 from .names import OWNER_LABEL, POOL_LABEL
-from .pool_core import plan_pool
+from .inventory import pod_done
+from .pool_core import plan_pool, worker_report
+from .rollout_types import COMMAND_ANNOTATION
+from .scrape import endpoint_of, scrape
 from .resolve_core import JobState, World, plan_adapter, plan_basemodel, relpath_of
 from .store_summary import summarize_dir
 
@@ -141,13 +145,15 @@ def reconcile_pool(kube: Kube, cfg: Config, ledger: LedgerCache, applied: Applie
         return None
     spec = pool["spec"]
     base = kube.get_custom("BaseModel", ns, spec["baseModelRef"])
-    wanted = {b["adapter"] for bs in (spec.get("routes") or {}).values() for b in bs}
-    adapters = {a["metadata"]["name"]: a for a in kube.list_custom("Adapter", ns) if a["metadata"]["name"] in wanted}
     image = spec.get("image") or cfg.worker_image
     mine = kube.list_pods(ns, f"{POOL_LABEL}={name}")
+    routing = _plan_routing(pool, mine)
+    wanted = pool_routing.adapters_named(pool) | routing.keep
+    adapters = {a["metadata"]["name"]: a for a in kube.list_custom("Adapter", ns) if a["metadata"]["name"] in wanted}
     with PLACEMENT_LOCK:
         nodes, reservations, _ = ledger.view()
-        plan = plan_pool(pool, base, adapters, mine, nodes, reservations, image, _now())
+        plan = plan_pool(pool, base, adapters, mine, nodes, reservations, image, _now(),
+                         routing=(routing.worker_routes, routing.keep))
         for pod in plan.create:
             created = kube.create(pod)
             variant = json.loads(pod["metadata"]["annotations"]["loraplane.io/reservation"])["variant"]
@@ -167,10 +173,53 @@ def reconcile_pool(kube: Kube, cfg: Config, ledger: LedgerCache, applied: Applie
     metrics.POOL_READY.labels(ns, name, variant).set(plan.status.get("readyReplicas", 0))
     if plan.status.get("unplaced"):
         metrics.PLACEMENT_FAILURES.labels(ns, name, variant).inc(plan.status["unplaced"])
+    _merge_routing(pool, plan, routing)
     _apply_status(kube, pool, plan.status)
     for e in plan.events:
         kube.event(pool, *e)
+    for task, reason in routing.transitions:
+        metrics.ROLLOUT_TRANSITIONS.labels(ns, name, task, reason).inc()
     return plan.requeue_after
+
+
+#: (pool uid, annotation value) of malformed rollout commands already reported
+_BAD_COMMANDS: set[tuple[str, str]] = set()
+
+
+def _plan_routing(pool: dict, pods: list[dict]) -> pool_routing.RoutingPlan:
+    """Rollout steps and load before route (pure core in ``pool_routing``);
+    scrapes the ready workers only while a rollout needs their metrics."""
+    live = [p for p in pods if not p["metadata"].get("deletionTimestamp") and not pod_done(p)]
+    reports = {p["metadata"]["name"]: worker_report(p) for p in live}
+    loaded = pool_routing.ready_loaded(list(reports.values()))
+    snap = None
+    if pool_routing.needs_metrics(pool):
+        port = int(pool["spec"].get("port", 8000))
+        targets = {p["metadata"]["name"]: url for p in live if reports[p["metadata"]["name"]].get("ready")
+                   for url in [endpoint_of(p, reports[p["metadata"]["name"]], port)] if url}
+        snap = analysis.snapshot(scrape(targets))
+    return pool_routing.plan_routing(pool, loaded, snap, _now())
+
+
+def _merge_routing(pool: dict, plan, routing: pool_routing.RoutingPlan) -> None:
+    """Status fields, conditions, Events and requeue of the routing plan."""
+    st = plan.status
+    st.update(routing.status)
+    gen = pool["metadata"].get("generation")
+    prog = get_condition(st.get("conditions"), "Progressing") or {}
+    if routing.progressing and prog.get("status") != "True":  # placement/pod work reports first
+        st["conditions"] = set_condition(st["conditions"], "Progressing", *routing.progressing, gen)
+    if routing.unavailable:
+        st["conditions"] = set_condition(st["conditions"], "Degraded", True, "NoLoadedBackend",
+                                         routing.unavailable, gen)
+    plan.events = plan.events + routing.events
+    if routing.command_error:
+        key = (pool["metadata"].get("uid", ""), (pool["metadata"].get("annotations") or {}).get(COMMAND_ANNOTATION, ""))
+        if key not in _BAD_COMMANDS:
+            _BAD_COMMANDS.add(key)
+            plan.events.append(("Warning", "InvalidRolloutCommand", routing.command_error))
+    if routing.requeue_after is not None:
+        plan.requeue_after = min(plan.requeue_after or routing.requeue_after, routing.requeue_after)
 
 
 def timed(kind: str, fn, *args) -> float | None:

@@ -1,0 +1,206 @@
+"""Routes of one WorkerPool pass: rollouts, load before route, revisions. Pure.
+
+The glue between the pure rollout pieces (``rollout``, ``routing_policy``,
+``revisions``, ``analysis``) and the WorkerPool reconcile pass, following the
+integration contract in docs/rollouts.md. Input: the pool (spec, status,
+annotations), what each ready worker reports as loaded, the workers' metrics
+(when a rollout needs them) and the clock. Output: the effective routes and
+adapter set for the desired ConfigMap, the status fields, Events and the
+transitions to count.
+
+Why a separate pure module: every decision a rollout makes must survive an
+operator restart, so all of it is computed from what the API holds
+(``status.rollouts``, ``status.effectiveRoutes``, ``status.draining``,
+``status.revisions``) plus the clock; calling ``plan_routing`` twice on the
+same inputs gives the same plan.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from . import analysis, revisions, rollout, routing_policy
+from .conditions import get_condition
+from .rollout_types import (
+    CHANGE_CAUSE_ANNOTATION, COMMAND_ANNOTATION, Phase, Revision, RolloutCommand, RolloutSpec, RolloutState,
+)
+
+#: How long a backend whose effective weight reached 0 stays loaded (requests
+#: routed just before the workers saw the new ConfigMap may still be running).
+DRAIN_SECONDS = 60.0
+#: Longest pause between passes while a rollout is progressing (time drives steps).
+ROLLOUT_REQUEUE_SECONDS = 15.0
+
+Routes = routing_policy.Routes
+
+
+@dataclass
+class RoutingPlan:
+    #: task -> {adapter: weight} the workers get (zero weights left out)
+    worker_routes: Routes
+    #: adapters the workers must hold: load before route + draining
+    keep: set[str]
+    #: status fields to merge (dict fields carry ``None`` for keys to delete: status is merge-patched)
+    status: dict
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    #: (task, reason) per rollout Event, for the transitions counter
+    transitions: list[tuple[str, str]] = field(default_factory=list)
+    #: Progressing condition to use when the pool itself is otherwise stable
+    progressing: tuple[bool, str, str] | None = None
+    #: Degraded condition message for tasks with no loaded backend
+    unavailable: str | None = None
+    requeue_after: float | None = None
+    command_error: str | None = None
+
+
+def ready_loaded(reports: list[dict]) -> list[list[str]]:
+    """Loaded sets of the workers that report themselves ready (a pod with no
+    report yet has loaded nothing and serves nothing, whatever its Ready
+    condition says: KWOK pods are Ready at once)."""
+    return [list(r.get("loaded") or []) for r in reports if r.get("ready")]
+
+
+def _routes(raw: dict | None) -> Routes:
+    return {t: {b["adapter"]: int(b["weight"]) for b in bs} for t, bs in (raw or {}).items()}
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.isoformat()
+
+
+def states_of(status: dict) -> dict[str, RolloutState]:
+    return {t: RolloutState.model_validate(s) for t, s in (status.get("rollouts") or {}).items() if s}
+
+
+def needs_metrics(pool: dict) -> bool:
+    """Scrape the workers only while some rollout is progressing (window start
+    or analysis); scraping is the expensive part of a pass."""
+    return any(s.phase == Phase.progressing for s in states_of(pool.get("status") or {}).values())
+
+
+def adapters_named(pool: dict) -> set[str]:
+    """Every adapter this pass may need an AdapterRef for: the spec's routes,
+    the rollouts' canaries, and what status still holds (effective, draining,
+    a rollout's stable set)."""
+    spec, status = pool["spec"], pool.get("status") or {}
+    names = {b["adapter"] for bs in (spec.get("routes") or {}).values() for b in bs}
+    names |= {r.get("canary") for r in (spec.get("rollouts") or {}).values() if r.get("canary")}
+    names |= {a for r in _routes(status.get("effectiveRoutes")).values() for a in r}
+    names |= set(status.get("draining") or {})
+    for st in states_of(status).values():
+        names |= {b.adapter for b in st.stable} | {st.canary}
+    return names
+
+
+def _with_deletions(new: dict, old: dict | None) -> dict:
+    out = dict(new)
+    for k in old or {}:
+        out.setdefault(k, None)
+    return out
+
+
+def plan_routing(pool: dict, loaded: list[list[str]], snap: analysis.Snapshot | None, now: dt.datetime,
+                 drain_seconds: float = DRAIN_SECONDS) -> RoutingPlan:
+    meta, spec, status = pool["metadata"], pool["spec"], pool.get("status") or {}
+    annotations = meta.get("annotations") or {}
+    spec_routes = _routes(spec.get("routes"))
+    previous = _routes(status.get("effectiveRoutes"))
+    states = states_of(status)
+    events: list[tuple[str, str, str]] = []
+    transitions: list[tuple[str, str]] = []
+
+    cmd, command_error = None, None
+    try:
+        cmd = RolloutCommand.parse(annotations.get(COMMAND_ANNOTATION))
+    except ValueError as e:
+        command_error = str(e)
+
+    # 1. Each task's rollout step (the override of spec.routes[task]).
+    desired: Routes = dict(spec_routes)
+    new_states: dict[str, RolloutState] = {}
+    specs = {t: RolloutSpec.model_validate(r) for t, r in (spec.get("rollouts") or {}).items()}
+    for task in sorted(set(specs) | set(states)):
+        r_spec = specs.get(task) if task in spec_routes else None
+        state = states.get(task)
+        verdict = rollout.evaluate(r_spec, state, snap) if r_spec is not None and snap is not None else None
+        d = rollout.step(r_spec, state, task=task, spec_route=spec_routes.get(task, {}),
+                         effective_route=previous.get(task), now=now,
+                         snapshot=analysis.dumps(snap) if snap is not None else None, verdict=verdict, command=cmd)
+        if d.state is not None:
+            new_states[task] = d.state
+        if d.route is not None and task in spec_routes:
+            desired[task] = d.route
+        for e in d.events:
+            events.append((e.type, e.reason, e.message))
+            transitions.append((task, e.reason))
+
+    # 2. Load before route.
+    zero_since = {a: dt.datetime.fromisoformat(t) for a, t in (status.get("draining") or {}).items()}
+    r = routing_policy.compute(desired, previous, loaded, zero_since=zero_since, now=now,
+                               drain_seconds=drain_seconds)
+
+    # 3. Revisions: what clients actually got.
+    history = [Revision.model_validate(x) for x in status.get("revisions") or []]
+    active = [s for s in new_states.values() if s.phase in (Phase.progressing, Phase.paused)]
+    changed = [t for t in sorted(set(r.effective) | set(previous))
+               if revisions.normalize({"t": r.effective.get(t, {})}) != revisions.normalize({"t": previous.get(t, {})})]
+    causes = []
+    for t in changed:
+        st = new_states.get(t)
+        if st is not None and rollout.applies(st, spec_routes.get(t, {})):
+            causes.append(f"rollout {t}: {st.canary} {rollout.route_of(st).get(st.canary, 0)}% ({st.reason})")
+        else:
+            causes.append(annotations.get(CHANGE_CAUSE_ANNOTATION)
+                          or f"spec.routes[{t}] edited (generation {meta.get('generation')})")
+    # A set is a canary step when some running rollout has moved its task off the stable weights.
+    stable = all(revisions.normalize({"t": r.effective.get(s.task, {})})
+                 == revisions.normalize({"t": {b.adapter: b.weight for b in s.stable}}) for s in active)
+    history = revisions.record(history, r.effective, now=now, cause="; ".join(causes)[:500] or "routes changed",
+                               stable=stable)
+
+    st_out = {
+        "routes": routing_policy.route_status(desired, r.effective, loaded),
+        "effectiveRoutes": _with_deletions(
+            {t: [{"adapter": a, "weight": w} for a, w in eff.items()] for t, eff in r.effective.items()},
+            status.get("effectiveRoutes")),
+        "draining": _with_deletions({a: _iso(t) for a, t in sorted(r.zero_since.items())}, status.get("draining")),
+        "revisions": [h.model_dump(by_alias=True, mode="json") for h in history],
+        "rollouts": _with_deletions({t: s.model_dump(by_alias=True, mode="json", exclude_none=True)
+                                     for t, s in new_states.items()}, status.get("rollouts")),
+    }
+
+    # 4. Conditions, requeue.
+    progressing = None
+    running = [s for s in new_states.values() if s.phase == Phase.progressing]
+    if running:
+        progressing = (True, "RolloutProgressing", "; ".join(f"{s.task}: {s.message}" for s in running)[:1000])
+    elif r.pending:
+        progressing = (True, "RolloutProgressing",
+                       f"waiting for ready workers to load the backends of {', '.join(sorted(r.pending))}")
+    else:
+        back = [s for s in new_states.values() if s.phase == Phase.rolled_back]
+        if back:
+            progressing = (False, "RolloutRolledBack", "; ".join(f"{s.task}: {s.message}" for s in back)[:1000])
+    unavailable = None
+    if r.unavailable:
+        unavailable = f"no backend of {', '.join(sorted(r.unavailable))} is loaded on every ready worker"
+        before = get_condition(status.get("conditions"), "Degraded") or {}
+        if before.get("reason") != "NoLoadedBackend":
+            events.append(("Warning", "NoLoadedBackend", unavailable))
+    requeue = None
+    if running:
+        shortest = min(specs[s.task].interval_seconds for s in running if s.task in specs) if any(
+            s.task in specs for s in running) else ROLLOUT_REQUEUE_SECONDS
+        requeue = max(1.0, min(ROLLOUT_REQUEUE_SECONDS, shortest / 3))
+    if r.pending:
+        requeue = min(requeue or 2.0, 2.0)
+    for since in r.zero_since.values():
+        left = drain_seconds - (now - since).total_seconds()
+        if left > 0:
+            requeue = min(requeue or left + 0.5, left + 0.5)
+    return RoutingPlan(worker_routes={t: {b["adapter"]: b["weight"] for b in bs}
+                                      for t, bs in routing_policy.for_workers(r.effective).items()},
+                       keep=set(r.keep), status=st_out, events=events, transitions=transitions,
+                       progressing=progressing, unavailable=unavailable, requeue_after=requeue,
+                       command_error=command_error)
