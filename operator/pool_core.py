@@ -68,7 +68,9 @@ PENDING_ADAPTER_MIB = 256
 
 
 def _adapter_ref(name: str, a: dict) -> AdapterRef:
-    src, st = a["spec"].get("source") or {}, a.get("status") or {}
+    # A trained Adapter names its store identity in spec.training (same keys, same defaults).
+    src = a["spec"].get("source") or a["spec"].get("training") or {}
+    st = a.get("status") or {}
     return AdapterRef(name=name, owner=src.get("owner", "default"), storeName=src.get("storeName", name),
                       version=a["spec"]["version"], checksum=st.get("checksum") or "", task=a["spec"]["task"])
 
