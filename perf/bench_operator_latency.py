@@ -179,6 +179,7 @@ def main(argv=None) -> int:
             "summary": {k: {"p50": pct(v, 50), "p99": pct(v, 99), "max": max(v), "mean": statistics.mean(v)}
                         for k, v in results.items()}}, indent=2))
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        cluster.kubectl("delete", "nodes", "-l", f"loraplane.io/bench={tag}", "--wait=false", check=False)
     finally:
         if op and op.poll() is None:
             os.killpg(op.pid, signal.SIGTERM)
