@@ -251,3 +251,15 @@ def test_plan_is_pure():
     snapshot = copy.deepcopy(a)
     plan_training(a, base(), [], NOW)
     assert a == snapshot
+
+
+def test_workers_load_a_trained_adapter_from_its_training_store_identity():
+    from loraplane.operator.pool_core import _adapter_ref
+
+    a = adapter(owner="team", storeName="synth")
+    a["status"] = {"checksum": "d" * 64}
+    ref = _adapter_ref("synth-v3", a)
+    assert (ref.owner, ref.store_name, ref.version) == ("team", "synth", "v3")
+    job = training_job(a, base(), "j", "n", 0, 1, "img")
+    argv = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert argv[argv.index("--owner") + 1] == "team" and argv[argv.index("--name") + 1] == "synth"
