@@ -11,7 +11,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test unit cluster venv control-plane crds dev-cluster-up dev-cluster-down clean
+.PHONY: test unit cluster demo venv control-plane crds dev-cluster-up dev-cluster-down clean
 
 test: venv control-plane
 	$(PY) -m pytest -m "unit or cluster" $(PYTEST_ARGS)
@@ -21,6 +21,9 @@ unit: venv
 
 cluster: venv control-plane
 	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
+
+demo: venv control-plane
+	$(VENV)/bin/loraplane demo
 
 venv: $(VENV)/.installed
 

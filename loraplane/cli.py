@@ -15,6 +15,7 @@ import sys
 
 # name -> (module, one-line help). Later subpackages add their line here.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("loraplane.demo", "canary rollout demo: local cluster, operator, real CPU workers, timeline"),
     "dev-cluster": ("loraplane.devcluster.cli", "start, stop or locate the local control plane"),
     "modelstore": ("loraplane.modelstore.cli", "publish, verify, check, list, show and gc the ModelStore"),
     "operator": ("loraplane.operator.cli", "run the operator; generate CRDs"),
