@@ -56,10 +56,10 @@ def training_doc(name, selector, dataset="datasets/good.jsonl", vram=12000, back
                 "gpu": {"nodeSelector": selector}, "backoffLimit": backoff}}}
 
 
-def pool_doc(selector):
+def pool_doc(selector, routes=None):
     return {"apiVersion": "loraplane.io/v1alpha1", "kind": "WorkerPool", "metadata": {"name": "p"},
             "spec": {"baseModelRef": "m", "replicas": 1, "variants": ["bnb-int8"], "gpu": {"nodeSelector": selector},
-                     "routes": {}}}
+                     "routes": routes or {}}}
 
 
 def adapter(cluster, ns, name) -> dict:
@@ -97,7 +97,9 @@ def test_training_job_shares_the_gpu_with_a_worker_and_ends_ready(dev_cluster, n
     names, sel = nodes(dev_cluster)
     try:
         with runner(dev_cluster, namespace, tmp_path):
-            apply(dev_cluster, namespace, base_doc(train_store), pool_doc(sel))
+            # The pool routes to the adapter that is about to be trained: it serves it once Ready.
+            apply(dev_cluster, namespace, base_doc(train_store),
+                  pool_doc(sel, {"echo": [{"adapter": "echo-v1", "weight": 100}]}))
             worker = wait_for(lambda: [p for p in get_json(dev_cluster, "pods", "-n", namespace, "-l",
                                                            "loraplane.io/pool=p")["items"]], 90, what="worker pod")
             worker_mib = json.loads(worker[0]["metadata"]["annotations"]["loraplane.io/reservation"])["vramMiB"]
@@ -142,6 +144,12 @@ def test_training_job_shares_the_gpu_with_a_worker_and_ends_ready(dev_cluster, n
             assert summary["steps"]["completed"] == 3 and summary["hyperparameters"]["r"] == 4
             assert summary["base"]["checksum"] == get_json(dev_cluster, "basemodel", "m", "-n", namespace)[
                 "status"]["checksum"] == st["baseChecksum"]
+            # The pool's workers are told to load the trained version (desired-state ConfigMap).
+            desired = wait_for(lambda: [a for a in json.loads(get_json(dev_cluster, "configmap", "p-desired", "-n",
+                                                                        namespace)["data"]["desired.json"])["adapters"]
+                                        if a["name"] == "echo-v1" and a["checksum"] == st["checksum"]], 60,
+                               what="trained adapter in the pool's desired state")
+            assert desired[0]["storeName"] == "echo-v1" and desired[0]["version"] == "v1"
             # The trainer annotated its own pod (downward API identity); the operator copied it.
             pod = get_json(dev_cluster, "pods", "-n", namespace, "-l", "loraplane.io/training=echo-v1")["items"][0]
             progress = json.loads(pod["metadata"]["annotations"]["loraplane.io/training-progress"])
