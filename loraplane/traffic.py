@@ -8,8 +8,9 @@ status annotation (``endpoint``); this client reads those, keeps only workers
 that report themselves ready (what a readiness probe would do), and
 round-robins over them. Every response is recorded with the version that
 served it (the worker's ``adapter`` field), the worker, the status and the
-latency, plus the adapters that worker reported loaded when the request was
-sent, so callers can check that no version served before it was loaded.
+latency, plus the adapters that worker had reported loaded (its status
+annotation in the API) when the response arrived, so callers can check that
+no version served before it was loaded.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class Response:
     adapter: str | None  # served version; None on an error without one
     status: int
     seconds: float
-    loaded: frozenset[str]  # what the pod reported loaded when the request was sent
+    loaded: frozenset[str]  # what the pod had reported loaded (in the API) when the response arrived
 
 
 def quantile(values: list[float], q: float) -> float | None:
@@ -106,7 +107,7 @@ class Traffic:
             workers = sorted(self.workers.items())
         if not workers:
             return None
-        pod, (url, loaded) = workers[next(self._rr) % len(workers)]
+        pod, (url, _) = workers[next(self._rr) % len(workers)]
         body = json.dumps({"model": self.model, "prompt": "summarize: the canary sings", "max_tokens": self.max_tokens,
                            "temperature": 0}).encode()
         req = urllib.request.Request(url + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
@@ -121,10 +122,22 @@ class Traffic:
             adapter = e.headers.get("x-loraplane-adapter")
         except OSError:
             status = 0  # connection refused / timeout: the worker went away
+        loaded = self._loaded(pod)
+        if adapter and status == 200 and adapter not in loaded:
+            loaded = self._loaded(pod, fresh=True)  # the cached view may trail the API by one refresh
         resp = Response(time.time(), pod, adapter, status, time.monotonic() - t0, loaded)
         with self._lock:
             self.responses.append(resp)
         return resp
+
+    def _loaded(self, pod: str, fresh: bool = False) -> frozenset[str]:
+        if fresh:
+            try:
+                self.refresh()
+            except Exception as e:  # noqa: BLE001
+                log.debug("endpoint refresh failed: %s", e)
+        with self._lock:
+            return self.workers.get(pod, ("", frozenset()))[1]
 
     def _send_loop(self) -> None:
         while not self._stop.is_set():

@@ -94,9 +94,15 @@ def adapters_named(pool: dict) -> set[str]:
 
 
 def _with_deletions(new: dict, old: dict | None) -> dict:
+    """``new`` as a JSON merge patch over ``old``: keys that went away become
+    ``None`` (merge patch deletes them), recursively — a nested key merely
+    left out would survive the patch (e.g. a step's stale ``stepStarted``)."""
     out = dict(new)
-    for k in old or {}:
-        out.setdefault(k, None)
+    for k, v in (old or {}).items():
+        if k not in out:
+            out[k] = None
+        elif isinstance(out[k], dict) and isinstance(v, dict):
+            out[k] = _with_deletions(out[k], v)
     return out
 
 
@@ -167,7 +173,7 @@ def plan_routing(pool: dict, loaded: list[list[str]], snap: analysis.Snapshot | 
         "draining": _with_deletions({a: _iso(t) for a, t in sorted(r.zero_since.items())}, status.get("draining")),
         "revisions": [h.model_dump(by_alias=True, mode="json") for h in history],
         "rollouts": _with_deletions({t: s.model_dump(by_alias=True, mode="json", exclude_none=True)
-                                     for t, s in new_states.items()}, status.get("rollouts")),
+                                     for t, s in new_states.items()}, status.get("rollouts") or {}),
     }
 
     # 4. Conditions, requeue.

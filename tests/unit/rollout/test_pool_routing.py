@@ -19,21 +19,23 @@ def pool(routes, rollouts=None, status=None, annotations=None, generation=1):
             "status": status or {}}
 
 
-def feed_back(p: dict, plan) -> dict:
-    """The status as the API server holds it after the merge patch."""
-    p = copy.deepcopy(p)
-    st = p.setdefault("status", {})
-    for k, v in plan.status.items():
-        if isinstance(v, dict):
-            cur = dict(st.get(k) or {})
-            for kk, vv in v.items():
-                if vv is None:
-                    cur.pop(kk, None)
-                else:
-                    cur[kk] = vv
-            st[k] = cur
+def merge_patch(target, patch):
+    """RFC 7386 JSON merge patch, as the API server applies a status patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
         else:
-            st[k] = v
+            out[k] = merge_patch(out.get(k), v)
+    return out
+
+
+def feed_back(p: dict, plan) -> dict:
+    """The pool as the API server holds it after the status merge patch."""
+    p = copy.deepcopy(p)
+    p["status"] = merge_patch(p.get("status") or {}, plan.status)
     return p
 
 
