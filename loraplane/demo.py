@@ -19,6 +19,8 @@ cluster tests in ``tests/cluster/canary``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import signal
@@ -179,8 +181,10 @@ def run(args) -> int:
     def say(msg: str) -> None:
         print(f"[{time.monotonic() - t_start:6.1f}s] {msg}", flush=True)
 
-    # Ctrl-C and SIGTERM both unwind through the finally below.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C and SIGTERM both unwind through the finally below (SIGINT explicitly:
+    # a shell's background job starts with it ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     ns = "demo"
     try:
         say("starting the local control plane (etcd, kube-apiserver, scheduler, controller-manager, KWOK)")
@@ -194,7 +198,8 @@ def run(args) -> int:
         cluster.kubectl("apply", "-f", str(crd_dir))
         cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         say("publishing a tiny base and summarizer v1, v2 into a ModelStore")
-        store = build_store(work / "store", work / "build")
+        with contextlib.redirect_stderr(io.StringIO()):  # progress bars of the tiny model's save/load
+            store = build_store(work / "store", work / "build")
         operator = OperatorProcess(kube, store, work / "operator.log").start()
         say(f"operator running (pid {operator.proc.pid}, log {work / 'operator.log'})")
         cluster.kubectl("create", "namespace", ns)
@@ -216,9 +221,11 @@ def run(args) -> int:
         say("2 workers ready; sending traffic to task 'summarize'")
         traffic = Traffic(kube, ns, "demo", TASK, concurrency=args.concurrency).start()
 
-        def phase(action: str, expect: dict[str, int]) -> None:
+        def phase(action: str, expect: dict[str, int], *command: str) -> None:
             at = time.monotonic() - t_start
             t0 = time.time()
+            if command:
+                plugin(kube, ns, *command)
             wait_for(lambda: effective(pool()) == expect, timeout=90, what=f"effective weights {expect}")
             took = time.time() - t0
             t1 = time.time()
@@ -231,12 +238,10 @@ def run(args) -> int:
 
         phase("start", {"sum-v1": 100})
         for w in (5, 50):
-            plugin(kube, ns, "canary", "set", "wp/demo", "--task", TASK, "--to", "sum-v2", "--weight", str(w))
-            phase(f"canary sum-v2 {w}%", {"sum-v1": 100 - w, "sum-v2": w})
-        plugin(kube, ns, "promote", "wp/demo", "--task", TASK, "--to", "sum-v2")
-        phase("promote sum-v2", {"sum-v2": 100})
-        plugin(kube, ns, "rollback", "wp/demo", "--to-revision", "1")
-        phase("rollback to rev 1", {"sum-v1": 100})
+            phase(f"canary sum-v2 {w}%", {"sum-v1": 100 - w, "sum-v2": w},
+                  "canary", "set", "wp/demo", "--task", TASK, "--to", "sum-v2", "--weight", str(w))
+        phase("promote sum-v2", {"sum-v2": 100}, "promote", "wp/demo", "--task", TASK, "--to", "sum-v2")
+        phase("rollback to rev 1", {"sum-v1": 100}, "rollback", "wp/demo", "--to-revision", "1")
         traffic.stop()
         bad = [r for r in traffic.responses if r.status == 200 and r.adapter not in r.loaded]
         print()
