@@ -132,6 +132,10 @@ class DevCluster:
                     proc.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     pass
+            else:  # detached: not our child, so poll until the kernel has it gone
+                gone_by = time.monotonic() + 5
+                while _alive(pid, None) and time.monotonic() < gone_by:
+                    time.sleep(0.05)
         self.pids.clear()
         self._procs.clear()
         state = self.workdir / "state.json"
@@ -342,12 +346,10 @@ def _alive(pid: int, proc: subprocess.Popen | None) -> bool:
     if proc is not None:
         return proc.poll() is None
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _signal_group(pid: int, sig: int) -> None:

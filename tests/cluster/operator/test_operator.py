@@ -242,7 +242,10 @@ def test_missing_secret_is_a_condition_with_backoff_not_a_crash(dev_cluster, nam
     assert not get_json(dev_cluster, "jobs", "-n", namespace)["items"]  # nothing started without the token
     assert op.proc.poll() is None  # still running
     # The Secret appears: the next retry publishes, then verifies (KWOK completes both Jobs).
+    # No Secret watch (the operator reads only the Secrets it is pointed at), so
+    # Ready waits for the next backoff retry: up to 64 s after several attempts
+    # on a loaded machine, hence the long timeout.
     apply(dev_cluster, namespace, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "absent"},
                                    "stringData": {"token": "hf_secret_value"}})
-    wait_for(lambda: ready(dev_cluster, namespace, "bm", "hub"), timeout=90, what="Ready after the Secret")
+    wait_for(lambda: ready(dev_cluster, namespace, "bm", "hub"), timeout=180, what="Ready after the Secret")
     assert "hf_secret_value" not in op.log.read_text()
