@@ -35,6 +35,7 @@ class Config:
     metrics_port: int = 8080
     peering: str | None = None  # kopf peering object name; None: standalone
     kubeconfig: str | None = None
+    workload_cluster_role: str | None = None  # bound to loraplane-workload in each namespace used
     create_delay_seconds: float = 0.0  # fault injection: pause after each pod create (restart tests)
 
     @property
@@ -72,6 +73,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Prometheus /metrics port (0: off)")
     p.add_argument("--peering", default=env("LORAPLANE_PEERING"),
                    help="kopf peering name for one active instance (default: standalone)")
+    p.add_argument("--workload-cluster-role", default=env("LORAPLANE_WORKLOAD_CLUSTERROLE"),
+                   help="ClusterRole bound to the loraplane-workload ServiceAccount of worker and training pods "
+                        "in each namespace used (the chart sets it; see operator/workload_identity.py)")
     p.add_argument("--create-delay-seconds", type=float, default=float(env("LORAPLANE_CREATE_DELAY", "0")),
                    help="fault injection: sleep after each worker pod create (to kill the operator mid-pass)")
     p.add_argument("--verbose", action="store_true")
@@ -82,4 +86,5 @@ def from_args(args: argparse.Namespace) -> Config:
                   job_pod_annotations=_kv(args.job_pod_annotations or ""), resync_seconds=args.resync_seconds,
                   backoff_base_seconds=args.backoff_base_seconds, namespaces=args.namespace or [],
                   metrics_port=args.metrics_port, peering=args.peering, kubeconfig=args.kubeconfig,
-                  create_delay_seconds=args.create_delay_seconds)
+                  create_delay_seconds=args.create_delay_seconds,
+                  workload_cluster_role=args.workload_cluster_role)

@@ -28,6 +28,7 @@ class Kube:
         self.core = client.CoreV1Api(self.api)
         self.batch = client.BatchV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
+        self.rbac = client.RbacAuthorizationV1Api(self.api)
 
     @staticmethod
     def _json(resp) -> dict:
@@ -106,6 +107,10 @@ class Kube:
             self.core.patch_namespaced_config_map(name, ns, obj, **kw)
         elif obj["kind"] == "Service":
             self.core.patch_namespaced_service(name, ns, obj, **kw)
+        elif obj["kind"] == "ServiceAccount":
+            self.core.patch_namespaced_service_account(name, ns, obj, **kw)
+        elif obj["kind"] == "RoleBinding":
+            self.rbac.patch_namespaced_role_binding(name, ns, obj, **kw)
         else:
             raise ValueError(obj["kind"])
 

@@ -21,7 +21,7 @@ from shlex import quote as q
 from .common_types import API_VERSION
 from .names import (
     GPU_ANNOTATION, MANAGED_BY, ORDINAL_LABEL, OWNER_LABEL, POOL_LABEL, RESERVATION_ANNOTATION,
-    SPEC_HASH_ANNOTATION, desired_configmap, worker_name,
+    SPEC_HASH_ANNOTATION, WORKLOAD_SERVICE_ACCOUNT, desired_configmap, worker_name,
 )
 
 
@@ -102,6 +102,7 @@ def worker_pod(pool: dict, ordinal: int, node: str, gpu: int, vram_mib: int, var
             "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
                 {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}]}}},
             "tolerations": tolerations,
+            "serviceAccountName": WORKLOAD_SERVICE_ACCOUNT,
             "restartPolicy": "Always",
             "enableServiceLinks": False,
             "containers": [{

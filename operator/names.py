@@ -19,6 +19,8 @@ RESERVATION_ANNOTATION = f"{GROUP}/reservation"
 GPU_ANNOTATION = f"{GROUP}/gpu-index"
 SPEC_HASH_ANNOTATION = f"{GROUP}/spec-hash"
 FIELD_MANAGER = "loraplane-operator"
+#: ServiceAccount of worker and training pods (see workload_identity.py)
+WORKLOAD_SERVICE_ACCOUNT = "loraplane-workload"
 GPU_RESOURCE = "nvidia.com/gpu"
 
 

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import analysis, inventory, metrics, pool_routing
+from . import analysis, inventory, metrics, pool_routing, workload_identity
 from .conditions import get_condition, set_condition
 from .config import Config
 from .kube import Kube
@@ -150,6 +150,8 @@ def reconcile_pool(kube: Kube, cfg: Config, ledger: LedgerCache, applied: Applie
     routing = _plan_routing(pool, mine)
     wanted = pool_routing.adapters_named(pool) | routing.keep
     adapters = {a["metadata"]["name"]: a for a in kube.list_custom("Adapter", ns) if a["metadata"]["name"] in wanted}
+    for obj in workload_identity.objects(ns, cfg.workload_cluster_role):
+        applied.apply(kube, obj)  # pods name this ServiceAccount: it must exist first
     with PLACEMENT_LOCK:
         nodes, reservations, _ = ledger.view()
         plan = plan_pool(pool, base, adapters, mine, nodes, reservations, image, _now(),

@@ -30,7 +30,9 @@ from shlex import join as shjoin
 from . import placement as pl
 from .conditions import triple
 from .manifests import owner_ref, store_volume
-from .names import GPU_ANNOTATION, MANAGED_BY, OWNER_LABEL, RESERVATION_ANNOTATION, job_name
+from .names import (
+    GPU_ANNOTATION, MANAGED_BY, OWNER_LABEL, RESERVATION_ANNOTATION, WORKLOAD_SERVICE_ACCOUNT, job_name,
+)
 from .pool_core import request_for
 from .store_summary import store_relpath
 
@@ -193,7 +195,7 @@ def training_job(adapter: dict, base: dict, name: str, node: str, gpu: int, need
                     GPU_ANNOTATION: str(gpu)}},
                 "spec": {
                     "restartPolicy": "Never",
-                    **({"serviceAccountName": t["serviceAccountName"]} if t.get("serviceAccountName") else {}),
+                    "serviceAccountName": t.get("serviceAccountName") or WORKLOAD_SERVICE_ACCOUNT,
                     "terminationGracePeriodSeconds": 300,  # finish the step and checkpoint on SIGTERM
                     "enableServiceLinks": False,
                     "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {

@@ -16,6 +16,7 @@ import logging
 import kopf
 
 from . import placement as pl
+from . import workload_identity
 from .common_types import GROUP
 from .handlers import State, _wake
 from .kube import Kube
@@ -64,6 +65,8 @@ def reconcile_adapter(kube: Kube, cfg, ledger, ns: str, name: str) -> float | No
                 reservations = res_of(kube.list_pods(), nodes)
             decision = pl.place(nodes, reservations, [placement_request(obj, plan.need.mib)])[0]
             if decision.placed:
+                for identity in workload_identity.objects(ns, cfg.workload_cluster_role):
+                    kube.apply(identity)  # the trainer patches its Pod with progress
                 job = training_job(obj, base, train_job_name(obj), decision.node, decision.gpu, decision.need_mib,
                                    cfg.image_for_jobs)
                 kube.create(job)  # None on 409: a repeated pass after a restart

@@ -21,7 +21,7 @@ def rendered_rbac(release: str, namespace: str) -> list[dict]:
                           "--namespace", namespace, "--set", "peering.enabled=false"],
                          capture_output=True, text=True, check=True).stdout
     return [d for d in yaml.safe_load_all(out)
-            if d and d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
+            if d and d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]  # not the Deployment
 
 
 def token_kubeconfig(cluster, namespace: str, sa: str, path: Path) -> Path:
@@ -48,7 +48,9 @@ def test_operator_runs_with_only_the_charts_rbac(dev_cluster, namespace, operato
     assert f"system:serviceaccount:{namespace}:{sa}" in who
 
     _, label = gpu_nodes(1, gpus=2)
-    op = operator(kubeconfig=kubeconfig, namespace=namespace)
+    workload_role = next(d["metadata"]["name"] for d in docs
+                         if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("-workload"))
+    op = operator(kubeconfig=kubeconfig, namespace=namespace, workload_cluster_role=workload_role)
     store = {"hostPath": {"path": str(op_store)}, "mountPath": "/models"}
     objects = [
         {"apiVersion": "loraplane.io/v1alpha1", "kind": "BaseModel", "metadata": {"name": "m"},
@@ -71,3 +73,16 @@ def test_operator_runs_with_only_the_charts_rbac(dev_cluster, namespace, operato
     helpers.wait_for(pool_ready, timeout=120, what="the pool to become Ready under the chart's RBAC")
     log = op.tail(400)
     assert "forbidden" not in log.lower(), log
+
+    # Workers run as loraplane-workload, which may read the desired ConfigMap and
+    # report on its Pod in this namespace, and nothing more.
+    pod = helpers.get_json(dev_cluster, "pods", "-n", namespace, "-l", "loraplane.io/pool=p")["items"][0]
+    assert pod["spec"]["serviceAccountName"] == "loraplane-workload"
+    worker = f"system:serviceaccount:{namespace}:loraplane-workload"
+
+    def can(verb, resource, ns=namespace):
+        out = dev_cluster.kubectl("auth", "can-i", verb, resource, "-n", ns, f"--as={worker}", check=False)
+        return out.stdout.strip() == "yes"
+
+    assert can("watch", "configmaps") and can("patch", "pods")
+    assert not can("create", "pods") and not can("get", "secrets") and not can("watch", "configmaps", "default")
