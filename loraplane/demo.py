@@ -30,23 +30,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from loraplane.devcluster.waiting import wait_for
+
 BASE_NAME, BASE_VERSION = "tiny-mistral", "v1"
 ADAPTER_STORE_NAME = "summarizer"
 TASK = "summarize"
 
 
 # ---- reusable pieces -----------------------------------------------------------
-
-def wait_for(fn, timeout: float = 60.0, interval: float = 0.3, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last={last!r}")
-
 
 def build_store(root: Path, work: Path, versions: tuple[str, ...] = ("v1", "v2")) -> Path:
     """A ModelStore with the tiny base and ``versions`` of the summarizer

@@ -123,7 +123,7 @@ def worker_pod(pool: dict, ordinal: int, node: str, gpu: int, vram_mib: int, var
 
 
 def service(pool: dict) -> dict:
-    meta, spec = pool["metadata"], pool["spec"]
+    meta = pool["metadata"]
     return {
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": meta["name"], "namespace": meta["namespace"], "labels": pool_labels(meta["name"]),

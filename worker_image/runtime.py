@@ -22,7 +22,6 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Awaitable, Callable
 
 from .desired import ADVERTISE_URL_ENV, AdapterRef, DesiredState, WorkerStatus

@@ -291,6 +291,10 @@ class DevCluster:
             raise subprocess.CalledProcessError(proc.returncode, proc.args, proc.stdout, proc.stderr)
         return proc
 
+    def get_json(self, *args: str) -> dict:
+        """``kubectl get ARGS -o json``, parsed."""
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
     def api_client(self):
         from kubernetes import config
 

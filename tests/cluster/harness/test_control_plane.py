@@ -6,26 +6,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import pytest
 
 from loraplane.devcluster.kwok_stages import RESULT_ANNOTATION
+from loraplane.devcluster.waiting import wait_for
 
 
-def wait_for(predicate, timeout=60.0, interval=0.3, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
-
-
-def get_json(cluster, *args):
-    return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
+def get_json(cluster, *args) -> dict:
+    return cluster.get_json(*args)
 
 
 @pytest.fixture(scope="module")

@@ -5,20 +5,10 @@ process's exit code and termination log reported back as the pod's status."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 
 from loraplane.devcluster.hostrunner import HostRunner
-
-
-def wait_for(predicate, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+from loraplane.devcluster.waiting import wait_for
 
 
 def job(namespace, name, script, store):

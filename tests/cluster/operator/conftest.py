@@ -17,12 +17,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from loraplane.devcluster.waiting import wait_for
 from loraplane.modelstore import ModelStore
 
 BASE_NAME, BASE_VERSION = "mistral-7b-instruct", "v0.3"
@@ -121,19 +121,8 @@ def gpu_nodes(dev_cluster):
     dev_cluster.delete_nodes(made)
 
 
-def wait_for(fn, timeout=60.0, interval=0.5, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}")
-
-
 def get_json(cluster, *args) -> dict:
-    return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
+    return cluster.get_json(*args)
 
 
 @pytest.fixture(scope="session")

@@ -8,30 +8,19 @@ its Job."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections import defaultdict
 
 from loraplane.devcluster.hostrunner import HostRunner
+from loraplane.devcluster.waiting import wait_for
 from loraplane.modelstore import load_manifest
 
 BASE_NAME, BASE_VERSION = "mistral-7b-instruct", "v0.3"
 GPU_MIB = 24576
 
 
-def wait_for(fn, timeout=60.0, interval=0.5, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}")
-
-
 def get_json(cluster, *args) -> dict:
-    return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
+    return cluster.get_json(*args)
 
 
 def apply(cluster, ns, *docs):
