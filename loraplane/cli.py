@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
-# name -> (module, one-line help). Later subpackages add their line here.
+# name -> (module, one-line help). Only the chosen module is imported.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("loraplane.demo", "canary rollout demo: local cluster, operator, real CPU workers, timeline"),
     "dev-cluster": ("loraplane.devcluster.cli", "start, stop or locate the local control plane"),
@@ -24,26 +23,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _available() -> dict[str, tuple[str, str]]:
-    """Only subcommands whose module exists (a subpackage may not be built yet)."""
-    found = {}
-    for name, (module, helptext) in SUBCOMMANDS.items():
-        if importlib.util.find_spec(module.rsplit(".", 1)[0]) is None:
-            continue
-        try:
-            if importlib.util.find_spec(module) is None:
-                continue
-        except ModuleNotFoundError:
-            continue
-        found[name] = (module, helptext)
-    return found
-
-
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loraplane", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    for name, (module, helptext) in _available().items():
+    for name, (module, helptext) in SUBCOMMANDS.items():
         sp = sub.add_parser(name, help=helptext)
         if name == chosen:
             mod = importlib.import_module(module)
