@@ -115,6 +115,17 @@ def _run_step(obj: dict, kind: str, status: dict, world: World, step: str, backo
     return None  # Succeeded
 
 
+def _verify_step(obj: dict, kind: str, status: dict, world: World, backoff) -> Plan | None:
+    """The verify Job step, then its summary; None once both are in hand."""
+    plan = _run_step(obj, kind, status, world, "verify", backoff)
+    if plan is not None:
+        return plan
+    if world.summary is None:
+        return _fail(obj, status, world, "SummaryUnavailable",
+                     world.summary_error or "verify Job succeeded but reported no summary", backoff)
+    return None
+
+
 def plan_basemodel(obj: dict, world: World, backoff) -> Plan:
     spec = obj["spec"]
     status = _base_status(obj)
@@ -135,12 +146,9 @@ def plan_basemodel(obj: dict, world: World, backoff) -> Plan:
         if plan is not None:
             return plan
         status["publishedGeneration"] = gen
-    plan = _run_step(obj, "base", status, world, "verify", backoff)
+    plan = _verify_step(obj, "base", status, world, backoff)
     if plan is not None:
         return plan
-    if world.summary is None:
-        return _fail(obj, status, world, "SummaryUnavailable",
-                     world.summary_error or "verify Job succeeded but reported no summary", backoff)
     variants = {v["name"]: v["vramMiB"] for v in spec.get("variants") or []} or \
         dict(world.summary.get("variants") or {})
     if not variants:
@@ -176,12 +184,9 @@ def plan_adapter(obj: dict, world: World, backoff) -> Plan:
         return Plan(status=status, requeue_after=10)
     relpath, _ = relpath_of(spec, "adapter")
     status["storePath"] = relpath
-    plan = _run_step(obj, "adapter", status, world, "verify", backoff)
+    plan = _verify_step(obj, "adapter", status, world, backoff)
     if plan is not None:
         return plan
-    if world.summary is None:
-        return _fail(obj, status, world, "SummaryUnavailable",
-                     world.summary_error or "verify Job succeeded but reported no summary", backoff)
     s = world.summary
     status.update(checksum=s.get("checksum"), sizeBytes=s.get("sizeBytes"), vramMiB=s.get("vramMiB"),
                   rank=s.get("rank"), baseChecksum=s.get("baseChecksum"), observedGeneration=gen)
