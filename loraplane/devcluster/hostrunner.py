@@ -200,8 +200,9 @@ class HostRunner:
         return mapping
 
     @staticmethod
-    def _rewrite(value: str, mounts: dict[str, str], termination_log: Path) -> str:
-        value = value.replace(TERMINATION_LOG, str(termination_log))
+    def _rewrite(value: str, mounts: dict[str, str], termination_log: Path | None = None) -> str:
+        if termination_log is not None:
+            value = value.replace(TERMINATION_LOG, str(termination_log))
         for mount, host in sorted(mounts.items(), key=lambda kv: -len(kv[0])):
             if value == mount or value.startswith(mount.rstrip("/") + "/"):
                 return host + value[len(mount):]
@@ -211,7 +212,7 @@ class HostRunner:
         env = {}
         for var in container.env or []:
             if var.value is not None:
-                env[var.name] = self._rewrite(var.value, mounts, Path(TERMINATION_LOG))
+                env[var.name] = self._rewrite(var.value, mounts)
             elif var.value_from is not None:
                 value = self._value_from(pod, var.value_from)
                 if value is not None:

@@ -8,13 +8,13 @@ one (fast iteration).
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from loraplane.devcluster.cluster import DevCluster
+from loraplane.devcluster.waiting import wait_for
 
 
 @pytest.fixture(scope="session")
@@ -34,9 +34,7 @@ def namespace(dev_cluster):
     name = f"t-{uuid.uuid4().hex[:8]}"
     dev_cluster.kubectl("create", "namespace", name)
     # Pods are refused until the namespace's default ServiceAccount exists.
-    for _ in range(100):
-        if dev_cluster.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0:
-            break
-        time.sleep(0.1)
+    wait_for(lambda: dev_cluster.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
+             timeout=10, interval=0.1, what=f"the default ServiceAccount of {name}")
     yield name
     dev_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
