@@ -83,8 +83,12 @@ def manifests(store_root: Path, node_selector: dict, replicas: int = 2,
 class OperatorProcess:
     """``loraplane operator run`` in its own process group, logging to a file."""
 
-    def __init__(self, kubeconfig: Path, store: Path, log: Path, resync_seconds: int = 5):
+    def __init__(self, kubeconfig: Path, store: Path, log: Path, resync_seconds: int = 5,
+                 extra: dict | None = None):
+        """``extra``: more ``--flag value`` pairs (``{"namespace": "ns"}``); a
+        flag given again (e.g. ``kubeconfig``) overrides the one above."""
         self.kubeconfig, self.store, self.log, self.resync = kubeconfig, store, log, resync_seconds
+        self.extra = extra or {}
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "OperatorProcess":
@@ -92,6 +96,8 @@ class OperatorProcess:
                 "--store-root", str(self.store), "--metrics-port", "0", "--resync-seconds", str(self.resync),
                 "--backoff-base-seconds", "1",
                 "--job-pod-annotations", json.dumps({"loraplane.io/kwok-result": "Succeeded"})]
+        for flag, value in self.extra.items():
+            args += [f"--{flag.replace('_', '-')}", str(value)]
         env = {**os.environ, "PYTHONSAFEPATH": "1"}
         self.proc = subprocess.Popen(args, stdout=open(self.log, "a"), stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
@@ -107,6 +113,10 @@ class OperatorProcess:
                 self.proc.wait(timeout=5)
             except ProcessLookupError:
                 pass
+
+    def kill(self) -> None:
+        """SIGKILL: the crash a restart test needs."""
+        self.stop(signal.SIGKILL)
 
     def tail(self, n: int = 40) -> str:
         return "\n".join(self.log.read_text().splitlines()[-n:]) if self.log.exists() else ""

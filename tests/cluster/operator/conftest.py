@@ -12,16 +12,12 @@ of the real published version.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
+from loraplane.demo import OperatorProcess
 from loraplane.devcluster.waiting import wait_for
 from loraplane.modelstore import ModelStore
 
@@ -44,41 +40,6 @@ def op_store(tiny_base_dir, make_tiny_adapter, tmp_path_factory) -> Path:
     return root
 
 
-class Operator:
-    """``loraplane operator run`` in a subprocess, logs to a file."""
-
-    def __init__(self, cluster, store: Path, log: Path, **extra):
-        self.cluster, self.store, self.log, self.extra = cluster, store, log, extra
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "Operator":
-        args = [sys.executable, "-m", "loraplane.cli", "operator", "run", "--kubeconfig", str(self.cluster.kubeconfig),
-                "--store-root", str(self.store), "--metrics-port", "0", "--resync-seconds", "5",
-                "--backoff-base-seconds", "1",
-                "--job-pod-annotations", json.dumps({"loraplane.io/kwok-result": "Succeeded"})]
-        for k, v in self.extra.items():
-            args += [f"--{k.replace('_', '-')}", str(v)]
-        fh = open(self.log, "a")
-        self.proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-        return self
-
-    def kill(self, sig=signal.SIGKILL) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=20)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def tail(self, n=40) -> str:
-        return "\n".join(self.log.read_text().splitlines()[-n:]) if self.log.exists() else ""
-
-
 @pytest.fixture(scope="session")
 def crds_applied(dev_cluster):
     root = Path(__file__).resolve().parents[3]
@@ -92,8 +53,8 @@ def operator(dev_cluster, crds_applied, op_store, tmp_path):
     """A factory: ``operator(**extra_flags)`` starts one; all are stopped after the test."""
     started = []
 
-    def start(**extra) -> Operator:
-        op = Operator(dev_cluster, op_store, tmp_path / "operator.log", **extra).start()
+    def start(**extra) -> OperatorProcess:
+        op = OperatorProcess(dev_cluster.kubeconfig, op_store, tmp_path / "operator.log", extra=extra).start()
         started.append(op)
         return op
 
