@@ -91,6 +91,15 @@ def _base_status(obj: dict) -> dict:
     return st
 
 
+def _retry_pending(status: dict, world: World) -> Plan | None:
+    """Wait out a scheduled retry: a pass woken early (a watch event) must not
+    count as another attempt, or the backoff would grow with every event."""
+    nxt = _parse_time(status.get("nextRetry"))
+    if nxt and nxt > world.now:
+        return Plan(status=status, requeue_after=(nxt - world.now).total_seconds())
+    return None
+
+
 def _run_step(obj: dict, kind: str, status: dict, world: World, step: str, backoff) -> Plan | None:
     """Drive one Job step; None when that step already succeeded."""
     gen = obj["metadata"].get("generation") or 0
@@ -98,9 +107,9 @@ def _run_step(obj: dict, kind: str, status: dict, world: World, step: str, backo
     job = world.jobs.get(name)
     label = "Publishing" if step == "publish" else "Verifying"
     if job is None:
-        nxt = _parse_time(status.get("nextRetry"))
-        if nxt and nxt > world.now:
-            return Plan(status=status, requeue_after=(nxt - world.now).total_seconds())
+        pending = _retry_pending(status, world)
+        if pending is not None:
+            return pending
         status["job"] = name
         _progress(obj, status, world, label, f"{label}Started", f"Job {name} started")
         return Plan(status=status, create_job=step, job_name=name,
@@ -137,7 +146,8 @@ def plan_basemodel(obj: dict, world: World, backoff) -> Plan:
     hf = (spec.get("source") or {}).get("huggingFace")
     if hf and status.get("publishedGeneration") != gen:
         if world.secret_missing:
-            return _fail(obj, status, world, "SecretMissing", world.secret_missing, backoff)
+            return _retry_pending(status, world) or _fail(obj, status, world, "SecretMissing",
+                                                          world.secret_missing, backoff)
         store = spec.get("store") or {}
         if store.get("persistentVolumeClaim", {}).get("readOnly", True) and store.get("persistentVolumeClaim"):
             return _fail(obj, status, world, "StoreReadOnly",

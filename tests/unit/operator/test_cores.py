@@ -95,7 +95,11 @@ def test_basemodel_missing_secret_backs_off_without_a_job():
     assert plan.create_job is None and plan.requeue_after == 5
     assert plan.status["attempts"] == 1 and plan.status["conditions"][0]["reason"] == "SecretMissing"
     bm["status"] = plan.status
-    plan2 = plan_basemodel(bm, World(now=NOW, secret_missing="Secret hf not found"), backoff)
+    early = plan_basemodel(bm, World(now=NOW + dt.timedelta(seconds=1), secret_missing="Secret hf not found"),
+                           backoff)  # woken by an event before the retry is due: not another attempt
+    assert early.status["attempts"] == 1 and early.requeue_after == 4
+    plan2 = plan_basemodel(bm, World(now=NOW + dt.timedelta(seconds=5), secret_missing="Secret hf not found"),
+                           backoff)
     assert plan2.status["attempts"] == 2 and plan2.requeue_after == 10
 
 
