@@ -37,7 +37,8 @@ def run_operator(args) -> int:
             return kopf.login_with_kubeconfig(**kwargs)
         return kopf.login_with_service_account(**kwargs)
 
-    kwargs = {"standalone": cfg.peering is None, "peering_name": cfg.peering}
+    kwargs = {"standalone": cfg.peering is None, "peering_name": cfg.peering,
+              "liveness_endpoint": cfg.liveness_endpoint}
     if cfg.namespaces:
         kwargs["namespaces"] = cfg.namespaces
     else:
