@@ -13,11 +13,13 @@ def run_operator(args) -> int:
     import kopf
 
     from . import handlers, metrics, training_handlers  # noqa: F401 - registers the training pod handler
+    from .daemon_finalizers import drop_daemon_finalizers
     from .kube import Kube
     from .ledger_cache import LedgerCache
     from .reconcile import Applied
 
     cfg = from_args(args)
+    drop_daemon_finalizers()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # one line per watch event otherwise
