@@ -11,7 +11,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test unit cluster demo venv control-plane crds dev-cluster-up dev-cluster-down clean
+.PHONY: test unit cluster demo venv control-plane crds images dev-cluster-up dev-cluster-down clean
 
 test: venv control-plane
 	$(PY) -m pytest -m "unit or cluster" $(PYTEST_ARGS)
@@ -27,10 +27,10 @@ demo: venv control-plane
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade --quiet "pip>=24"
-	$(PY) -m pip install --progress-bar off -e ".[dev]"
+	$(PY) -m pip install --upgrade --quiet -c constraints.txt pip
+	$(PY) -m pip install --progress-bar off -c constraints.txt -e ".[dev]"
 	touch $@
 
 crds: venv
@@ -42,6 +42,11 @@ control-plane: venv
 
 dev-cluster-up: venv control-plane
 	$(VENV)/bin/loraplane dev-cluster up
+
+# The operator and worker images (buildah here, docker where an engine
+# answers), cached by content hash; see docs/testing.md "Images".
+images: venv
+	$(VENV)/bin/loraplane images build
 
 dev-cluster-down: venv
 	$(VENV)/bin/loraplane dev-cluster down
