@@ -72,8 +72,9 @@ async def _main(args) -> int:
         request_timeout_s=args.request_timeout, verify_full=not args.quick_verify_base,
         variant=args.variant, vram_mib=args.vram_mib, allow_large_cpu_model=args.allow_large_cpu_model,
     )
-    if cfg.fault_delay_ms or cfg.fault_error_rate:
-        logging.warning("TEST FAULTS ENABLED: delay=%s error_rate=%s", cfg.fault_delay_ms, cfg.fault_error_rate)
+    if cfg.fault_delay_ms or cfg.fault_error_rate or cfg.fault_stream_error_rate:
+        logging.warning("TEST FAULTS ENABLED: delay=%s error_rate=%s stream_error_rate=%s", cfg.fault_delay_ms,
+                        cfg.fault_error_rate, cfg.fault_stream_error_rate)
     worker = Worker(cfg, reporter=PodReporter())
     runner = web.AppRunner(create_app(worker), handle_signals=False)
     await runner.setup()

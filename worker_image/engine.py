@@ -16,6 +16,12 @@ Why this shape:
   batched-LoRA layers which, so a batch mixes adapters in one pass.
 * An adapter is unloaded only when no queued or running request uses it
   (reference counts), so a swap never fails an in-flight request.
+* A failure (any exception, CUDA OOM included) in prefill or merge fails
+  exactly the joining requests; in decode, the running batch (its KV cache
+  is half-written). Every request gets its final event and gives its
+  adapter reference back exactly once, and the loop goes on, so a failure
+  can never leave an unload or a swap waiting forever. ``Engine.fault``
+  (env ``LORAPLANE_FAULT_PHASE``) raises in a chosen phase, for tests.
 """
 
 from __future__ import annotations

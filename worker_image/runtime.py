@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 FAULT_DELAY_ENV = "LORAPLANE_FAULT_ADAPTER_DELAY_MS"
 FAULT_ERROR_ENV = "LORAPLANE_FAULT_ADAPTER_ERROR_RATE"
+FAULT_STREAM_ERROR_ENV = "LORAPLANE_FAULT_ADAPTER_STREAM_ERROR_RATE"
 ALLOW_LARGE_CPU_ENV = "LORAPLANE_ALLOW_LARGE_CPU_MODEL"
 
 
@@ -64,6 +65,7 @@ class WorkerConfig:
     vram_mib: int | None = None  # CUDA memory cap for this process
     fault_delay_ms: dict[str, float] = field(default_factory=dict)
     fault_error_rate: dict[str, float] = field(default_factory=dict)
+    fault_stream_error_rate: dict[str, float] = field(default_factory=dict)  # fail streams after the first token
     fault_seed: int | None = None
     # CPU guard: a base above this many parameters is refused on the CPU (fp32 on a CPU is ~4 bytes a
     # parameter and minutes a token for a 7B) unless ``allow_large_cpu_model`` says it is meant.
@@ -73,7 +75,8 @@ class WorkerConfig:
     @classmethod
     def faults_from_env(cls, **kw) -> "WorkerConfig":
         return cls(fault_delay_ms=parse_faults(os.environ.get(FAULT_DELAY_ENV)),
-                   fault_error_rate=parse_faults(os.environ.get(FAULT_ERROR_ENV)), **kw)
+                   fault_error_rate=parse_faults(os.environ.get(FAULT_ERROR_ENV)),
+                   fault_stream_error_rate=parse_faults(os.environ.get(FAULT_STREAM_ERROR_ENV)), **kw)
 
 
 class AdapterRefused(Exception):
@@ -317,6 +320,11 @@ class Worker:
         delay = self.cfg.fault_delay_ms.get(adapter, 0.0) / 1000.0
         rate = self.cfg.fault_error_rate.get(adapter, 0.0)
         return delay, (rate > 0 and self._rng.random() < rate)
+
+    def stream_fault_for(self, adapter: str) -> bool:
+        """Fail this streamed response of ``adapter`` after its first token? (test-only)"""
+        rate = self.cfg.fault_stream_error_rate.get(adapter, 0.0)
+        return rate > 0 and self._rng.random() < rate
 
     async def drain(self, timeout: float) -> bool:
         """Stop taking requests; wait for in-flight ones. True when all finished."""

@@ -555,6 +555,7 @@ async def _stream(request, o: Outcome, q, req, meta, chat, deadline, delay, incl
     def error_event(e: ApiError) -> bytes:
         return b"data: " + json.dumps(e.body()).encode() + b"\n\n"
 
+    fail_midway = w.stream_fault_for(meta["adapter"])
     try:
         await resp.prepare(request)
         await resp.write(chunk(None, None, first=True) if chat else b": started\n\n")
@@ -567,6 +568,13 @@ async def _stream(request, o: Outcome, q, req, meta, chat, deadline, delay, incl
                 break
             if kind == "token":
                 await resp.write(chunk(payload["text"], None, entries=payload.get("logprobs")))
+                if fail_midway:  # test-only: a canary that fails streamed traffic only
+                    req.cancelled = True
+                    e = ApiError(500, f"injected stream fault for adapter {meta['adapter']} (test setting)",
+                                 "server_error")
+                    o.status = "500"
+                    await resp.write(error_event(e))
+                    break
             elif kind == "error":
                 e = _engine_error(payload)
                 o.status = str(e.status)

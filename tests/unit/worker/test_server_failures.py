@@ -287,3 +287,34 @@ def test_large_base_refused_on_cpu_unless_allowed(worker_store, tiny_base_dir, r
     assert "on the CPU" in st.failed["__base__"] and ready == 503
     assert req[0] == 503 and "--allow-large-cpu-model" in req[1]["error"]["message"]
     assert st2.ready and ok[0] == 200
+
+
+def test_stream_only_fault_fails_streams_midway_and_is_counted(worker_store, run, helpers, monkeypatch):
+    """LORAPLANE_FAULT_ADAPTER_STREAM_ERROR_RATE (test-only): a canary version that
+    fails streamed responses after their first token, and serves the rest."""
+    from loraplane.worker.runtime import WorkerConfig
+
+    monkeypatch.setenv("LORAPLANE_FAULT_ADAPTER_STREAM_ERROR_RATE", "synth-v2=1")
+    cfg = WorkerConfig.faults_from_env()
+    routes = {"synthesizer": [("synth-v1", 50), ("synth-v2", 50)]}
+
+    async def go():
+        async with helpers.running_worker(worker_store, helpers.desired(routes),
+                                          fault_stream_error_rate=cfg.fault_stream_error_rate) as (w, c):
+            out = {}
+            for model in ("synth-v1", "synth-v2"):
+                r = await c.post("/v1/completions", json={"model": model, "prompt": PROMPT, "max_tokens": 6,
+                                                          "ignore_eos": True, "stream": True})
+                out[model] = r.status, await r.text()
+            out["plain"] = await _post(c, model="synth-v2")
+            await _idle(w)
+            return out, await _metrics(c)
+    out, m = run(go())
+    assert cfg.fault_stream_error_rate == {"synth-v2": 1.0}
+    good, bad = out["synth-v1"][1], out["synth-v2"][1]
+    assert "error" not in good and good.rstrip().endswith("[DONE]")
+    events = [json.loads(line[6:]) for line in bad.splitlines() if line.startswith("data: {")]
+    assert events[0]["choices"][0]["text"] and "injected stream fault" in events[-1]["error"]["message"]
+    assert out["plain"][0] == 200
+    assert _count(m, "500", "synth-v2") == 1 and _count(m, "200", "synth-v2") == 1
+    assert _count(m, "200", "synth-v1") == 1
