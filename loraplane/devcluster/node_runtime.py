@@ -111,10 +111,12 @@ imports = []
 # The opt plugin would create /opt/containerd on the host.
 disabled_plugins = ['io.containerd.internal.v1.opt']
 
-[grpc]
+# Version 4 reads the sockets from the server plugins; a top-level [grpc]
+# section is ignored there (containerd would listen on /run/containerd).
+[plugins.'io.containerd.server.v1.grpc']
   address = {_toml_str(paths.socket)}
 
-[ttrpc]
+[plugins.'io.containerd.server.v1.ttrpc']
   address = {_toml_str(paths.socket + ".ttrpc")}
 
 [{cri_images}]
@@ -141,6 +143,11 @@ disabled_plugins = ['io.containerd.internal.v1.opt']
 [{cri_runtime}.containerd.runtimes.runc.options]
   SystemdCgroup = false
   BinaryName = {_toml_str(runc)}
+  # runc's state and the shims' sockets default to /run/containerd.
+  Root = {_toml_str(str(paths.containerd_state / "runc"))}
+
+[plugins.'io.containerd.shim.v1.manager']
+  socket_dir = {_toml_str(str(paths.containerd_state / "s"))}
 
 [plugins.'io.containerd.nri.v1.nri']
   disable = true

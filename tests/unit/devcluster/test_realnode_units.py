@@ -69,9 +69,10 @@ def test_containerd_config(paths):
     assert cfg["version"] == 4
     assert cfg["root"] == str(paths.containerd_root)
     assert cfg["state"] == str(paths.containerd_state)
-    assert cfg["grpc"]["address"] == paths.socket
     assert cfg["imports"] == []
     plugins = cfg["plugins"]
+    assert plugins["io.containerd.server.v1.grpc"]["address"] == paths.socket
+    assert "grpc" not in cfg  # ignored by config version 4
     images = plugins["io.containerd.cri.v1.images"]
     assert images["snapshotter"] == "overlayfs"
     assert images["pinned_images"]["sandbox"] == "localhost/loraplane/pause:abc"
@@ -82,7 +83,9 @@ def test_containerd_config(paths):
     assert runtime["cni"]["conf_dir"] == str(paths.cni_conf_dir)
     runc = runtime["containerd"]["runtimes"]["runc"]
     assert runc["runtime_type"] == "io.containerd.runc.v2"
-    assert runc["options"] == {"SystemdCgroup": False, "BinaryName": "/usr/sbin/runc"}
+    assert runc["options"] == {"SystemdCgroup": False, "BinaryName": "/usr/sbin/runc",
+                               "Root": str(paths.containerd_state / "runc")}
+    assert plugins["io.containerd.shim.v1.manager"]["socket_dir"] == str(paths.containerd_state / "s")
     assert plugins["io.containerd.nri.v1.nri"]["disable"] is True
 
 
