@@ -169,10 +169,8 @@ class DevCluster:
     def attach(cls, workdir: Path) -> "DevCluster":
         """The cluster a detached ``up`` left running in ``workdir``."""
         state = json.loads((workdir / "state.json").read_text())
-        cluster = cls(workdir=workdir, bin_dir=Path(state["bin_dir"]), detached=True, ports=state["ports"],
-                      pids={k: int(v) for k, v in state["pids"].items()}, host_ip=state.get("host_ip", ""))
-        cluster.pki = pki.make_pki(workdir / "pki", extra_ips=(cluster.host_ip,) if cluster.host_ip else ())
-        return cluster
+        return cls(workdir=workdir, bin_dir=Path(state["bin_dir"]), detached=True, ports=state["ports"],
+                   pids={k: int(v) for k, v in state["pids"].items()}, host_ip=state.get("host_ip", ""))
 
     # ---- process plumbing ---------------------------------------------
     def _spawn(self, name: str, args: list[str]) -> None:
