@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 WORKER_KEY = web.AppKey("worker", Worker)
 ROUTE_KEY_HEADER = "X-Loraplane-Route-Key"
 ADAPTER_HEADER = "X-Loraplane-Adapter"
-DISCONNECT_POLL_S = 0.1
+DISCONNECT_POLL_S = 0.25  # a closed connection is noticed within this; cheap for thousands of streams
 
 CLIENT_GONE = "499"  # nginx's convention; operator/analysis.py counts it as a request, not an error
 

@@ -205,9 +205,10 @@ def test_chat_without_max_tokens_generates_up_to_the_worker_limit(client):
 
 # ------------------------------------------------------------------ parameters now implemented
 def test_seed_makes_sampling_deterministic(client):
-    def draw(seed):
-        return client.completions.create(model="synth-v1", prompt=PROMPT, max_tokens=16, temperature=1.0,
-                                         seed=seed, extra_body={"ignore_eos": True}).choices[0].text
+    def draw(seed):  # text and per-token logprobs (ids outside the tiny vocabulary decode to nothing)
+        ch = client.completions.create(model="synth-v1", prompt=PROMPT, max_tokens=16, temperature=1.0, seed=seed,
+                                       logprobs=0, extra_body={"ignore_eos": True}).choices[0]
+        return ch.text, [round(v, 5) for v in ch.logprobs.token_logprobs]
     a, b, c = draw(7), draw(7), draw(8)
     assert a == b and a != c
 
