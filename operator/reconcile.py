@@ -142,6 +142,7 @@ def reconcile_pool(kube: Kube, cfg: Config, ledger: LedgerCache, applied: Applie
                    name: str) -> float | None:
     pool = kube.get_custom("WorkerPool", ns, name)
     if pool is None:
+        metrics.forget_pool(ns, name)
         return None
     spec = pool["spec"]
     base = kube.get_custom("BaseModel", ns, spec["baseModelRef"])
@@ -161,7 +162,7 @@ def reconcile_pool(kube: Kube, cfg: Config, ledger: LedgerCache, applied: Applie
             variant = json.loads(pod["metadata"]["annotations"]["loraplane.io/reservation"])["variant"]
             if created:
                 ledger.created(created)  # write-through: the next placement sees it
-                metrics.PLACEMENTS.labels(ns, name, variant).inc()
+                metrics.placed(ns, name, variant)
             if cfg.create_delay_seconds:
                 time.sleep(cfg.create_delay_seconds)
     metrics.observe_ledger(nodes, reservations + inventory.reservations(plan.create, nodes))
@@ -171,16 +172,11 @@ def reconcile_pool(kube: Kube, cfg: Config, ledger: LedgerCache, applied: Applie
     for pod_name in plan.delete:
         kube.delete_pod(ns, pod_name)
     variant = plan.status.get("variant") or ""
-    metrics.POOL_UNPLACED.labels(ns, name, variant).set(plan.status.get("unplaced", 0))
-    metrics.POOL_READY.labels(ns, name, variant).set(plan.status.get("readyReplicas", 0))
-    if plan.status.get("unplaced"):
-        metrics.PLACEMENT_FAILURES.labels(ns, name, variant).inc(plan.status["unplaced"])
     _merge_routing(pool, plan, routing)
     _apply_status(kube, pool, plan.status)
     for e in plan.events:
         kube.event(pool, *e)
-    for task, reason in routing.transitions:
-        metrics.ROLLOUT_TRANSITIONS.labels(ns, name, task, reason).inc()
+    metrics.observe_pool(ns, name, variant, plan.status, plan.events, routing.transitions)
     return plan.requeue_after
 
 
