@@ -122,7 +122,10 @@ class RealNode:
 
     # ---- lifecycle ---------------------------------------------------------------
     def start(self, timeout: float = 240.0) -> "RealNode":
-        t0 = time.monotonic()
+        """Start and wait for Ready (``timeout`` counts from when the lock is
+        held; waiting for another session's node is ``lock_timeout``).
+        ``timings``: seconds waited for the lock, then seconds from holding it
+        to containerd up, Node Ready and GPUs advertised."""
         missing = node_build.missing_node_binaries(self.bin_dir)
         if missing:
             raise RuntimeError(f"node binaries missing in {self.bin_dir}: {missing}; run "
@@ -130,7 +133,10 @@ class RealNode:
         tools = missing_host_tools()
         if tools:
             raise RuntimeError(f"host tools missing: {tools}; run `make node-deps`")
+        waited = time.monotonic()
         self._lock()
+        t0 = time.monotonic()
+        self.timings = {"lock_wait": round(t0 - waited, 1)}
         try:
             # Before the try below: a refusal here must not stop someone's node.
             self._undo_stale_run()
