@@ -43,6 +43,7 @@ control-plane: venv
 # The real node (loraplane/devcluster/realnode.py): kubelet, kube-proxy,
 # containerd v2 and the pause program, built from Go modules next to the
 # control plane (node_build.py), plus the host packages it runs with.
+.PHONY: node node-deps
 node: venv control-plane node-deps
 	$(PY) -m loraplane.devcluster.node_build
 
