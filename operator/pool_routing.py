@@ -79,6 +79,21 @@ def needs_metrics(pool: dict) -> bool:
     return any(s.phase == Phase.progressing for s in states_of(pool.get("status") or {}).values())
 
 
+def prometheus_source(pool: dict):
+    """The ``analysis.prometheus`` block of the first progressing rollout whose
+    ``analysis.provider`` is ``prometheus`` (None: scrape the workers directly).
+    One source serves the pass: both read the same worker counters."""
+    states = states_of(pool.get("status") or {})
+    for task, raw in sorted((pool["spec"].get("rollouts") or {}).items()):
+        st = states.get(task)
+        if st is None or st.phase != Phase.progressing:
+            continue
+        an = RolloutSpec.model_validate(raw).analysis
+        if an.provider == "prometheus" and an.prometheus is not None:
+            return an.prometheus
+    return None
+
+
 def adapters_named(pool: dict) -> set[str]:
     """Every adapter this pass may need an AdapterRef for: the spec's routes,
     the rollouts' canaries, and what status still holds (effective, draining,

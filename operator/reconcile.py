@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import analysis, inventory, metrics, pool_routing, workload_identity
+from . import analysis, inventory, metrics, pool_routing, prom_source, workload_identity
 from .conditions import get_condition, set_condition
 from .config import Config
 from .kube import Kube
@@ -192,10 +192,19 @@ def _plan_routing(pool: dict, pods: list[dict]) -> pool_routing.RoutingPlan:
     loaded = pool_routing.ready_loaded(list(reports.values()))
     snap = None
     if pool_routing.needs_metrics(pool):
-        port = int(pool["spec"].get("port", 8000))
-        targets = {p["metadata"]["name"]: url for p in live if reports[p["metadata"]["name"]].get("ready")
-                   for url in [endpoint_of(p, reports[p["metadata"]["name"]], port)] if url}
-        snap = analysis.snapshot(scrape(targets))
+        src = pool_routing.prometheus_source(pool)
+        if src is not None:  # analysis.provider: prometheus; unreachable -> this pass scrapes directly
+            meta = pool["metadata"]
+            try:
+                snap = prom_source.snapshot(src.address, src.selector, meta["namespace"], meta["name"])
+            except Exception as e:  # noqa: BLE001
+                log.warning("prometheus %s for %s/%s failed (%s); scraping the workers directly",
+                            src.address, meta["namespace"], meta["name"], e)
+        if snap is None:
+            port = int(pool["spec"].get("port", 8000))
+            targets = {p["metadata"]["name"]: url for p in live if reports[p["metadata"]["name"]].get("ready")
+                       for url in [endpoint_of(p, reports[p["metadata"]["name"]], port)] if url}
+            snap = analysis.snapshot(scrape(targets))
     return pool_routing.plan_routing(pool, loaded, snap, _now())
 
 

@@ -17,7 +17,9 @@ LoraplaneCanaryRolledBack; its latency: LoraplaneHighP95Latency for
 adapter ``sum-slow`` only); the operator is not reported down; and every
 dashboard panel's PromQL returns data, except the panels whose events this
 scenario does not produce (training; hot-swap/preload/verify failures),
-which must still be valid PromQL.
+which must still be valid PromQL. Then canary analysis with
+``analysis.provider: prometheus`` against that Prometheus promotes a good
+version (``sum-v2``) and rolls back the slow one (``sum-slow``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ import pytest
 import yaml
 from kubernetes import client, config
 
-from loraplane.demo import ADAPTER_STORE_NAME, BASE_NAME, BASE_VERSION, TASK, OperatorProcess, manifests, wait_for
+from loraplane.demo import (ADAPTER_STORE_NAME, BASE_NAME, BASE_VERSION, TASK, OperatorProcess, effective, manifests,
+                            wait_for)
 from loraplane.devcluster import build, prom_build
 from loraplane.devcluster.cluster import free_port
 from loraplane.devcluster.hostrunner import HostRunner
@@ -48,7 +51,7 @@ pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[3]
 POOL = "obs"
-ADAPTERS = {"sum-v1": "v1", "sum-slow": "v2"}
+ADAPTERS = {"sum-v1": "v1", "sum-v2": "v2", "sum-slow": "v2"}
 FAULTS = {"LORAPLANE_FAULT_ADAPTER_DELAY_MS": "sum-slow=1500"}
 OPERATOR_JOB = "lp-loraplane-metrics"  # what the chart's ServiceMonitor (release lp) scrapes as
 THRESHOLDS = ["metrics.prometheusRule.thresholds.p95LatencySeconds=1",
@@ -73,7 +76,8 @@ class Prom:
         self.targets = work / "targets.json"
         self.targets.write_text("[]")
         (work / "prometheus.yml").write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s",
+                       "query_log_file": str(work / "queries.log")},
             "rule_files": [str(work / "rules.yaml")],
             "scrape_configs": [
                 {"job_name": OPERATOR_JOB, "static_configs": [{"targets": [f"127.0.0.1:{operator_port}"]}]},
@@ -180,7 +184,7 @@ def observed(dev_cluster, tiny_base_dir, make_tiny_adapter, tmp_path_factory):
         wait_for(prom.ready, timeout=60, what="prometheus ready")
         wait_for(lambda: write_targets(core, ns, prom.targets) == 2, timeout=180, what="2 advertised workers")
         yield SimpleNamespace(
-            ns=ns, prom=prom, dashboard=dashboard, rules=rule["spec"], kubeconfig=dev_cluster.kubeconfig,
+            ns=ns, prom=prom, dashboard=dashboard, operator=operator, rules=rule["spec"], kubeconfig=dev_cluster.kubeconfig,
             patch=lambda body: custom.patch_namespaced_custom_object("loraplane.io", "v1alpha1", ns, "workerpools",
                                                                      POOL, body),
             pool=lambda: custom.get_namespaced_custom_object("loraplane.io", "v1alpha1", ns, "workerpools", POOL))
@@ -232,3 +236,36 @@ def test_prometheus_loads_the_rules_fires_on_real_faults_and_feeds_every_panel(o
             if not result:
                 empty.append(panel["title"])
     assert set(empty) == NO_EVENTS_HERE, empty
+
+
+def rollout_state(env) -> dict:
+    return ((env.pool().get("status") or {}).get("rollouts") or {}).get(TASK) or {}
+
+
+def reset(env) -> None:
+    env.patch({"spec": {"routes": {TASK: [{"adapter": "sum-v1", "weight": 100}]}, "rollouts": None}})
+    wait_for(lambda: effective(env.pool()) == {"sum-v1": 100} and not rollout_state(env), timeout=60,
+             what="reset to sum-v1 100%")
+
+
+def test_prometheus_analysis_promotes_a_good_canary_and_rolls_back_a_slow_one(observed):
+    env, prom = observed, observed.prom
+    analysis = {"provider": "prometheus", "prometheus": {"address": f"http://127.0.0.1:{prom.port}"},
+                "minRequests": 5, "maxP95RegressionPercent": 300, "maxErrorRatePercent": 5}
+    reset(env)
+    with Traffic(env.kubeconfig, env.ns, POOL, TASK, concurrency=2, max_tokens=2):
+        env.patch({"spec": {"rollouts": {TASK: {"canary": "sum-v2", "steps": [50, 100], "intervalSeconds": 4,
+                                                "analysis": analysis}}}})
+        wait_for(lambda: rollout_state(env).get("phase") == "Promoted", timeout=180, what="sum-v2 promoted")
+    assert effective(env.pool()) == {"sum-v2": 100}
+    reset(env)
+    with Traffic(env.kubeconfig, env.ns, POOL, TASK, concurrency=2, max_tokens=2):
+        env.patch({"spec": {"rollouts": {TASK: {"canary": "sum-slow", "steps": [50, 100], "intervalSeconds": 30,
+                                                "analysis": analysis}}}})
+        wait_for(lambda: rollout_state(env).get("phase") == "RolledBack", timeout=120, what="sum-slow rolled back")
+    assert rollout_state(env)["reason"] == "LatencyRegression", rollout_state(env)
+    wait_for(lambda: effective(env.pool()) == {"sum-v1": 100}, what="stable weights back")
+    # the verdicts came from Prometheus: the operator queried it, and never fell back to a direct scrape
+    queries = (prom.work / "queries.log").read_text()
+    assert f'loraplane_worker_requests_total{{namespace=\\"{env.ns}\\",pool=\\"{POOL}\\"}}' in queries
+    assert "scraping the workers directly" not in env.operator.log.read_text()
