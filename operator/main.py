@@ -14,6 +14,7 @@ def run_operator(args) -> int:
 
     from . import handlers, metrics, training_handlers  # noqa: F401 - registers the training pod handler
     from .daemon_finalizers import drop_daemon_finalizers
+    from .in_cluster import login_with_service_account
     from .kube import Kube
     from .ledger_cache import LedgerCache
     from .reconcile import Applied
@@ -37,7 +38,7 @@ def run_operator(args) -> int:
     def login(**kwargs):
         if cfg.kubeconfig:
             return kopf.login_with_kubeconfig(**kwargs)
-        return kopf.login_with_service_account(**kwargs)
+        return login_with_service_account(**kwargs)
 
     kwargs = {"standalone": cfg.peering is None, "peering_name": cfg.peering,
               "liveness_endpoint": cfg.liveness_endpoint}
