@@ -17,7 +17,8 @@ LoraplaneCanaryRolledBack; its latency: LoraplaneHighP95Latency for
 adapter ``sum-slow`` only); the operator is not reported down; and every
 dashboard panel's PromQL returns data, except the panels whose events this
 scenario does not produce (training; hot-swap/preload/verify failures),
-which must still be valid PromQL. Then canary analysis with
+which must still be valid PromQL (the last test fills the failures panel).
+Then canary analysis with
 ``analysis.provider: prometheus`` against that Prometheus promotes a good
 version (``sum-v2``) and rolls back the slow one (``sum-slow``).
 """
@@ -57,7 +58,7 @@ OPERATOR_JOB = "lp-loraplane-metrics"  # what the chart's ServiceMonitor (releas
 THRESHOLDS = ["metrics.prometheusRule.thresholds.p95LatencySeconds=1",
               "metrics.prometheusRule.thresholds.latencyFor=0s"]
 # Panels fed by events this scenario does not produce.
-NO_EVENTS_HERE = {"Hot-swap, preload and verify failures", "Training progress", "Training loss"}
+NO_EVENTS_HERE = {"Hot-swap, preload and verify failures (since worker start)", "Training progress", "Training loss"}
 
 
 def rendered(*sets: str) -> list[dict]:
@@ -144,6 +145,14 @@ def observed(dev_cluster, tiny_base_dir, make_tiny_adapter, tmp_path_factory):
     for i, v in enumerate(("v1", "v2")):
         store.publish(make_tiny_adapter(seed=11 + i, r=8), kind="adapter", name=ADAPTER_STORE_NAME, version=v,
                       task=TASK, base_name=BASE_NAME, base_version=BASE_VERSION)
+    # v3: published fine, then a byte flipped on disk (the workers' full verify refuses it)
+    store.publish(make_tiny_adapter(seed=13, r=8), kind="adapter", name=ADAPTER_STORE_NAME, version="v3",
+                  task=TASK, base_name=BASE_NAME, base_version=BASE_VERSION)
+    f = store.resolve("default", "adapter", ADAPTER_STORE_NAME, "v3").path / "adapter_model.safetensors"
+    f.chmod(0o644)
+    data = bytearray(f.read_bytes())
+    data[-10] ^= 0xFF
+    f.write_bytes(bytes(data))
     ns = f"obs-{uuid.uuid4().hex[:6]}"
     dev_cluster.kubectl("create", "namespace", ns)
     wait_for(lambda: dev_cluster.kubectl("get", "sa", "default", "-n", ns, check=False).returncode == 0,
@@ -185,6 +194,8 @@ def observed(dev_cluster, tiny_base_dir, make_tiny_adapter, tmp_path_factory):
         wait_for(lambda: write_targets(core, ns, prom.targets) == 2, timeout=180, what="2 advertised workers")
         yield SimpleNamespace(
             ns=ns, prom=prom, dashboard=dashboard, operator=operator, rules=rule["spec"], kubeconfig=dev_cluster.kubeconfig,
+            patch_adapter=lambda name, body: custom.patch_namespaced_custom_object(
+                "loraplane.io", "v1alpha1", ns, "adapters", name, body),
             patch=lambda body: custom.patch_namespaced_custom_object("loraplane.io", "v1alpha1", ns, "workerpools",
                                                                      POOL, body),
             pool=lambda: custom.get_namespaced_custom_object("loraplane.io", "v1alpha1", ns, "workerpools", POOL))
@@ -269,3 +280,19 @@ def test_prometheus_analysis_promotes_a_good_canary_and_rolls_back_a_slow_one(ob
     queries = (prom.work / "queries.log").read_text()
     assert f'loraplane_worker_requests_total{{namespace=\\"{env.ns}\\",pool=\\"{POOL}\\"}}' in queries
     assert "scraping the workers directly" not in env.operator.log.read_text()
+
+
+def test_a_corrupt_hot_swap_fires_the_swap_and_load_alerts_and_fills_the_failures_panel(observed):
+    """Last (it leaves sum-v1 refused): the served sum-v1 is pointed at a store version whose
+    file was corrupted after publishing; the workers' verify refuses the swap."""
+    env, prom = observed, observed.prom
+    env.patch_adapter("sum-v1", {"spec": {"version": "v3"}})
+    wait_for(lambda: prom.firing("LoraplaneAdapterHotSwapFailed"), timeout=120, what="LoraplaneAdapterHotSwapFailed")
+    wait_for(lambda: prom.firing("LoraplaneAdapterLoadFailed"), timeout=30, what="LoraplaneAdapterLoadFailed")
+    assert {(a["namespace"], a["pool"], a["adapter"]) for a in prom.firing("LoraplaneAdapterHotSwapFailed")} \
+        == {(env.ns, POOL, "sum-v1")}
+    assert {(a["adapter"], a["reason"]) for a in prom.firing("LoraplaneAdapterLoadFailed")} \
+        == {("sum-v1", "AdapterRefused")}
+    panel = next(p for p in env.dashboard["panels"] if p["title"].startswith("Hot-swap, preload and verify failures"))
+    got = [bool(prom.api("query", query=t["expr"])["result"]) for t in panel["targets"]]
+    assert got == [True, True, False], got  # adapter load/verify, hot swap: data; base load: none happened
