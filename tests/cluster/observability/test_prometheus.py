@@ -17,7 +17,8 @@ LoraplaneCanaryRolledBack; its latency: LoraplaneHighP95Latency for
 adapter ``sum-slow`` only); the operator is not reported down; and every
 dashboard panel's PromQL returns data, except the panels whose events this
 scenario does not produce (training; hot-swap/preload/verify failures),
-which must still be valid PromQL (the last test fills the failures panel).
+which must still be valid PromQL (the last test fills the failures panel;
+test_training_metrics.py the training panels).
 Then canary analysis with
 ``analysis.provider: prometheus`` against that Prometheus promotes a good
 version (``sum-v2``) and rolls back the slow one (``sum-slow``).
@@ -31,7 +32,6 @@ import subprocess
 import threading
 import time
 import urllib.parse
-import urllib.request
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,9 +42,10 @@ from kubernetes import client, config
 
 from loraplane.demo import (ADAPTER_STORE_NAME, BASE_NAME, BASE_VERSION, TASK, OperatorProcess, effective, manifests,
                             wait_for)
-from loraplane.devcluster import build, prom_build
+from loraplane.devcluster import build
 from loraplane.devcluster.cluster import free_port
 from loraplane.devcluster.hostrunner import HostRunner
+from loraplane.devcluster.promserver import PrometheusServer
 from loraplane.modelstore import ModelStore
 from loraplane.traffic import Traffic
 
@@ -68,54 +69,6 @@ def rendered(*sets: str) -> list[dict]:
         args += ["--set", s]
     return [d for d in yaml.safe_load_all(subprocess.run(args, capture_output=True, text=True, check=True,
                                                           timeout=120).stdout) if d]
-
-
-class Prom:
-    def __init__(self, work: Path, operator_port: int, rules: dict):
-        self.work, self.port = work, free_port()
-        (work / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
-        self.targets = work / "targets.json"
-        self.targets.write_text("[]")
-        (work / "prometheus.yml").write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s",
-                       "query_log_file": str(work / "queries.log")},
-            "rule_files": [str(work / "rules.yaml")],
-            "scrape_configs": [
-                {"job_name": OPERATOR_JOB, "static_configs": [{"targets": [f"127.0.0.1:{operator_port}"]}]},
-                {"job_name": "loraplane-workers", "file_sd_configs": [{"files": [str(self.targets)],
-                                                                       "refresh_interval": "1s"}]}]}))
-        self.log = open(work / "prometheus.log", "a")
-        self.proc = subprocess.Popen(
-            [str(prom_build.prometheus()), f"--config.file={work / 'prometheus.yml'}",
-             f"--storage.tsdb.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def api(self, path: str, **params) -> dict:
-        url = f"http://127.0.0.1:{self.port}/api/v1/{path}"
-        if params:
-            url += "?" + urllib.parse.urlencode(params)
-        body = json.loads(urllib.request.urlopen(url, timeout=10).read())
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def ready(self) -> bool:
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=5).status == 200
-        except OSError:
-            return False
-
-    def firing(self, name: str) -> list[dict]:
-        return [a["labels"] for a in self.api("alerts")["alerts"]
-                if a["labels"]["alertname"] == name and a["state"] == "firing"]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
 
 
 def write_targets(core: client.CoreV1Api, ns: str, path: Path) -> int:
@@ -174,14 +127,17 @@ def observed(dev_cluster, tiny_base_dir, make_tiny_adapter, tmp_path_factory):
     runner = HostRunner(dev_cluster.kubeconfig, ns, work / "pods", selector=f"loraplane.io/pool={POOL}",
                         extra_env={"LORAPLANE_THREADS": "1", "OMP_NUM_THREADS": "1", **FAULTS},
                         grace_seconds=5).start()
-    (work / "prom").mkdir()
-    prom = Prom(work / "prom", op_port, rule["spec"])
+    targets = work / "targets.json"
+    targets.write_text("[]")
+    prom = PrometheusServer(work / "prom", rule["spec"], [
+        {"job_name": OPERATOR_JOB, "static_configs": [{"targets": [f"127.0.0.1:{op_port}"]}]},
+        {"job_name": "loraplane-workers", "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "1s"}]}])
     stop = threading.Event()
 
     def sd_loop():
         while not stop.is_set():
             try:
-                write_targets(core, ns, prom.targets)
+                write_targets(core, ns, targets)
             except Exception:  # noqa: BLE001 - retried every second
                 pass
             stop.wait(1.0)
@@ -191,7 +147,7 @@ def observed(dev_cluster, tiny_base_dir, make_tiny_adapter, tmp_path_factory):
         dev_cluster.kubectl("apply", "-n", ns, "-f", "-", input="\n---\n".join(
             json.dumps(d) for d in manifests(work / "store", label, replicas=2, adapters=ADAPTERS, pool=POOL)))
         wait_for(prom.ready, timeout=60, what="prometheus ready")
-        wait_for(lambda: write_targets(core, ns, prom.targets) == 2, timeout=180, what="2 advertised workers")
+        wait_for(lambda: write_targets(core, ns, targets) == 2, timeout=180, what="2 advertised workers")
         yield SimpleNamespace(
             ns=ns, prom=prom, dashboard=dashboard, operator=operator, rules=rule["spec"], kubeconfig=dev_cluster.kubeconfig,
             patch_adapter=lambda name, body: custom.patch_namespaced_custom_object(
@@ -202,7 +158,7 @@ def observed(dev_cluster, tiny_base_dir, make_tiny_adapter, tmp_path_factory):
     finally:
         stop.set()
         print(operator.tail(40))
-        print((work / "prom" / "prometheus.log").read_text()[-3000:])
+        print(prom.log_path.read_text()[-3000:])
         prom.stop()
         runner.stop()
         operator.stop()
@@ -277,7 +233,7 @@ def test_prometheus_analysis_promotes_a_good_canary_and_rolls_back_a_slow_one(ob
     assert rollout_state(env)["reason"] == "LatencyRegression", rollout_state(env)
     wait_for(lambda: effective(env.pool()) == {"sum-v1": 100}, what="stable weights back")
     # the verdicts came from Prometheus: the operator queried it, and never fell back to a direct scrape
-    queries = (prom.work / "queries.log").read_text()
+    queries = prom.queries_logged()
     assert f'loraplane_worker_requests_total{{namespace=\\"{env.ns}\\",pool=\\"{POOL}\\"}}' in queries
     assert "scraping the workers directly" not in env.operator.log.read_text()
 
