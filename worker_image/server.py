@@ -448,6 +448,10 @@ async def _serve(request, w: Worker, o: Outcome, body: dict, *, prompt=None, mes
         raise _invalid("route_key", f"must be a string, got {type(key).__name__}")
     choice = w.route(body["model"], key=key)  # 404/503 via RouteError
     o.task, o.adapter = choice.task or "-", choice.adapter
+    contract = w.contracts.get(choice.adapter)
+    if constraint is None and contract is not None and body.get("response_format") is None and not tools:
+        # the version's output contract, unless the request asked for a format (text included) or tools
+        constraint = grammar.Constraint("response_format", json_schema=contract)
     bank_key = w.bank_key(choice.adapter)
     # no await since route(): hold the chosen version's content so it cannot be freed while we tokenise
     w.engine.hold(bank_key)

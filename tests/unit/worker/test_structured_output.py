@@ -14,7 +14,7 @@ import openai
 import pytest
 
 LIMIT = 200
-ROUTES = {"extract": [("ex-v1", 100)], "judge": [("judge-v1", 100)]}
+ROUTES = {"extract": [("ex-v1", 100)], "judge": [("judge-v1", 100)], "contracted": [("con-v1", 100)]}
 
 PERSON = {
     "type": "object",
@@ -36,6 +36,10 @@ TIME = {"type": "function", "function": {
     "name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"enum": ["utc", "cet"]}},
                                        "required": ["zone"], "additionalProperties": False}}}
 CHAT = [{"role": "user", "content": "tell me about the cat"}]
+VERDICT = {"type": "object", "properties": {"verdict": {"enum": ["good", "bad"]}, "ok": {"type": "boolean"}},
+           "required": ["verdict", "ok"], "additionalProperties": False}
+TALLY = {"type": "object", "properties": {"n": {"enum": ["one", "two"]}}, "required": ["n"],
+         "additionalProperties": False}
 
 
 def check(value, schema) -> None:
@@ -86,9 +90,13 @@ def bpe_store(tmp_path_factory):
     root = tmp / "store"
     store = ModelStore(root)
     store.publish(base, kind="base", name="tinybpe", version="v1")
-    for name, seed in (("ex", 11), ("judge", 12)):
-        store.publish(build_adapter(base, tmp / f"a-{name}", seed=seed), kind="adapter", name=name,
-                      version="v1", base_name="tinybpe", task=name)
+    for name, seed in (("ex", 11), ("judge", 12), ("con", 13), ("badcon", 14)):
+        adir = build_adapter(base, tmp / f"a-{name}", seed=seed)
+        if name == "con":  # an output contract stored with the version (store-verified like its weights)
+            (adir / "output_schema.json").write_text(json.dumps(VERDICT))
+        if name == "badcon":
+            (adir / "output_schema.json").write_text(json.dumps({"type": "nosuchtype"}))
+        store.publish(adir, kind="adapter", name=name, version="v1", base_name="tinybpe", task=name)
     return root
 
 
@@ -106,7 +114,10 @@ def server(bpe_store):
     doc = DesiredState.model_validate({
         "pool": "p", "generation": 1, "base": {"name": "tinybpe", "version": "v1", "variant": "fp32"},
         "adapters": [{"name": "ex-v1", "storeName": "ex", "version": "v1", "task": "extract"},
-                     {"name": "judge-v1", "storeName": "judge", "version": "v1", "task": "judge"}],
+                     {"name": "judge-v1", "storeName": "judge", "version": "v1", "task": "judge",
+                      "outputJsonSchema": TALLY},
+                     {"name": "con-v1", "storeName": "con", "version": "v1", "task": "contracted"},
+                     {"name": "badcon-v1", "storeName": "badcon", "version": "v1", "task": "contracted"}],
         "routes": {t: [{"adapter": a, "weight": w} for a, w in bs] for t, bs in ROUTES.items()},
     })
 
@@ -342,3 +353,41 @@ def test_word_level_tokenizer_refuses_structured_output(worker_store):
     with pytest.raises(GrammarRequestError) as e:
         compile_matcher(Constraint("response_format", json_schema={"type": "object"}), build_tokenizer(), 512, [2])
     assert e.value.param == "response_format" and e.value.code == "unsupported_parameter"
+
+
+# ------------------------------------------------------------------ an adapter's output contract
+def test_store_contract_applies_by_default(client):
+    for kw in ({}, {"stream": True}):
+        r = client.chat.completions.create(model="contracted", messages=CHAT, max_tokens=LIMIT, temperature=1.0,
+                                           seed=2, **kw)
+        if kw:
+            text = "".join(c.choices[0].delta.content or "" for c in r if c.choices)
+        else:
+            assert r.choices[0].finish_reason == "stop"
+            text = r.choices[0].message.content
+        check(json.loads(text), VERDICT)
+    r = client.completions.create(model="con-v1", prompt="the cat", max_tokens=LIMIT, temperature=0)
+    check(json.loads(r.choices[0].text), VERDICT)
+
+
+def test_desired_state_contract_applies_by_default(client):
+    r = client.chat.completions.create(model="judge", messages=CHAT, max_tokens=LIMIT, temperature=0)
+    check(json.loads(r.choices[0].message.content), TALLY)
+
+
+def test_request_overrides_the_contract(client):
+    r = client.chat.completions.create(model="contracted", messages=CHAT, max_tokens=LIMIT, temperature=0,
+                                       response_format=_schema_format())
+    check(json.loads(r.choices[0].message.content), PERSON)
+    r = client.chat.completions.create(model="contracted", messages=CHAT, max_tokens=20, temperature=0,
+                                       response_format={"type": "text"})
+    assert not r.choices[0].message.content.startswith("{")
+    r = client.chat.completions.create(model="contracted", messages=CHAT, max_tokens=LIMIT, temperature=0,
+                                       tools=[TIME], tool_choice="required")
+    assert r.choices[0].finish_reason == "tool_calls"
+
+
+def test_invalid_contract_refuses_the_version(server):
+    w = server["w"]
+    assert "badcon-v1" not in w.served and "con-v1" in w.served
+    assert "output contract" in w.failed["badcon-v1"] and "nosuchtype" in w.failed["badcon-v1"].lower()
