@@ -592,6 +592,28 @@ class S3ModelStore:
         return Materialised(final, m, False, m.total_size, time.perf_counter() - start)
 
 
+class CachingS3Store:
+    """What a worker or Job reads through: ``resolve`` materialises the version
+    into the node-local ``cache_dir`` (see ``S3ModelStore.materialise``) and
+    returns a ``StoredVersion`` whose ``path`` is that local, verified copy,
+    so code written for the directory store loads it unchanged."""
+
+    def __init__(self, url: str, cache_dir: str | Path, client=None):
+        self.remote = S3ModelStore(url, client=client)
+        self.cache_dir = Path(cache_dir)
+        self.last: Materialised | None = None
+
+    def current_version(self, owner: str, kind: str, name: str) -> str | None:
+        return self.remote.current_version(owner, kind, name)
+
+    def resolve(self, owner: str, kind: str, name: str, version: str | None = None):
+        from .store import StoredVersion
+
+        got = self.remote.materialise(owner, kind, name, version, self.cache_dir)
+        self.last = got
+        return StoredVersion(owner, kind, name, got.manifest.version, got.path, got.manifest)
+
+
 def _md5_like(etag: str) -> bool:
     head = etag.split("-", 1)[0]
     return len(head) == 32 and all(c in "0123456789abcdef" for c in head.lower())

@@ -261,16 +261,16 @@ class Worker:
     def _load_base(self, desired: DesiredState) -> None:
         import torch
 
-        from loraplane.modelstore import ModelStore, verify_dir
+        from loraplane.modelstore import verify_dir
 
         from .engine import Engine
-        from .loader import bnb_problem, compute_dtype, count_parameters, load_base, plan_variant
+        from .loader import bnb_problem, compute_dtype, count_parameters, load_base, open_model_store, plan_variant
         from .lora import LoraBank
 
         t0 = time.perf_counter()
         ref = desired.base
         self.base_refusal = None
-        store = ModelStore(self.cfg.store_root)
+        store = open_model_store(self.cfg.store_root)
         sv = store.resolve(ref.owner, "base", ref.name, ref.version)
         if ref.checksum and sv.manifest.checksum != ref.checksum:
             raise AdapterRefused(f"store checksum {sv.manifest.checksum[:12]} != desired {ref.checksum[:12]}")
@@ -307,9 +307,11 @@ class Worker:
         return self.cfg.variant or desired.base.variant
 
     def _read_adapter(self, ref: AdapterRef, bank_key: str | None = None):
-        from loraplane.modelstore import ModelStore, verify_dir
+        from loraplane.modelstore import verify_dir
 
-        store = ModelStore(self.cfg.store_root)
+        from .loader import open_model_store
+
+        store = open_model_store(self.cfg.store_root)
         sv = store.resolve(ref.owner, "adapter", ref.store_name, ref.version)
         if ref.checksum and sv.manifest.checksum != ref.checksum:
             raise AdapterRefused(f"store checksum {sv.manifest.checksum[:12]} != desired {ref.checksum[:12]}")
@@ -326,13 +328,12 @@ class Worker:
         """Tokenizer thread: the version's output contract (the desired state's,
         else ``output_schema.json`` stored with the version), compiled once for
         this tokenizer so a contract that cannot be enforced refuses the version."""
-        from loraplane.modelstore import ModelStore
-
         from . import grammar
+        from .loader import open_model_store
 
         schema = ref.output_json_schema
         if schema is None:
-            sv = ModelStore(self.cfg.store_root).resolve(ref.owner, "adapter", ref.store_name, ref.version)
+            sv = open_model_store(self.cfg.store_root).resolve(ref.owner, "adapter", ref.store_name, ref.version)
             f = Path(sv.path) / OUTPUT_SCHEMA_FILE
             if not f.is_file():
                 return None
