@@ -193,3 +193,24 @@ def test_big_file_streams_multipart_in_bounded_memory(s3_url, tmp_path):
     mb = size / 1e6
     print(f"\nS3 upload {mb / r['up_s']:.0f} MB/s, download {mb / r['down_s']:.0f} MB/s "
           f"({mb:.0f} MB, 5 MiB parts, 4 in flight), RSS growth {r['rss_growth_kib'] / 1024:.1f} MiB")
+
+
+def test_cli_on_an_s3_root(s3_url, tiny_base_dir):
+    import json
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "loraplane.cli", "modelstore", *args, "--root", s3_url],
+                              capture_output=True, text=True, timeout=300, env=os.environ)
+
+    out = cli("publish", str(tiny_base_dir), "--kind", "base", "--name", "mistral", "--version", "v1", "--json")
+    assert out.returncode == 0, out.stderr
+    checksum = json.loads(out.stdout)["checksum"]
+    rows = json.loads(cli("list", "--json").stdout)
+    assert [(r["name"], r["version"], r["current"], r["checksum"]) for r in rows] == [("mistral", "v1", True, checksum)]
+    shown = json.loads(cli("show", "base", "mistral", "--json").stdout)
+    assert shown["path"].startswith(s3_url) and shown["manifest"]["checksum"] == checksum
+    assert cli("verify", "base", "mistral").returncode == 0
+    again = cli("publish", str(tiny_base_dir), "--kind", "base", "--name", "mistral", "--version", "v1")
+    assert again.returncode == 2 and "already exists" in again.stderr
+    gc = cli("gc")
+    assert gc.returncode == 2 and "local store" in gc.stderr
