@@ -214,3 +214,23 @@ def test_cli_on_an_s3_root(s3_url, tiny_base_dir):
     assert again.returncode == 2 and "already exists" in again.stderr
     gc = cli("gc")
     assert gc.returncode == 2 and "local store" in gc.stderr
+
+
+def test_a_failed_publish_releases_its_claim_and_cleans_up(s3_url, tiny_base_dir, monkeypatch):
+    """An error after the claim (here: the server-side copy fails half-way) leaves
+    no claim, no partial version and no staging: the version can be published again."""
+    st = S3ModelStore(s3_url)
+    real = S3ModelStore._copy_all
+
+    def half_then_fail(self, pairs):
+        real(self, pairs[:1])
+        raise StoreError("injected: copy failed")
+
+    monkeypatch.setattr(S3ModelStore, "_copy_all", half_then_fail)
+    with pytest.raises(StoreError, match="injected"):
+        st.publish(tiny_base_dir, kind="base", name="mistral", version="v1")
+    left = [o.object_name for o in st._list("store/", True)]
+    assert left == [], left
+    monkeypatch.setattr(S3ModelStore, "_copy_all", real)
+    st.publish(tiny_base_dir, kind="base", name="mistral", version="v1")
+    assert st.verify("default", "base", "mistral", "v1").ok
