@@ -510,6 +510,30 @@ class S3ModelStore:
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="s3copy") as pool:
             list(pool.map(one, pairs))
 
+    def sweep_staging(self, stale_after_s: float = 86400.0, dry_run: bool = False) -> list[str]:
+        """Delete staging uploads (left by killed publishers) whose newest object is older
+        than ``stale_after_s``; returns their URLs. Committed versions are never touched."""
+        from datetime import timedelta
+
+        cutoff = now() - timedelta(seconds=stale_after_s)
+        removed = []
+        for o in self.owners():
+            for k in KIND_DIRS:
+                for n in self.names(o, k):
+                    prefix = f"{self.name_key(o, k, n)}/{STAGING_DIR}/"
+                    newest: dict[str, object] = {}
+                    for obj in self._list(prefix, True):
+                        upload = obj.object_name[len(prefix):].split("/", 1)[0]
+                        t = obj.last_modified
+                        if upload not in newest or (t and t > newest[upload]):
+                            newest[upload] = t
+                    for upload, t in sorted(newest.items()):
+                        if t is None or t <= cutoff:
+                            removed.append(self.url_of(prefix + upload))
+                            if not dry_run:
+                                self._delete_prefix(f"{prefix}{upload}/")
+        return removed
+
     def set_current(self, owner: str, kind: str, name: str, version: str) -> None:
         """Point ``current`` at an existing version: one PUT replaces the pointer object atomically."""
         self.resolve(owner, kind, name, version)

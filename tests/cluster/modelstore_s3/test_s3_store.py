@@ -109,6 +109,12 @@ def test_publisher_killed_mid_upload_leaves_nothing_visible(s3_server, s3_url, t
     assert st.current_version("default", "base", "mistral") == "v1"
     with pytest.raises(StoreError, match="not found"):
         st.resolve("default", "base", "mistral", "v2")
+    # The leftover staging upload is swept once stale (fresh ones are kept).
+    assert st.sweep_staging() == []
+    (swept,) = st.sweep_staging(stale_after_s=0)
+    assert swept.startswith(f"{s3_url}/default/base_models/mistral/.staging/v2.")
+    assert not any(True for _ in st._list(staging_prefix, True))
+    assert st.verify("default", "base", "mistral", "v1").ok
     # A later publish of v2 succeeds (nothing was claimed).
     st.publish(tiny_base_dir, kind="base", name="mistral", version="v2")
     assert st.versions("default", "base", "mistral") == ["v1", "v2"]
@@ -212,8 +218,11 @@ def test_cli_on_an_s3_root(s3_url, tiny_base_dir):
     assert cli("verify", "base", "mistral").returncode == 0
     again = cli("publish", str(tiny_base_dir), "--kind", "base", "--name", "mistral", "--version", "v1")
     assert again.returncode == 2 and "already exists" in again.stderr
-    gc = cli("gc")
-    assert gc.returncode == 2 and "local store" in gc.stderr
+    gc = cli("gc", "--keep", "1")
+    assert gc.returncode == 2 and "local-only" in gc.stderr
+    gc = cli("gc", "--json")
+    assert gc.returncode == 0 and json.loads(gc.stdout)["staging_removed"] == []
+    assert cli("check").returncode == 2
 
 
 def test_a_failed_publish_releases_its_claim_and_cleans_up(s3_url, tiny_base_dir, monkeypatch):
