@@ -168,9 +168,9 @@ class Materialised:
 
 @dataclass
 class TransferStats:
-    """What one operation sent: counted by this client, per request kind."""
+    """What this store object sent and received, counted on the client side (the tests count on the server)."""
 
-    puts: int = 0          # PutObject + UploadPart + CopyObject requests issued by the store's own calls
+    puts: int = 0  # PutObject + UploadPart + CopyObject requests
     bytes_up: int = 0
     bytes_down: int = 0
 
