@@ -345,6 +345,14 @@ def test_bad_tools_are_400s(client, kwargs, param):
     assert e.value.param == param, e.value.message
 
 
+def test_empty_tools_list_means_no_tools(client):
+    r = client.chat.completions.create(model="extract", messages=CHAT, max_tokens=4, tools=[], tool_choice="none")
+    assert r.choices[0].message.tool_calls is None and r.choices[0].finish_reason in ("stop", "length")
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="extract", messages=CHAT, max_tokens=4, tools=[], tool_choice="auto")
+    assert e.value.param == "tool_choice"
+
+
 def test_word_level_tokenizer_refuses_structured_output(worker_store):
     """The word-level tiny base cannot spell JSON: a 400, not garbage."""
     from loraplane.worker.grammar import Constraint, GrammarRequestError, compile_matcher
