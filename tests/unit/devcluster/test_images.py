@@ -127,7 +127,9 @@ def test_operator_image_installs_only_the_control_path():
 def test_worker_image_caches_in_tmp_and_installs_quant():
     text = (ROOT / "worker_image/Dockerfile").read_text()
     assert "HF_HOME=/tmp/huggingface" in text
-    assert '"/tmp/src[quant]"' in text and '["optional-dependencies"]["quant"]' in text
+    # The worker carries the quant (bitsandbytes) and s3 (node cache from a bucket) extras.
+    assert '"/tmp/src[quant,s3]"' in text
+    assert '["optional-dependencies"]["quant"]' in text and '["optional-dependencies"]["s3"]' in text
 
 
 def test_base_tag_and_archive_names(tmp_path, monkeypatch):
