@@ -1,6 +1,7 @@
 # loraplane — the README's commands. `make test` does all set-up on a fresh
-# machine (virtualenv, pip dependencies, control plane built from Go
-# modules), reusing the pip, Go module and Go build caches when present.
+# machine (virtualenv, pip dependencies, control plane and real node built
+# from Go modules, Debian packages of the node, the operator and worker
+# images), reusing the Go module/build caches and the image cache when present.
 
 PYTHON ?= python3
 # The repository root holds the fixed folder `operator/`; with the current
@@ -11,16 +12,20 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test unit cluster demo venv control-plane crds images dev-cluster-up dev-cluster-down clean
+.PHONY: test unit cluster e2e demo venv control-plane crds images dev-cluster-up dev-cluster-down clean
 
-test: venv control-plane node prometheus s3-server
-	$(PY) -m pytest -m "unit or cluster" $(PYTEST_ARGS)
+test: venv control-plane node prometheus images s3-server
+	$(PY) -m pytest -m "unit or cluster or e2e" $(PYTEST_ARGS)
 
 unit: venv
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
 cluster: venv control-plane node
 	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
+
+# The real install on a real node (tests/e2e): images, helm, kubelet.
+e2e: venv control-plane node images
+	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
 
 demo: venv control-plane
 	$(VENV)/bin/loraplane demo

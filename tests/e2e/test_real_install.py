@@ -241,7 +241,7 @@ def test_canary_with_kubectl_loraplane(story):
     plugin(e2e, "promote", f"wp/{POOL}", "--task", TASK, "--to", "sum-v2")
     wait_for(lambda: effective(e2e) == {"sum-v2": 100}, timeout=120, interval=1, what="sum-v2 promoted")
     assert served_by(e2e, TASK, 6) == {"sum-v2": 6}
-    plugin(e2e, "rollback", f"wp/{POOL}")
+    plugin(e2e, "rollback", f"wp/{POOL}", "--to-revision", "1")  # plain rollback = the 50/50 revision before
     wait_for(lambda: effective(e2e) == {"sum-v1": 100}, timeout=120, interval=1, what="rolled back to sum-v1")
     assert served_by(e2e, TASK, 6) == {"sum-v1": 6}
     assert "rollback" in plugin(e2e, "history", f"wp/{POOL}")
@@ -283,11 +283,16 @@ def test_helm_uninstall_and_namespace_delete_leave_nothing(story):
     namespaces. Nothing may block (no finalizer without an operator) and
     nothing may stay but the CRDs, which Helm never deletes."""
     e2e = story
-    e2e.helm("uninstall", RELEASE, "-n", SYSTEM_NS, "--wait", "--timeout=2m", timeout=150)
+    # No --wait: the store claims stay in use (pvc-protection) until the
+    # namespace's pods are gone, which is the next step.
+    e2e.helm("uninstall", RELEASE, "-n", SYSTEM_NS, timeout=150)
     started = time.monotonic()
     e2e.kubectl("delete", "namespace", APPS_NS, SYSTEM_NS, "--timeout=180s", timeout=200)
     print(f"namespaces deleted in {time.monotonic() - started:.1f}s")
     assert not e2e.get_json("pods", "-A")["items"]
+    wait_for(lambda: not [pv for pv in e2e.get_json("persistentvolumes")["items"]
+                          if pv["metadata"]["name"].startswith(f"{RELEASE}-store-")],
+             timeout=120, interval=2, what="the store PersistentVolumes deleted (keepOnUninstall=false)")
     managed = "app.kubernetes.io/managed-by in (loraplane,Helm)"
     for kind in ("clusterroles", "clusterrolebindings", "persistentvolumes",
                  "validatingadmissionpolicies", "validatingadmissionpolicybindings"):
