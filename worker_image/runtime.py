@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-from .desired import ADVERTISE_URL_ENV, AdapterRef, DesiredState, WorkerStatus
+from loraplane.contracts.desired import ADVERTISE_URL_ENV, AdapterRef, DesiredState, WorkerStatus
 from .routing import BASE_ADAPTER, Choice, RouteError, choose
 
 log = logging.getLogger(__name__)

@@ -3,10 +3,10 @@
 import datetime as dt
 import json
 
-from loraplane.operator import inventory, placement as pl
-from loraplane.operator.pool_core import plan_pool
-from loraplane.operator.resolve_core import JobState, World, plan_adapter, plan_basemodel
-from loraplane.worker.desired import DesiredState
+from loraplane.operator.core import inventory, placement as pl
+from loraplane.operator.core.pool import plan_pool
+from loraplane.operator.core.resolve import JobState, World, plan_adapter, plan_basemodel
+from loraplane.contracts.desired import DesiredState
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 CK = "a" * 64
@@ -156,7 +156,7 @@ def test_inventory_charges_whole_gpus_to_other_pods():
 def test_metrics_follow_the_ledger():
     from prometheus_client import REGISTRY
 
-    from loraplane.operator import metrics
+    from loraplane.operator.controllers import metrics
     nodes_ = [pl.NodeInfo("mx", {}, 2, 24576)]
     metrics.observe_ledger(nodes_, [pl.Reservation("mx", 1, 10000, "ns/p-0")])
     assert REGISTRY.get_sample_value("loraplane_gpu_vram_allocated_mebibytes", {"node": "mx", "gpu": "1"}) == 10000
@@ -164,7 +164,7 @@ def test_metrics_follow_the_ledger():
 
 
 def test_need_reserves_room_for_adapters_not_verified_yet():
-    from loraplane.operator.pool_core import PENDING_ADAPTER_MIB
+    from loraplane.operator.core.pool import PENDING_ADAPTER_MIB
     pending = {**ADP, "status": {"phase": "Verifying"}}
     plan = plan_pool(pool(1), BASE, {"syn-v1": pending}, [], nodes(), [], "img", NOW)
     assert plan.status["needMiB"] == 7680 + PENDING_ADAPTER_MIB + 2048 + 1024

@@ -6,8 +6,8 @@ from __future__ import annotations
 import copy
 import datetime as dt
 
-from loraplane.operator import analysis
-from loraplane.operator.pool_routing import adapters_named, needs_metrics, plan_routing, ready_loaded
+from loraplane.operator.core import analysis
+from loraplane.operator.core.routing import adapters_named, needs_metrics, plan_routing, ready_loaded
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 

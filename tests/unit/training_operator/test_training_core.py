@@ -10,10 +10,10 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from loraplane.operator import placement as pl
-from loraplane.operator.adapter_types import AdapterSpec
-from loraplane.operator.inventory import reservations
-from loraplane.operator.training_core import (
+from loraplane.operator.core import placement as pl
+from loraplane.operator.api.adapter_types import AdapterSpec
+from loraplane.operator.core.inventory import reservations
+from loraplane.operator.core.training import (
     GENERATION_LABEL, PROGRESS_ANNOTATION, derive_need, failure_reason, fold_progress, job_state, placed,
     placement_request, plan_training, train_args, train_job_name, training_job, unplaced, verify_view,
 )
@@ -232,7 +232,7 @@ def test_succeeded_job_hands_over_to_verification():
 
 
 def test_the_verify_step_is_the_source_adapters():
-    from loraplane.operator.resolve_core import World, plan_adapter
+    from loraplane.operator.core.resolve import World, plan_adapter
 
     a = {**adapter(), "status": {"observedGeneration": 1, "training": {"trainedGeneration": 1}}}
     plan = plan_adapter(verify_view(a), World(now=NOW, base=base()), lambda n: 5.0)
@@ -254,7 +254,7 @@ def test_plan_is_pure():
 
 
 def test_workers_load_a_trained_adapter_from_its_training_store_identity():
-    from loraplane.operator.pool_core import _adapter_ref
+    from loraplane.operator.core.pool import _adapter_ref
 
     a = adapter(owner="team", storeName="synth")
     a["status"] = {"checksum": "d" * 64}

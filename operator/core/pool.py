@@ -14,13 +14,13 @@ import datetime as dt
 import json
 from dataclasses import dataclass, field
 
-from loraplane.worker.desired import STATUS_ANNOTATION, AdapterRef, BaseRef, DesiredState, RouteBackend
+from loraplane.contracts.desired import STATUS_ANNOTATION, AdapterRef, BaseRef, DesiredState, RouteBackend
 
 from . import placement as pl
-from .conditions import triple
+from ..api.conditions import triple
 from .inventory import pod_done, reservation_of
 from .manifests import selector, worker_pod, worker_spec_hash
-from .names import SPEC_HASH_ANNOTATION, ordinal_of
+from ..api.names import SPEC_HASH_ANNOTATION, ordinal_of
 
 
 @dataclass

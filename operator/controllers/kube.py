@@ -12,8 +12,8 @@ import uuid
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from .common_types import GROUP, VERSION
-from .names import FIELD_MANAGER
+from ..api.common_types import GROUP, VERSION
+from ..api.names import FIELD_MANAGER
 
 PLURALS = {"BaseModel": "basemodels", "Adapter": "adapters", "WorkerPool": "workerpools"}
 

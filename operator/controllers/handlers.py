@@ -16,26 +16,12 @@ import functools
 
 import kopf
 
-from .common_types import GROUP, VERSION
-from .inventory import node_info
-from .names import OWNER_LABEL, POOL_LABEL
+from ..api.common_types import GROUP, VERSION
+from ..core.inventory import node_info
+from .state import State, wake as _wake
+from .training_handlers import reconcile_adapter
+from ..api.names import OWNER_LABEL, POOL_LABEL
 from .reconcile import reconcile_pool, reconcile_resolve, timed
-
-
-class State:
-    kube = None
-    cfg = None
-    ledger = None  # LedgerCache
-    applied = None  # reconcile.Applied
-    wakeups: dict[tuple[str, str, str], asyncio.Event] = {}
-    nodes: dict[str, object] = {}
-    generations: dict[tuple[str, str], object] = {}
-
-
-def _wake(kind: str, ns: str | None = None, name: str | None = None) -> None:
-    for (k, n, nm), ev in list(State.wakeups.items()):
-        if k == kind and (ns is None or n == ns) and (name is None or nm == name):
-            ev.set()
 
 
 async def _loop(kind: str, namespace: str, name: str, stopped, fn) -> None:
@@ -69,14 +55,7 @@ async def basemodel_daemon(name, namespace, stopped, **_):
 @kopf.daemon(GROUP, VERSION, "adapters", cancellation_timeout=10)
 async def adapter_daemon(name, namespace, stopped, **_):
     await _loop("Adapter", namespace, name, stopped,
-                lambda ns, n: _reconcile_adapter(State.kube, State.cfg, State.ledger, ns, n))
-
-
-def _reconcile_adapter(*args):
-    """Adapters with spec.training go through training_handlers (which hands the rest to
-    reconcile_resolve); imported late because it imports this module."""
-    from .training_handlers import reconcile_adapter
-    return reconcile_adapter(*args)
+                lambda ns, n: reconcile_adapter(State.kube, State.cfg, State.ledger, ns, n))
 
 
 # --- wake-ups ------------------------------------------------------------

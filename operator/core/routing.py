@@ -21,8 +21,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from . import analysis, revisions, rollout, routing_policy
-from .conditions import get_condition
-from .rollout_types import (
+from ..api.conditions import get_condition
+from ..api.rollout_types import (
     CHANGE_CAUSE_ANNOTATION, COMMAND_ANNOTATION, Phase, Revision, RolloutCommand, RolloutSpec, RolloutState,
 )
 

@@ -6,16 +6,16 @@ import asyncio
 import logging
 import os
 
-from .config import from_args
+from ..controllers.config import from_args
 
 
 def run_operator(args) -> int:
     import kopf
 
-    from . import handlers, metrics, training_handlers  # noqa: F401 - registers the training pod handler
-    from .kube import Kube
-    from .ledger_cache import LedgerCache
-    from .reconcile import Applied
+    from ..controllers import handlers, metrics, training_handlers  # noqa: F401 - registers the training pod handler
+    from ..controllers.kube import Kube
+    from ..controllers.ledger_cache import LedgerCache
+    from ..controllers.reconcile import Applied
 
     cfg = from_args(args)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

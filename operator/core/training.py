@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from shlex import join as shjoin
 
 from . import placement as pl
-from .conditions import triple
+from ..api.conditions import triple
 from .manifests import owner_ref, store_volume
-from .names import (
+from ..api.names import (
     GPU_ANNOTATION, MANAGED_BY, OWNER_LABEL, RESERVATION_ANNOTATION, WORKLOAD_SERVICE_ACCOUNT, job_name,
 )
-from .pool_core import request_for
+from .pool import request_for
 from .store_summary import store_relpath
 
 PROGRESS_ANNOTATION = "loraplane.io/training-progress"  # = loraplane.training.progress.ANNOTATION

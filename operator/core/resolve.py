@@ -14,8 +14,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from .conditions import now_iso, triple
-from .names import job_name
+from ..api.conditions import now_iso, triple
+from ..api.names import job_name
 from .store_summary import store_relpath
 
 

@@ -18,8 +18,8 @@ import hashlib
 import json
 from shlex import quote as q
 
-from .common_types import API_VERSION
-from .names import (
+from ..api.common_types import API_VERSION
+from ..api.names import (
     GPU_ANNOTATION, MANAGED_BY, ORDINAL_LABEL, OWNER_LABEL, POOL_LABEL, RESERVATION_ANNOTATION,
     SPEC_HASH_ANNOTATION, WORKLOAD_SERVICE_ACCOUNT, desired_configmap, worker_name,
 )
@@ -180,7 +180,7 @@ def verify_job(owner: dict, name: str, kind: str, store_owner: str, store_name: 
                relpath: str, derived: bool, store: dict, image: str, pod_annotations: dict) -> dict:
     """``loraplane modelstore verify`` then the summary into the termination
     message. An explicit ``path`` is verified by directory instead."""
-    summary = f'python -m loraplane.operator.store_summary "$MODEL_STORE_ROOT" {q(relpath)}'
+    summary = f'python -m loraplane.operator.core.store_summary "$MODEL_STORE_ROOT" {q(relpath)}'
     if derived:
         command = (f'set -e; loraplane modelstore verify --root "$MODEL_STORE_ROOT" --owner {q(store_owner)} '
                    f'{q(kind)} {q(store_name)} --version {q(version)}; {summary} > /dev/termination-log')

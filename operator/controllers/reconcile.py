@@ -17,19 +17,20 @@ import threading
 import time
 from pathlib import Path
 
-from . import analysis, inventory, metrics, pool_routing, workload_identity
-from .conditions import get_condition, set_condition
+from . import metrics
+from ..core import analysis, inventory, routing as pool_routing, workload_identity
+from ..api.conditions import get_condition, set_condition
 from .config import Config
 from .kube import Kube
 from .ledger_cache import LedgerCache
-from .manifests import desired_configmap_obj, publish_job, service, verify_job
-from .names import OWNER_LABEL, POOL_LABEL
-from .inventory import pod_done
-from .pool_core import plan_pool, worker_report
-from .rollout_types import COMMAND_ANNOTATION
+from ..core.manifests import desired_configmap_obj, publish_job, service, verify_job
+from ..api.names import OWNER_LABEL, POOL_LABEL
+from ..core.inventory import pod_done
+from ..core.pool import plan_pool, worker_report
+from ..api.rollout_types import COMMAND_ANNOTATION
 from .scrape import endpoint_of, scrape
-from .resolve_core import JobState, World, plan_adapter, plan_basemodel, relpath_of
-from .store_summary import summarize_dir
+from ..core.resolve import JobState, World, plan_adapter, plan_basemodel, relpath_of
+from ..core.store_summary import summarize_dir
 
 log = logging.getLogger("loraplane.operator")
 PLACEMENT_LOCK = threading.Lock()

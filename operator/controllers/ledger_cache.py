@@ -24,8 +24,8 @@ from __future__ import annotations
 import threading
 import time
 
-from .inventory import node_info, reservations
-from .names import GPU_RESOURCE, RESERVATION_ANNOTATION
+from ..core.inventory import node_info, reservations
+from ..api.names import GPU_RESOURCE, RESERVATION_ANNOTATION
 
 
 def _rv(obj: dict) -> int:

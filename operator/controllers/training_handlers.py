@@ -15,16 +15,16 @@ import logging
 
 import kopf
 
-from . import placement as pl
-from . import workload_identity
-from .common_types import GROUP
-from .handlers import State, _wake
+from ..core import placement as pl
+from ..core import workload_identity
+from ..api.common_types import GROUP
+from .state import State, wake as _wake
 from .kube import Kube
-from .manifests import verify_job
-from .names import OWNER_LABEL
+from ..core.manifests import verify_job
+from ..api.names import OWNER_LABEL
 from .reconcile import PLACEMENT_LOCK, _apply_status, _job_state, _summary, reconcile_resolve
-from .resolve_core import World, plan_adapter
-from .training_core import (
+from ..core.resolve import World, plan_adapter
+from ..core.training import (
     GENERATION_LABEL, TRAINING_LABEL, adapter_relpath, adapter_store_name, job_state, pending_reservation_pod,
     placed, placement_request, plan_training, train_job_name, training_job, unplaced, verify_view,
 )
@@ -60,7 +60,7 @@ def reconcile_adapter(kube: Kube, cfg, ledger, ns: str, name: str) -> float | No
             if ledger is not None:
                 nodes, reservations, _ = ledger.view()
             else:  # no cache (a one-off pass): list, as the cache's first read does
-                from .inventory import node_info, reservations as res_of
+                from ..core.inventory import node_info, reservations as res_of
                 nodes = [node_info(n) for n in kube.list_nodes()]
                 reservations = res_of(kube.list_pods(), nodes)
             decision = pl.place(nodes, reservations, [placement_request(obj, plan.need.mib)])[0]
