@@ -11,15 +11,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test unit cluster demo venv control-plane crds dev-cluster-up dev-cluster-down clean
+.PHONY: test unit cluster demo venv control-plane crds images dev-cluster-up dev-cluster-down clean
 
-test: venv control-plane
+test: venv control-plane node
 	$(PY) -m pytest -m "unit or cluster" $(PYTEST_ARGS)
 
 unit: venv
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
-cluster: venv control-plane
+cluster: venv control-plane node
 	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
 
 demo: venv control-plane
@@ -27,10 +27,10 @@ demo: venv control-plane
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade --quiet "pip>=24"
-	$(PY) -m pip install --progress-bar off -e ".[dev]"
+	$(PY) -m pip install --upgrade --quiet -c constraints.txt pip
+	$(PY) -m pip install --progress-bar off -c constraints.txt -e ".[dev]"
 	touch $@
 
 crds: venv
@@ -40,8 +40,32 @@ crds: venv
 control-plane: venv
 	$(PY) -m loraplane.devcluster.build
 
+# The real node (loraplane/devcluster/realnode.py): kubelet, kube-proxy,
+# containerd v2 and the pause program, built from Go modules next to the
+# control plane (node_build.py), plus the host packages it runs with.
+node: venv control-plane node-deps
+	$(PY) -m loraplane.devcluster.node_build
+
+# Debian packages of the real node (runc, CNI plugins, iptables, conntrack)
+# and of local image builds (buildah, debootstrap); apt runs only when one
+# of them is missing, so this is cheap on a prepared machine.
+NODE_DEPS := runc:runc buildah:buildah debootstrap:debootstrap conntrack:conntrack iptables:iptables \
+	/usr/lib/cni/bridge:containernetworking-plugins
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+node-deps:
+	@missing=""; for dep in $(NODE_DEPS); do bin=$${dep%%:*}; pkg=$${dep##*:}; \
+	  if ! command -v $$bin >/dev/null 2>&1 && [ ! -x "$$bin" ]; then missing="$$missing $$pkg"; fi; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $$missing; \
+	else echo "node packages present (runc, buildah, debootstrap, conntrack, iptables, CNI plugins)"; fi
+
 dev-cluster-up: venv control-plane
 	$(VENV)/bin/loraplane dev-cluster up
+
+# The operator and worker images (buildah here, docker where an engine
+# answers), cached by content hash; see docs/testing.md "Images".
+images: venv
+	$(VENV)/bin/loraplane images build
 
 dev-cluster-down: venv
 	$(VENV)/bin/loraplane dev-cluster down

@@ -1,8 +1,13 @@
-"""Old module path kept for ``loraplane.demo`` (``python -m
-loraplane.operator.crdgen``); the generator is ``loraplane.operator.api.crdgen``.
-Remove once the demo uses the new path."""
+"""Old path of ``loraplane.operator.api.crdgen`` (``python -m
+loraplane.operator.crdgen`` still works; imported, it is the same module object).
 
-from .api.crdgen import main
+Kept only while ``loraplane/devcluster/controlpath.py`` and ``loraplane/demo.py``
+(the dev harness, edited elsewhere) still name the flat layout; see
+tests/unit/architecture/test_layers.py::LEGACY_ALIASES."""
+
+import importlib
+import sys
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(importlib.import_module("loraplane.operator.api.crdgen").main())
+sys.modules[__name__] = importlib.import_module("loraplane.operator.api.crdgen")

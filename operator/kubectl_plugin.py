@@ -1,6 +1,10 @@
-"""Old module path kept for ``loraplane.demo``; the plugin is
-``loraplane.operator.cli.kubectl_plugin``. Remove once the demo uses the new path."""
+"""Old path of ``loraplane.operator.cli.kubectl_plugin`` (an alias: the same module object).
 
-from .cli.kubectl_plugin import main
+Kept only while ``loraplane/devcluster/controlpath.py`` and ``loraplane/demo.py``
+(the dev harness, edited elsewhere) still name the flat layout; see
+tests/unit/architecture/test_layers.py::LEGACY_ALIASES."""
 
-__all__ = ["main"]
+import importlib
+import sys
+
+sys.modules[__name__] = importlib.import_module("loraplane.operator.cli.kubectl_plugin")

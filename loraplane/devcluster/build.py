@@ -29,7 +29,32 @@ STAMP = "build-info.json"
 KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 CONTROL_PLANE_BINARIES = ("etcd", *KUBE_BINARIES, "kwok")
 ALL_BINARIES = (*CONTROL_PLANE_BINARIES, "helm")
-GOPROXY_URL = os.environ.get("GOPROXY", "https://proxy.golang.org").split(",")[0]
+# The real node (kubelet, kube-proxy, containerd, the pause program) has its
+# own stamp next to the control plane's, so either can be rebuilt alone.
+NODE_KUBE_BINARIES = ("kubelet", "kube-proxy")
+CONTAINERD_BINARIES = ("containerd", "containerd-shim-runc-v2", "ctr")
+# Tiny static Go programs whose source lives in this package: the sandbox
+# ("pause") image's only file, and a probe server the node tests run in pods.
+GO_PROGRAMS = ("pause", "nodeprobe")
+NODE_BINARIES = (*NODE_KUBE_BINARIES, *CONTAINERD_BINARIES, *GO_PROGRAMS)
+NODE_STAMP = "node-build-info.json"
+CONTAINERD_BUILD_TAGS = "no_btrfs no_devmapper no_zfs"
+
+
+def goproxy_url(setting: str | None = None) -> str:
+    """The first URL in Go's own GOPROXY setting (``go env GOPROXY``).
+
+    GOPROXY is a list separated by ``,`` or ``|`` whose entries may also be
+    ``direct`` or ``off``; only a URL can serve ``/@v/VERSION.mod``.
+    """
+    if setting is None:
+        setting = subprocess.run(["go", "env", "GOPROXY"], check=True, capture_output=True, text=True,
+                                 env=_go_env()).stdout.strip()
+    for entry in re.split(r"[,|]", setting):
+        entry = entry.strip()
+        if re.match(r"^(https?|file)://", entry):
+            return entry.rstrip("/")
+    raise SystemExit(f"`go env GOPROXY` has no proxy URL ({setting!r}); the build reads go.mod files from it")
 
 
 def cache_root() -> Path:
@@ -77,7 +102,7 @@ def _run(cmd: list[str], cwd: Path) -> None:
 
 def _fetch_gomod(module: str, version: str) -> str:
     """go.mod of a published module version, straight from the proxy."""
-    url = f"{GOPROXY_URL}/{module}/@v/{version}.mod"
+    url = f"{goproxy_url()}/{module}/@v/{version}.mod"
     with urllib.request.urlopen(url, timeout=60) as response:
         return response.read().decode()
 

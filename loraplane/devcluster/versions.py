@@ -8,6 +8,9 @@ Bumping KUBERNETES_VERSION bumps every k8s.io staging module with it
 KUBERNETES_VERSION = "v1.37.2"
 ETCD_VERSION = "v3.7.3"
 KWOK_VERSION = "v0.8.0"
+# The real node's container runtime (module github.com/containerd/containerd/v2);
+# why v2 and not Debian's 1.6: see node_build.py.
+CONTAINERD_VERSION = "v2.4.2"
 # Not part of the control plane: renders and lints the chart in tests.
 HELM_VERSION = "v3.22.0"
 

@@ -13,11 +13,13 @@ def run_operator(args) -> int:
     import kopf
 
     from ..controllers import handlers, metrics, training_handlers  # noqa: F401 - registers the training pod handler
+    from ..controllers.daemon_finalizers import drop_daemon_finalizers
     from ..controllers.kube import Kube
     from ..controllers.ledger_cache import LedgerCache
     from ..controllers.reconcile import Applied
 
     cfg = from_args(args)
+    drop_daemon_finalizers()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # one line per watch event otherwise
@@ -37,7 +39,8 @@ def run_operator(args) -> int:
             return kopf.login_with_kubeconfig(**kwargs)
         return kopf.login_with_service_account(**kwargs)
 
-    kwargs = {"standalone": cfg.peering is None, "peering_name": cfg.peering}
+    kwargs = {"standalone": cfg.peering is None, "peering_name": cfg.peering,
+              "liveness_endpoint": cfg.liveness_endpoint}
     if cfg.namespaces:
         kwargs["namespaces"] = cfg.namespaces
     else:

@@ -37,6 +37,9 @@ class Config:
     kubeconfig: str | None = None
     workload_cluster_role: str | None = None  # bound to loraplane-workload in each namespace used
     create_delay_seconds: float = 0.0  # fault injection: pause after each pod create (restart tests)
+    image_pull_policy: str | None = None  # on every container the operator creates; None: the cluster's default
+    image_pull_secrets: list[str] = field(default_factory=list)  # Secret names; must exist in each workload namespace
+    liveness_endpoint: str | None = None  # kopf's health endpoint, e.g. http://0.0.0.0:8081/healthz
 
     @property
     def image_for_jobs(self) -> str:
@@ -75,9 +78,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="kopf peering name for one active instance (default: standalone)")
     p.add_argument("--workload-cluster-role", default=env("LORAPLANE_WORKLOAD_CLUSTERROLE"),
                    help="ClusterRole bound to the loraplane-workload ServiceAccount of worker and training pods "
-                        "in each namespace used (the chart sets it; see operator/workload_identity.py)")
+                        "in each namespace used (the chart sets it; see operator/core/workload_identity.py)")
     p.add_argument("--create-delay-seconds", type=float, default=float(env("LORAPLANE_CREATE_DELAY", "0")),
                    help="fault injection: sleep after each worker pod create (to kill the operator mid-pass)")
+    p.add_argument("--image-pull-policy", default=env("LORAPLANE_IMAGE_PULL_POLICY") or None,
+                   choices=["Always", "IfNotPresent", "Never"],
+                   help="imagePullPolicy of worker pods and Jobs (default: the cluster's, by image tag)")
+    p.add_argument("--image-pull-secrets", default=env("LORAPLANE_IMAGE_PULL_SECRETS", ""),
+                   help="comma-separated Secret names for imagePullSecrets of worker pods and Jobs; each Secret "
+                        "must exist in every namespace where they run")
+    p.add_argument("--liveness", default=env("LORAPLANE_LIVENESS") or None, metavar="URL",
+                   help="serve kopf's liveness endpoint, e.g. http://0.0.0.0:8081/healthz (the chart's probes)")
     p.add_argument("--verbose", action="store_true")
 
 
@@ -87,4 +98,7 @@ def from_args(args: argparse.Namespace) -> Config:
                   backoff_base_seconds=args.backoff_base_seconds, namespaces=args.namespace or [],
                   metrics_port=args.metrics_port, peering=args.peering, kubeconfig=args.kubeconfig,
                   create_delay_seconds=args.create_delay_seconds,
-                  workload_cluster_role=args.workload_cluster_role)
+                  workload_cluster_role=args.workload_cluster_role,
+                  image_pull_policy=args.image_pull_policy,
+                  image_pull_secrets=[n.strip() for n in (args.image_pull_secrets or "").split(",") if n.strip()],
+                  liveness_endpoint=args.liveness)

@@ -23,7 +23,7 @@ from ..api.conditions import get_condition, set_condition
 from .config import Config
 from .kube import Kube
 from .ledger_cache import LedgerCache
-from ..core.manifests import desired_configmap_obj, publish_job, service, verify_job
+from ..core.manifests import desired_configmap_obj, publish_job, service, verify_job, with_pull_settings
 from ..api.names import OWNER_LABEL, POOL_LABEL
 from ..core.inventory import pod_done
 from ..core.pool import plan_pool, worker_report
@@ -112,7 +112,7 @@ def reconcile_resolve(kube: Kube, cfg: Config, kind: str, ns: str, name: str) ->
                              cfg.image_for_jobs, cfg.job_pod_annotations)
         job["metadata"]["labels"][OWNER_LABEL] = owner_label
         job["spec"]["template"]["metadata"]["labels"][OWNER_LABEL] = owner_label
-        kube.create(job)
+        kube.create(with_pull_settings(job, cfg.image_pull_policy, cfg.image_pull_secrets))
     _apply_status(kube, obj, plan.status)
     for e in plan.events:
         kube.event(obj, *e)
@@ -158,7 +158,7 @@ def reconcile_pool(kube: Kube, cfg: Config, ledger: LedgerCache, applied: Applie
         plan = plan_pool(pool, base, adapters, mine, nodes, reservations, image, _now(),
                          routing=(routing.worker_routes, routing.keep))
         for pod in plan.create:
-            created = kube.create(pod)
+            created = kube.create(with_pull_settings(pod, cfg.image_pull_policy, cfg.image_pull_secrets))
             variant = json.loads(pod["metadata"]["annotations"]["loraplane.io/reservation"])["variant"]
             if created:
                 ledger.created(created)  # write-through: the next placement sees it

@@ -20,7 +20,7 @@ from ..core import workload_identity
 from ..api.common_types import GROUP
 from .state import State, wake as _wake
 from .kube import Kube
-from ..core.manifests import verify_job
+from ..core.manifests import verify_job, with_pull_settings
 from ..api.names import OWNER_LABEL
 from .reconcile import PLACEMENT_LOCK, _apply_status, _job_state, _summary, reconcile_resolve
 from ..core.resolve import World, plan_adapter
@@ -69,7 +69,8 @@ def reconcile_adapter(kube: Kube, cfg, ledger, ns: str, name: str) -> float | No
                     kube.apply(identity)  # the trainer patches its Pod with progress
                 job = training_job(obj, base, train_job_name(obj), decision.node, decision.gpu, decision.need_mib,
                                    cfg.image_for_jobs)
-                kube.create(job)  # None on 409: a repeated pass after a restart
+                # None on 409: a repeated pass after a restart
+                kube.create(with_pull_settings(job, cfg.image_pull_policy, cfg.image_pull_secrets))
                 if ledger is not None:
                     ledger.created(pending_reservation_pod(job))
                 plan = placed(obj, plan, decision, now)
@@ -104,7 +105,7 @@ def _verify(kube: Kube, cfg, obj: dict, base: dict | None, owned: list[dict], st
         label = f"adapter.{obj['metadata']['name']}"
         job["metadata"]["labels"][OWNER_LABEL] = label
         job["spec"]["template"]["metadata"]["labels"][OWNER_LABEL] = label
-        kube.create(job)
+        kube.create(with_pull_settings(job, cfg.image_pull_policy, cfg.image_pull_secrets))
     vplan.status.setdefault("training", status.get("training") or {})
     return vplan.status, vplan.events, vplan.requeue_after
 

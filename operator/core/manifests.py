@@ -10,6 +10,12 @@ records *why* a pod cannot bind, instead of the kubelet rejecting it.
 The GPU is chosen by us, not the device plugin, so workers do not request
 ``nvidia.com/gpu``; the index goes to the container runtime through
 ``NVIDIA_VISIBLE_DEVICES`` (see docs/operator.md for the device plugin).
+
+Every pod passes Pod Security ``restricted`` (``pod_security``,
+``container_security``): the images run as uid/gid 10001 with a read-only
+root filesystem, so ``HOME`` and the Hugging Face caches live on an
+``emptyDir`` at ``/tmp``. The images' ENTRYPOINT is tini, so pods set
+``args`` only, never ``command``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,49 @@ from ..api.names import (
     GPU_ANNOTATION, MANAGED_BY, ORDINAL_LABEL, OWNER_LABEL, POOL_LABEL, RESERVATION_ANNOTATION,
     SPEC_HASH_ANNOTATION, WORKLOAD_SERVICE_ACCOUNT, desired_configmap, worker_name,
 )
+
+
+#: uid and gid of both images (Dockerfile, worker_image/Dockerfile)
+RUN_AS = 10001
+TMP_MOUNT = "/tmp"
+#: Where processes may write with a read-only root filesystem.
+WRITABLE_ENV = [
+    {"name": "HOME", "value": TMP_MOUNT},
+    {"name": "HF_HOME", "value": f"{TMP_MOUNT}/hf"},
+    {"name": "XDG_CACHE_HOME", "value": f"{TMP_MOUNT}/.cache"},
+]
+#: Workers, verify and training Jobs never reach the hub (publish Jobs do).
+OFFLINE_ENV = [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "TRANSFORMERS_OFFLINE", "value": "1"}]
+
+
+def pod_security() -> dict:
+    """Pod-level securityContext of every pod the operator creates (Pod Security ``restricted``).
+    ``OnRootMismatch``: a large store volume is not re-chowned file by file on every mount."""
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
+            "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def container_security() -> dict:
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def tmp_volume() -> tuple[dict, dict]:
+    """(volume, mount): the writable /tmp (HOME, caches) beside the read-only root filesystem."""
+    return {"name": "tmp", "emptyDir": {}}, {"name": "tmp", "mountPath": TMP_MOUNT}
+
+
+def with_pull_settings(obj: dict, policy: str | None, secrets: list[str]) -> dict:
+    """Set the installation's ``imagePullPolicy`` on every container and its
+    ``imagePullSecrets`` (names of Secrets that must exist in the pod's
+    namespace) on a Pod or a Job's pod template. Returns ``obj``, changed in place."""
+    spec = obj["spec"]["template"]["spec"] if obj["kind"] == "Job" else obj["spec"]
+    if policy:
+        for c in spec["containers"]:
+            c["imagePullPolicy"] = policy
+    if secrets:
+        spec["imagePullSecrets"] = [{"name": n} for n in secrets]
+    return obj
 
 
 def owner_ref(obj: dict) -> dict:
@@ -59,7 +108,7 @@ def worker_spec_hash(pool_spec: dict, image: str, store: dict, variant: str) -> 
     resources, port, variant. Routes and adapters are not in it: they reach
     running workers through the desired ConfigMap."""
     key = {"image": image, "store": store, "resources": pool_spec.get("resources"), "port": pool_spec.get("port"),
-           "variant": variant}
+           "variant": variant, "template": 2}  # 2: restricted securityContext, args (rolls older workers)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -81,7 +130,9 @@ def worker_pod(pool: dict, ordinal: int, node: str, gpu: int, vram_mib: int, var
         {"name": "LORAPLANE_PORT", "value": str(port)},
         {"name": "NVIDIA_VISIBLE_DEVICES", "value": str(gpu)},
         {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"},
+        *WRITABLE_ENV, *OFFLINE_ENV,
     ]
+    tmp, tmp_mount = tmp_volume()
     tolerations = [{k: v for k, v in t.items() if v is not None} for t in (spec.get("gpu") or {}).get(
         "tolerations") or []]
     return {
@@ -105,19 +156,21 @@ def worker_pod(pool: dict, ordinal: int, node: str, gpu: int, vram_mib: int, var
             "serviceAccountName": WORKLOAD_SERVICE_ACCOUNT,
             "restartPolicy": "Always",
             "enableServiceLinks": False,
+            "securityContext": pod_security(),
             "containers": [{
                 "name": "worker",
                 "image": image,
-                "command": ["loraplane", "worker"],
+                "args": ["loraplane", "worker"],
+                "securityContext": container_security(),
                 "env": env,
                 "ports": [{"name": "http", "containerPort": port}],
                 "resources": {"requests": {"cpu": res.get("cpu", "2"), "memory": res.get("memory", "16Gi")}},
                 "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
                 "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10,
                                   "failureThreshold": 6},
-                "volumeMounts": [{"name": "model-store", "mountPath": mount, "readOnly": True}],
+                "volumeMounts": [{"name": "model-store", "mountPath": mount, "readOnly": True}, tmp_mount],
             }],
-            "volumes": [store_volume(store)],
+            "volumes": [store_volume(store), tmp],
         },
     }
 
@@ -144,8 +197,9 @@ def desired_configmap_obj(pool: dict, desired_json: str) -> dict:
 
 
 def _job(owner: dict, name: str, command: str, store: dict, image: str, pod_annotations: dict,
-         env: list | None = None) -> dict:
+         env: list | None = None, offline: bool = True) -> dict:
     meta = owner["metadata"]
+    tmp, tmp_mount = tmp_volume()
     labels = {OWNER_LABEL: f"{owner['kind'].lower()}.{meta['name']}", **MANAGED_BY}
     mount = store.get("mountPath", "/models")
     return {
@@ -159,17 +213,21 @@ def _job(owner: dict, name: str, command: str, store: dict, image: str, pod_anno
                 "metadata": {"labels": labels, "annotations": dict(pod_annotations)},
                 "spec": {
                     "restartPolicy": "Never",
+                    "enableServiceLinks": False,
+                    "securityContext": pod_security(),
                     "containers": [{
                         "name": "store",
                         "image": image,
-                        "command": ["sh", "-c", command],
-                        "env": [{"name": "MODEL_STORE_ROOT", "value": mount}] + (env or []),
+                        "args": ["sh", "-c", command],
+                        "securityContext": container_security(),
+                        "env": [{"name": "MODEL_STORE_ROOT", "value": mount}, *WRITABLE_ENV,
+                                *(OFFLINE_ENV if offline else [])] + (env or []),
                         "terminationMessagePolicy": "FallbackToLogsOnError",
                         "volumeMounts": [{"name": "model-store", "mountPath": mount,
-                                          "readOnly": store_read_only(store)}],
+                                          "readOnly": store_read_only(store)}, tmp_mount],
                         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
                     }],
-                    "volumes": [store_volume(store)],
+                    "volumes": [store_volume(store), tmp],
                 },
             },
         },
@@ -203,4 +261,4 @@ def publish_job(owner: dict, name: str, store_owner: str, store_name: str, versi
     command = (f'set -e; loraplane modelstore publish --root "$MODEL_STORE_ROOT" --owner {q(store_owner)} '
                f'--kind base --name {q(store_name)} --version {q(version)} --hf-repo {q(repo)} '
                f'--revision {q(revision)} --token-env HF_TOKEN{lic}')
-    return _job(owner, name, command, store, image, pod_annotations, env)
+    return _job(owner, name, command, store, image, pod_annotations, env, offline=False)

@@ -29,7 +29,9 @@ from shlex import join as shjoin
 
 from . import placement as pl
 from ..api.conditions import triple
-from .manifests import owner_ref, store_volume
+from .manifests import (
+    OFFLINE_ENV, WRITABLE_ENV, container_security, owner_ref, pod_security, store_volume, tmp_volume,
+)
 from ..api.names import (
     GPU_ANNOTATION, MANAGED_BY, OWNER_LABEL, RESERVATION_ANNOTATION, WORKLOAD_SERVICE_ACCOUNT, job_name,
 )
@@ -159,7 +161,8 @@ def training_job(adapter: dict, base: dict, name: str, node: str, gpu: int, need
     volume = store_volume(store)
     if "persistentVolumeClaim" in volume:  # the trainer publishes: the store is mounted read-write
         volume["persistentVolumeClaim"]["readOnly"] = False
-    volumes, mounts = [volume], [{"name": "model-store", "mountPath": mount}]
+    tmp, tmp_mount = tmp_volume()
+    volumes, mounts = [volume, tmp], [{"name": "model-store", "mountPath": mount}, tmp_mount]
     claim = (t["dataset"].get("persistentVolumeClaim") or {}).get("claimName")
     if claim:
         volumes.append({"name": "dataset", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
@@ -171,6 +174,7 @@ def training_job(adapter: dict, base: dict, name: str, node: str, gpu: int, need
         {"name": "NVIDIA_VISIBLE_DEVICES", "value": str(gpu)},
         {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        *WRITABLE_ENV, *OFFLINE_ENV,
     ]
     return {
         "apiVersion": "batch/v1", "kind": "Job",
@@ -198,6 +202,7 @@ def training_job(adapter: dict, base: dict, name: str, node: str, gpu: int, need
                     "serviceAccountName": t.get("serviceAccountName") or WORKLOAD_SERVICE_ACCOUNT,
                     "terminationGracePeriodSeconds": 300,  # finish the step and checkpoint on SIGTERM
                     "enableServiceLinks": False,
+                    "securityContext": pod_security(),
                     "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
                         "nodeSelectorTerms": [{"matchFields": [
                             {"key": "metadata.name", "operator": "In", "values": [node]}]}]}}},
@@ -206,7 +211,8 @@ def training_job(adapter: dict, base: dict, name: str, node: str, gpu: int, need
                     "containers": [{
                         "name": "trainer",
                         "image": t.get("image") or image,
-                        "command": train_args(adapter, base, mount),
+                        "args": train_args(adapter, base, mount),  # the image's ENTRYPOINT (tini) stays
+                        "securityContext": container_security(),
                         "env": env,
                         "terminationMessagePolicy": "FallbackToLogsOnError",
                         "resources": {"requests": {"cpu": res.get("cpu", "4"), "memory": res.get("memory", "32Gi")}},

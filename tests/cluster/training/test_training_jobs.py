@@ -104,7 +104,7 @@ def test_training_job_shares_the_gpu_with_a_worker_and_ends_ready(dev_cluster, n
             assert res["node"] == names[0] and res["gpu"] == 0 and res["vramMiB"] == 12000
             assert job["spec"]["backoffLimit"] == 1 and job["spec"]["activeDeadlineSeconds"] == 86400
             assert job["metadata"]["ownerReferences"][0]["kind"] == "Adapter"
-            argv = tmpl["spec"]["containers"][0]["command"]
+            argv = tmpl["spec"]["containers"][0]["args"]
             assert argv[:2] == ["loraplane", "train"] and "--publish" in argv
             assert argv[argv.index("--version") + 1] == "v1"
             assert argv[argv.index("--dataset") + 1] == "/models/datasets/good.jsonl"

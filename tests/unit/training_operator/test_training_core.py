@@ -261,5 +261,5 @@ def test_workers_load_a_trained_adapter_from_its_training_store_identity():
     ref = _adapter_ref("synth-v3", a)
     assert (ref.owner, ref.store_name, ref.version) == ("team", "synth", "v3")
     job = training_job(a, base(), "j", "n", 0, 1, "img")
-    argv = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    argv = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert argv[argv.index("--owner") + 1] == "team" and argv[argv.index("--name") + 1] == "synth"

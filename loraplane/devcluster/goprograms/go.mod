@@ -1,0 +1,3 @@
+module loraplane.local/goprograms
+
+go 1.22
