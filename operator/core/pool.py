@@ -148,51 +148,90 @@ def _worker_status(pod: dict) -> dict:
     return out
 
 
+@dataclass
+class _Sizing:
+    """What the pool's workers need, once its BaseModel is Ready."""
+
+    prefs: list[str]  # offered variants in the pool's order of preference
+    needs: tuple[tuple[str, int], ...]  # (variant, MiB per worker), preferred first
+    desired: DesiredState
+    problems: list[str]  # routed adapters that cannot be served
+    notes: list[str] = field(default_factory=list)  # for the Ready message
+
+
 def plan_pool(pool: dict, base: dict | None, adapters: dict[str, dict], pods: list[dict],
               nodes: list[pl.NodeInfo], reservations: list[pl.Reservation], image: str,
               now: dt.datetime, routing: tuple[dict[str, dict[str, int]], set[str]] | None = None) -> PoolPlan:
     meta, spec = pool["metadata"], pool["spec"]
-    name, ns, gen = meta["name"], meta["namespace"], meta.get("generation")
-    status = {"selector": selector(name), "observedGeneration": gen,
-              "conditions": list((pool.get("status") or {}).get("conditions") or [])}
+    name, ns = meta["name"], meta["namespace"]
     replicas = int(spec.get("replicas", 1))
     mine = [p for p in pods if ordinal_of(p["metadata"]["name"], name) is not None]
     live = [p for p in mine if not pod_done(p) and not p["metadata"].get("deletionTimestamp")]
-    status.update(replicas=len(live), readyReplicas=sum(1 for p in live if _ready(p)),
-                  workers=sorted((_worker_status(p) for p in live), key=lambda w: ordinal_of(w["pod"], name)))
+    status = _observed_status(pool, live)
+    sizing = _size(pool, base, adapters, routing)
+    if isinstance(sizing, tuple):
+        return _blocked(pool, status, replicas - len(live), now, *sizing)
+    status.update(variant=sizing.prefs[0], needMiB=sizing.needs[0][1])
+    store = spec.get("store") or base["spec"]["store"]
+    plan = PoolPlan(status=status, desired_json=sizing.desired.to_json())
+    live = _drop_finished(plan, mine, live, nodes)
+    reservations = _scale_down(plan, ns, live, replicas, nodes, reservations)
+    live = [p for p in live if p["metadata"]["name"] not in plan.delete]
+    _replace_outdated(plan, pool, live, replicas, image, store, sizing.prefs[0])
+    unplaced = _scale_up(plan, pool, mine, live, replicas, nodes, reservations, sizing, image, store)
+    _set_conditions(plan, pool, live, replicas, unplaced, sizing, now)
+    plan.events = _merge_events(plan.events)
+    return plan
 
-    def blocked(reason: str, message: str) -> PoolPlan:
-        status["conditions"] = triple(status["conditions"], ready=(False, reason, message),
-                                      progressing=(True, reason, message), degraded=(True, reason, message),
-                                      generation=gen, now=now)
-        status["unplaced"] = max(0, replicas - len(live))
-        before = next((c for c in (pool.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), {})
-        events = [] if before.get("reason") == reason else [("Warning", reason, message)]  # no event spam
-        return PoolPlan(status=status, requeue_after=15, events=events)
 
+def _observed_status(pool: dict, live: list[dict]) -> dict:
+    """The status fields that only describe what is there: selector, pods, workers."""
+    name = pool["metadata"]["name"]
+    return {"selector": selector(name), "observedGeneration": pool["metadata"].get("generation"),
+            "conditions": list((pool.get("status") or {}).get("conditions") or []),
+            "replicas": len(live), "readyReplicas": sum(1 for p in live if _ready(p)),
+            "workers": sorted((_worker_status(p) for p in live), key=lambda w: ordinal_of(w["pod"], name))}
+
+
+def _blocked(pool: dict, status: dict, missing: int, now: dt.datetime, reason: str, message: str) -> PoolPlan:
+    """No workers can be planned (no BaseModel, not Ready, no variant): say why, once."""
+    gen = pool["metadata"].get("generation")
+    status["conditions"] = triple(status["conditions"], ready=(False, reason, message),
+                                  progressing=(True, reason, message), degraded=(True, reason, message),
+                                  generation=gen, now=now)
+    status["unplaced"] = max(0, missing)
+    before = next((c for c in (pool.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), {})
+    events = [] if before.get("reason") == reason else [("Warning", reason, message)]  # no event spam
+    return PoolPlan(status=status, requeue_after=15, events=events)
+
+
+def _size(pool: dict, base: dict | None, adapters: dict[str, dict],
+          routing: tuple[dict[str, dict[str, int]], set[str]] | None) -> _Sizing | tuple[str, str]:
+    """Variant and VRAM per worker, and the desired document; or (reason,
+    message) when the BaseModel does not allow any."""
+    spec = pool["spec"]
     if base is None:
-        return blocked("BaseModelMissing", f"BaseModel {spec['baseModelRef']} not found")
+        return "BaseModelMissing", f"BaseModel {spec['baseModelRef']} not found"
     if (base.get("status") or {}).get("phase") != "Ready":
-        return blocked("WaitingForBaseModel", f"BaseModel {spec['baseModelRef']} is not Ready")
+        return "WaitingForBaseModel", f"BaseModel {spec['baseModelRef']} is not Ready"
     offered = {v["name"]: int(v["vramMiB"]) for v in base["status"].get("variants") or []}
     prefs = [v for v in spec.get("variants") or ["bnb-int8", "fp16"] if v in offered]
     if not prefs:
-        return blocked("NoVariant", f"none of spec.variants {spec.get('variants')} is offered by BaseModel "
-                                    f"{spec['baseModelRef']} (offers {sorted(offered)})")
+        return "NoVariant", (f"none of spec.variants {spec.get('variants')} is offered by BaseModel "
+                             f"{spec['baseModelRef']} (offers {sorted(offered)})")
     desired, adapters_mib, problems = compose_desired(pool, base, adapters, prefs[0], routing)
-    status["variant"] = prefs[0]
     g = spec.get("gpu") or {}
     extra = adapters_mib + int(g.get("kvCacheMiB", 2048)) + int(g.get("headroomMiB", 1024))
-    needs = tuple((v, offered[v] + extra) for v in prefs)
-    status["needMiB"] = needs[0][1]
-    store = spec.get("store") or base["spec"]["store"]
-    plan = PoolPlan(status=status, desired_json=desired.to_json())
+    sizing = _Sizing(prefs=prefs, needs=tuple((v, offered[v] + extra) for v in prefs), desired=desired,
+                     problems=problems)
     declared_pref = (spec.get("variants") or ["bnb-int8"])[0]
-    notes = []
     if prefs[0] != declared_pref:
-        notes.append(f"{declared_pref} not offered by the BaseModel; using {prefs[0]}")
+        sizing.notes.append(f"{declared_pref} not offered by the BaseModel; using {prefs[0]}")
+    return sizing
 
-    # Pods to drop: finished ones and those on nodes that are gone.
+
+def _drop_finished(plan: PoolPlan, mine: list[dict], live: list[dict], nodes: list[pl.NodeInfo]) -> list[dict]:
+    """Delete finished pods and those on nodes that are gone; the live rest."""
     node_names = {n.name for n in nodes}
     for p in mine:
         r = reservation_of(p)
@@ -200,9 +239,12 @@ def plan_pool(pool: dict, base: dict | None, adapters: dict[str, dict], pods: li
             continue
         if pod_done(p) or (r is not None and r.node not in node_names):
             plan.delete.append(p["metadata"]["name"])
-    live = [p for p in live if p["metadata"]["name"] not in plan.delete]
+    return [p for p in live if p["metadata"]["name"] not in plan.delete]
 
-    # Scale down: remove the worker whose removal leaves the least stranded VRAM.
+
+def _scale_down(plan: PoolPlan, ns: str, live: list[dict], replicas: int, nodes: list[pl.NodeInfo],
+                reservations: list[pl.Reservation]) -> list[pl.Reservation]:
+    """Remove the workers whose removal leaves the least stranded VRAM; the reservations left."""
     while len(live) > replicas:
         holders = [f"{ns}/{p['metadata']['name']}" for p in live]
         victim = pl.choose_removal(nodes, reservations, holders).split("/", 1)[1]
@@ -210,27 +252,45 @@ def plan_pool(pool: dict, base: dict | None, adapters: dict[str, dict], pods: li
         reservations = [r for r in reservations if r.holder != f"{ns}/{victim}"]
         live = [p for p in live if p["metadata"]["name"] != victim]
         plan.events.append(("Normal", "ScaledDown", f"removed worker {victim} (least fragmentation)"))
+    return reservations
 
-    # Rolling replacement of pods whose image/store/variant/resources changed: one at a time.
-    if len(live) == replicas and all(_ready(p) for p in live):
-        for p in sorted(live, key=lambda p: ordinal_of(p["metadata"]["name"], name)):
-            res = json.loads(p["metadata"]["annotations"].get("loraplane.io/reservation", "{}"))
-            want = worker_spec_hash(spec, image, store, res.get("variant", prefs[0]))
-            if p["metadata"]["annotations"].get(SPEC_HASH_ANNOTATION) != want:
-                plan.delete.append(p["metadata"]["name"])
-                plan.events.append(("Normal", "Replacing", f"worker {p['metadata']['name']} has an outdated spec"))
-                break
 
-    # Scale up / recreate: lowest free ordinals, placed one after another.
-    taken = {ordinal_of(p["metadata"]["name"], name) for p in mine if p["metadata"]["name"] not in plan.delete}
+def _replace_outdated(plan: PoolPlan, pool: dict, live: list[dict], replicas: int, image: str, store: dict,
+                      variant: str) -> None:
+    """Rolling replacement of pods whose image/store/variant/resources changed:
+    one at a time, and only while every worker is Ready."""
+    name = pool["metadata"]["name"]
+    if len(live) != replicas or not all(_ready(p) for p in live):
+        return
+    for p in sorted(live, key=lambda p: ordinal_of(p["metadata"]["name"], name)):
+        res = json.loads(p["metadata"]["annotations"].get("loraplane.io/reservation", "{}"))
+        want = worker_spec_hash(pool["spec"], image, store, res.get("variant", variant))
+        if p["metadata"]["annotations"].get(SPEC_HASH_ANNOTATION) != want:
+            plan.delete.append(p["metadata"]["name"])
+            plan.events.append(("Normal", "Replacing", f"worker {p['metadata']['name']} has an outdated spec"))
+            break
+
+
+def _free_ordinals(name: str, mine: list[dict], delete: list[str], count: int) -> list[int]:
+    """The ``count`` lowest ordinals no kept or terminating pod holds."""
+    taken = {ordinal_of(p["metadata"]["name"], name) for p in mine if p["metadata"]["name"] not in delete}
     taken |= {ordinal_of(p["metadata"]["name"], name) for p in mine if p["metadata"].get("deletionTimestamp")}
-    missing = replicas - len([p for p in live if p["metadata"]["name"] not in plan.delete])
     ordinals, o = [], 0
-    while len(ordinals) < missing:
+    while len(ordinals) < count:
         if o not in taken:
             ordinals.append(o)
         o += 1
-    requests = [request_for(pool, f"{ns}/{name}-{o}", needs) for o in ordinals]
+    return ordinals
+
+
+def _scale_up(plan: PoolPlan, pool: dict, mine: list[dict], live: list[dict], replicas: int,
+              nodes: list[pl.NodeInfo], reservations: list[pl.Reservation], sizing: _Sizing, image: str,
+              store: dict) -> list[str]:
+    """Create (placed one after another) the missing workers; the messages of those left unplaced."""
+    name, ns = pool["metadata"]["name"], pool["metadata"]["namespace"]
+    missing = replicas - len([p for p in live if p["metadata"]["name"] not in plan.delete])
+    ordinals = _free_ordinals(name, mine, plan.delete, missing)
+    requests = [request_for(pool, f"{ns}/{name}-{o}", sizing.needs) for o in ordinals]
     unplaced = []
     fallbacks = 0
     for o, d in zip(ordinals, pl.place(nodes, reservations, requests)):
@@ -241,13 +301,18 @@ def plan_pool(pool: dict, base: dict | None, adapters: dict[str, dict], pods: li
         plan.create.append(worker_pod(pool, o, d.node, d.gpu, d.need_mib, d.variant, image, store))
         plan.events.append(("Normal", "Placed", f"worker {name}-{o} on {d.node}/gpu{d.gpu} "
                             f"({pl.gib(d.need_mib)}, {d.variant})" + (f"; {d.fallback}" if d.fallback else "")))
-    fallbacks += sum(1 for w in status["workers"] if w.get("variant") and w["variant"] != prefs[0])
+    preferred = sizing.prefs[0]
+    fallbacks += sum(1 for w in plan.status["workers"] if w.get("variant") and w["variant"] != preferred)
     if fallbacks:
-        notes.append(f"{fallbacks} worker(s) fell back from {prefs[0]} to a later variant for lack of VRAM")
-    status["unplaced"] = len(unplaced)
-    failed_adapters = sorted({f"{w['pod']}: {k}: {v}" for w in status["workers"] for k, v in w["failed"].items()})
+        sizing.notes.append(f"{fallbacks} worker(s) fell back from {preferred} to a later variant for lack of VRAM")
+    plan.status["unplaced"] = len(unplaced)
+    return unplaced
 
-    # Conditions.
+
+def _set_conditions(plan: PoolPlan, pool: dict, live: list[dict], replicas: int, unplaced: list[str],
+                    sizing: _Sizing, now: dt.datetime) -> None:
+    """Ready, Progressing and Degraded from what this pass planned, and when to look again."""
+    status = plan.status
     ready_n = status["readyReplicas"]
     if unplaced:
         prev = next((c for c in status["conditions"] if c.get("type") == "Progressing"), {})
@@ -260,18 +325,17 @@ def plan_pool(pool: dict, base: dict | None, adapters: dict[str, dict], pods: li
         plan.requeue_after = 5
     else:
         progressing = (False, "Stable", f"{ready_n}/{replicas} workers ready")
-    degraded_msgs = problems + failed_adapters
+    failed_adapters = sorted({f"{w['pod']}: {k}: {v}" for w in status["workers"] for k, v in w["failed"].items()})
+    degraded_msgs = sizing.problems + failed_adapters
     degraded = (True, "AdaptersUnavailable", "; ".join(degraded_msgs)[:1000]) if degraded_msgs else \
         (False, "AsExpected", "")
     is_ready = not unplaced and ready_n >= replicas and not plan.create and not degraded_msgs and \
         len(live) == replicas
-    ready_msg = "; ".join([f"{ready_n}/{replicas} workers ready"] + notes)
+    ready_msg = "; ".join([f"{ready_n}/{replicas} workers ready"] + sizing.notes)
     ready = (is_ready, "AllWorkersReady" if is_ready else progressing[1] if progressing[0] else degraded[1],
              ready_msg)
     status["conditions"] = triple(status["conditions"], ready=ready, progressing=progressing, degraded=degraded,
-                                  generation=gen, now=now)
-    plan.events = _merge_events(plan.events)
-    return plan
+                                  generation=pool["metadata"].get("generation"), now=now)
 
 
 def _merge_events(events: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:

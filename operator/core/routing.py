@@ -108,24 +108,62 @@ def _with_deletions(new: dict, old: dict | None) -> dict:
 
 def plan_routing(pool: dict, loaded: list[list[str]], snap: analysis.Snapshot | None, now: dt.datetime,
                  drain_seconds: float = DRAIN_SECONDS) -> RoutingPlan:
-    meta, spec, status = pool["metadata"], pool["spec"], pool.get("status") or {}
-    annotations = meta.get("annotations") or {}
-    spec_routes = _routes(spec.get("routes"))
+    status = pool.get("status") or {}
+    spec_routes = _routes(pool["spec"].get("routes"))
     previous = _routes(status.get("effectiveRoutes"))
-    states = states_of(status)
-    events: list[tuple[str, str, str]] = []
-    transitions: list[tuple[str, str]] = []
-
     cmd, command_error = None, None
     try:
-        cmd = RolloutCommand.parse(annotations.get(COMMAND_ANNOTATION))
+        cmd = RolloutCommand.parse((pool["metadata"].get("annotations") or {}).get(COMMAND_ANNOTATION))
     except ValueError as e:
         command_error = str(e)
-
     # 1. Each task's rollout step (the override of spec.routes[task]).
-    desired: Routes = dict(spec_routes)
-    new_states: dict[str, RolloutState] = {}
-    specs = {t: RolloutSpec.model_validate(r) for t, r in (spec.get("rollouts") or {}).items()}
+    steps = _step_rollouts(pool, spec_routes, previous, snap, now, cmd)
+    # 2. Load before route.
+    zero_since = {a: dt.datetime.fromisoformat(t) for a, t in (status.get("draining") or {}).items()}
+    r = routing_policy.compute(steps.desired, previous, loaded, zero_since=zero_since, now=now,
+                               drain_seconds=drain_seconds)
+    # 3. Revisions: what clients actually got.
+    history = _record_revision(pool, r.effective, previous, spec_routes, steps.states, now)
+    st_out = {
+        "routes": routing_policy.route_status(steps.desired, r.effective, loaded),
+        "effectiveRoutes": _with_deletions(
+            {t: [{"adapter": a, "weight": w} for a, w in eff.items()] for t, eff in r.effective.items()},
+            status.get("effectiveRoutes")),
+        "draining": _with_deletions({a: _iso(t) for a, t in sorted(r.zero_since.items())}, status.get("draining")),
+        "revisions": [h.model_dump(by_alias=True, mode="json") for h in history],
+        "rollouts": _with_deletions({t: s.model_dump(by_alias=True, mode="json", exclude_none=True)
+                                     for t, s in steps.states.items()}, status.get("rollouts") or {}),
+    }
+    # 4. Conditions, requeue.
+    unavailable = None
+    if r.unavailable:
+        unavailable = f"no backend of {', '.join(sorted(r.unavailable))} is loaded on every ready worker"
+        before = get_condition(status.get("conditions"), "Degraded") or {}
+        if before.get("reason") != "NoLoadedBackend":
+            steps.events.append(("Warning", "NoLoadedBackend", unavailable))
+    return RoutingPlan(worker_routes={t: {b["adapter"]: b["weight"] for b in bs}
+                                      for t, bs in routing_policy.for_workers(r.effective).items()},
+                       keep=set(r.keep), status=st_out, events=steps.events, transitions=steps.transitions,
+                       progressing=_progressing(steps.states, r.pending), unavailable=unavailable,
+                       requeue_after=_requeue(steps, r, now, drain_seconds), command_error=command_error)
+
+
+@dataclass
+class _Steps:
+    """The rollouts' step of this pass."""
+
+    desired: Routes  # spec.routes with each rollout's override
+    states: dict[str, RolloutState]  # task -> new rollout state
+    specs: dict[str, RolloutSpec]
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    transitions: list[tuple[str, str]] = field(default_factory=list)  # (task, reason) per rollout Event
+
+
+def _step_rollouts(pool: dict, spec_routes: Routes, previous: Routes, snap: analysis.Snapshot | None,
+                   now: dt.datetime, cmd: RolloutCommand | None) -> _Steps:
+    states = states_of(pool.get("status") or {})
+    specs = {t: RolloutSpec.model_validate(r) for t, r in (pool["spec"].get("rollouts") or {}).items()}
+    out = _Steps(desired=dict(spec_routes), states={}, specs=specs)
     for task in sorted(set(specs) | set(states)):
         r_spec = specs.get(task) if task in spec_routes else None
         state = states.get(task)
@@ -134,70 +172,59 @@ def plan_routing(pool: dict, loaded: list[list[str]], snap: analysis.Snapshot | 
                          effective_route=previous.get(task), now=now,
                          snapshot=analysis.dumps(snap) if snap is not None else None, verdict=verdict, command=cmd)
         if d.state is not None:
-            new_states[task] = d.state
+            out.states[task] = d.state
         if d.route is not None and task in spec_routes:
-            desired[task] = d.route
+            out.desired[task] = d.route
         for e in d.events:
-            events.append((e.type, e.reason, e.message))
-            transitions.append((task, e.reason))
+            out.events.append((e.type, e.reason, e.message))
+            out.transitions.append((task, e.reason))
+    return out
 
-    # 2. Load before route.
-    zero_since = {a: dt.datetime.fromisoformat(t) for a, t in (status.get("draining") or {}).items()}
-    r = routing_policy.compute(desired, previous, loaded, zero_since=zero_since, now=now,
-                               drain_seconds=drain_seconds)
 
-    # 3. Revisions: what clients actually got.
+def _record_revision(pool: dict, effective: Routes, previous: Routes, spec_routes: Routes,
+                     new_states: dict[str, RolloutState], now: dt.datetime) -> list[Revision]:
+    """The revision history with this pass's effective routes recorded (with
+    their cause) when they changed."""
+    meta, status = pool["metadata"], pool.get("status") or {}
     history = [Revision.model_validate(x) for x in status.get("revisions") or []]
     active = [s for s in new_states.values() if s.phase in (Phase.progressing, Phase.paused)]
-    changed = [t for t in sorted(set(r.effective) | set(previous))
-               if revisions.normalize({"t": r.effective.get(t, {})}) != revisions.normalize({"t": previous.get(t, {})})]
+    changed = [t for t in sorted(set(effective) | set(previous))
+               if revisions.normalize({"t": effective.get(t, {})}) != revisions.normalize({"t": previous.get(t, {})})]
     causes = []
     for t in changed:
         st = new_states.get(t)
         if st is not None and rollout.applies(st, spec_routes.get(t, {})):
             causes.append(f"rollout {t}: {st.canary} {rollout.route_of(st).get(st.canary, 0)}% ({st.reason})")
         else:
-            causes.append(annotations.get(CHANGE_CAUSE_ANNOTATION)
+            causes.append((meta.get("annotations") or {}).get(CHANGE_CAUSE_ANNOTATION)
                           or f"spec.routes[{t}] edited (generation {meta.get('generation')})")
     # A set is a canary step when some running rollout has moved its task off the stable weights.
-    stable = all(revisions.normalize({"t": r.effective.get(s.task, {})})
+    stable = all(revisions.normalize({"t": effective.get(s.task, {})})
                  == revisions.normalize({"t": {b.adapter: b.weight for b in s.stable}}) for s in active)
-    history = revisions.record(history, r.effective, now=now, cause="; ".join(causes)[:500] or "routes changed",
-                               stable=stable)
+    return revisions.record(history, effective, now=now, cause="; ".join(causes)[:500] or "routes changed",
+                            stable=stable)
 
-    st_out = {
-        "routes": routing_policy.route_status(desired, r.effective, loaded),
-        "effectiveRoutes": _with_deletions(
-            {t: [{"adapter": a, "weight": w} for a, w in eff.items()] for t, eff in r.effective.items()},
-            status.get("effectiveRoutes")),
-        "draining": _with_deletions({a: _iso(t) for a, t in sorted(r.zero_since.items())}, status.get("draining")),
-        "revisions": [h.model_dump(by_alias=True, mode="json") for h in history],
-        "rollouts": _with_deletions({t: s.model_dump(by_alias=True, mode="json", exclude_none=True)
-                                     for t, s in new_states.items()}, status.get("rollouts") or {}),
-    }
 
-    # 4. Conditions, requeue.
-    progressing = None
+def _progressing(new_states: dict[str, RolloutState], pending) -> tuple[bool, str, str] | None:
     running = [s for s in new_states.values() if s.phase == Phase.progressing]
     if running:
-        progressing = (True, "RolloutProgressing", "; ".join(f"{s.task}: {s.message}" for s in running)[:1000])
-    elif r.pending:
-        progressing = (True, "RolloutProgressing",
-                       f"waiting for ready workers to load the backends of {', '.join(sorted(r.pending))}")
-    else:
-        back = [s for s in new_states.values() if s.phase == Phase.rolled_back]
-        if back:
-            progressing = (False, "RolloutRolledBack", "; ".join(f"{s.task}: {s.message}" for s in back)[:1000])
-    unavailable = None
-    if r.unavailable:
-        unavailable = f"no backend of {', '.join(sorted(r.unavailable))} is loaded on every ready worker"
-        before = get_condition(status.get("conditions"), "Degraded") or {}
-        if before.get("reason") != "NoLoadedBackend":
-            events.append(("Warning", "NoLoadedBackend", unavailable))
+        return True, "RolloutProgressing", "; ".join(f"{s.task}: {s.message}" for s in running)[:1000]
+    if pending:
+        return True, "RolloutProgressing", \
+            f"waiting for ready workers to load the backends of {', '.join(sorted(pending))}"
+    back = [s for s in new_states.values() if s.phase == Phase.rolled_back]
+    if back:
+        return False, "RolloutRolledBack", "; ".join(f"{s.task}: {s.message}" for s in back)[:1000]
+    return None
+
+
+def _requeue(steps: _Steps, r, now: dt.datetime, drain_seconds: float) -> float | None:
+    """Time drives rollout steps, loading and draining: when to look again."""
     requeue = None
+    running = [s for s in steps.states.values() if s.phase == Phase.progressing]
     if running:
-        shortest = min(specs[s.task].interval_seconds for s in running if s.task in specs) if any(
-            s.task in specs for s in running) else ROLLOUT_REQUEUE_SECONDS
+        shortest = min(steps.specs[s.task].interval_seconds for s in running if s.task in steps.specs) if any(
+            s.task in steps.specs for s in running) else ROLLOUT_REQUEUE_SECONDS
         requeue = max(1.0, min(ROLLOUT_REQUEUE_SECONDS, shortest / 3))
     if r.pending:
         requeue = min(requeue or 2.0, 2.0)
@@ -205,8 +232,4 @@ def plan_routing(pool: dict, loaded: list[list[str]], snap: analysis.Snapshot | 
         left = drain_seconds - (now - since).total_seconds()
         if left > 0:
             requeue = min(requeue or left + 0.5, left + 0.5)
-    return RoutingPlan(worker_routes={t: {b["adapter"]: b["weight"] for b in bs}
-                                      for t, bs in routing_policy.for_workers(r.effective).items()},
-                       keep=set(r.keep), status=st_out, events=events, transitions=transitions,
-                       progressing=progressing, unavailable=unavailable, requeue_after=requeue,
-                       command_error=command_error)
+    return requeue
