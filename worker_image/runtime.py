@@ -129,53 +129,13 @@ class Worker:
         return st
 
     async def _apply(self, desired: DesiredState) -> None:
-        loop = asyncio.get_running_loop()
-        if self.engine is None:
-            try:
-                await loop.run_in_executor(None, self._load_base, desired)
-                self.failed.pop(BASE_ADAPTER, None)
-            except Exception as e:  # noqa: BLE001
-                self.failed[BASE_ADAPTER] = f"base {desired.base.name}@{desired.base.version}: {e}"
-                log.error("%s", self.failed[BASE_ADAPTER])
-                self.applied = desired
-                return
-        elif (desired.base.owner, desired.base.name, desired.base.version, self._requested(desired)) != (
-            self.base_ref.owner, self.base_ref.name, self.base_ref.version, self._requested_variant
-        ):
-            # Changing the base is a new worker, not a swap: report, keep serving the old set.
-            self.failed[BASE_ADAPTER] = (
-                f"desired base {desired.base.name}@{desired.base.version} ({self._requested(desired)}) differs from "
-                f"the loaded {self.base_ref.name}@{self.base_ref.version} ({self._requested_variant}); "
-                "restart the worker"
-            )
+        if not await self._base_ok(desired):
             self.applied = desired
             return
         wanted = {a.name: a for a in desired.adapters}
         # 1. load new names and names whose content changed (a refused one is retried only when its ref changes)
         for name, ref in wanted.items():
-            key = f"{ref.owner}/{ref.store_name}@{ref.version}#{ref.checksum}"
-            if name in self.served and self.checksums.get(name) == key:
-                continue
-            if name in self.failed and self.failed[name].startswith(key + ": "):
-                continue
-            t0 = time.perf_counter()
-            try:
-                lora = await loop.run_in_executor(None, self._read_adapter, ref)
-                if name in self.served:  # same name, new content: drain the old one first
-                    self.served.pop(name)
-                    await asyncio.wrap_future(self.engine.unload_when_idle(name))
-                await asyncio.wrap_future(self.engine.call(lambda lora=lora: self.bank.install(lora)))
-            except Exception as e:  # noqa: BLE001 - refused, reported, never served
-                reason = f"{key}: {e}"
-                self.failed[name] = reason
-                self.served.pop(name, None)
-                self.metrics.adapter_load_failures.labels(name, type(e).__name__).inc()
-                log.error("adapter %s refused: %s", name, reason)
-                continue
-            self.metrics.adapter_load.observe(time.perf_counter() - t0)
-            self.failed.pop(name, None)
-            self.served[name] = ref
-            self.checksums[name] = key
+            await self._load_adapter(name, ref)
         for name in list(self.failed):
             if name != BASE_ADAPTER and name not in wanted:
                 self.failed.pop(name)
@@ -193,6 +153,56 @@ class Worker:
             fut.add_done_callback(self._unloaded)
         self.reconciled = True
         self._update_adapter_gauges()
+
+    async def _base_ok(self, desired: DesiredState) -> bool:
+        """Load the base on first use; False (reported in ``failed``) when it
+        cannot load or the document asks for another base than the loaded one."""
+        if self.engine is None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self._load_base, desired)
+                self.failed.pop(BASE_ADAPTER, None)
+            except Exception as e:  # noqa: BLE001
+                self.failed[BASE_ADAPTER] = f"base {desired.base.name}@{desired.base.version}: {e}"
+                log.error("%s", self.failed[BASE_ADAPTER])
+                return False
+        elif (desired.base.owner, desired.base.name, desired.base.version, self._requested(desired)) != (
+            self.base_ref.owner, self.base_ref.name, self.base_ref.version, self._requested_variant
+        ):
+            # Changing the base is a new worker, not a swap: report, keep serving the old set.
+            self.failed[BASE_ADAPTER] = (
+                f"desired base {desired.base.name}@{desired.base.version} ({self._requested(desired)}) differs from "
+                f"the loaded {self.base_ref.name}@{self.base_ref.version} ({self._requested_variant}); "
+                "restart the worker"
+            )
+            return False
+        return True
+
+    async def _load_adapter(self, name: str, ref: AdapterRef) -> None:
+        """Install ``ref`` under ``name`` unless it is already served or was refused as it is."""
+        key = f"{ref.owner}/{ref.store_name}@{ref.version}#{ref.checksum}"
+        if name in self.served and self.checksums.get(name) == key:
+            return
+        if name in self.failed and self.failed[name].startswith(key + ": "):
+            return
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        try:
+            lora = await loop.run_in_executor(None, self._read_adapter, ref)
+            if name in self.served:  # same name, new content: drain the old one first
+                self.served.pop(name)
+                await asyncio.wrap_future(self.engine.unload_when_idle(name))
+            await asyncio.wrap_future(self.engine.call(lambda lora=lora: self.bank.install(lora)))
+        except Exception as e:  # noqa: BLE001 - refused, reported, never served
+            reason = f"{key}: {e}"
+            self.failed[name] = reason
+            self.served.pop(name, None)
+            self.metrics.adapter_load_failures.labels(name, type(e).__name__).inc()
+            log.error("adapter %s refused: %s", name, reason)
+            return
+        self.metrics.adapter_load.observe(time.perf_counter() - t0)
+        self.failed.pop(name, None)
+        self.served[name] = ref
+        self.checksums[name] = key
 
     def _unloaded(self, fut) -> None:
         self._unloads.discard(fut)

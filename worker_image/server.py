@@ -133,15 +133,7 @@ async def _serve(request, w: Worker, body: dict, *, prompt=None, messages=None, 
     choice = w.route(body["model"], key=key)  # 404/503 via RouteError
     task = choice.task or "-"
     adapter_label = choice.adapter
-    ids = _prompt_ids(w, prompt, messages)
-    if not ids:
-        raise ApiError(400, "prompt is empty after tokenization")
-    if len(ids) > w.cfg.max_prompt_tokens:
-        raise ApiError(400, f"prompt has {len(ids)} tokens; this worker accepts at most {w.cfg.max_prompt_tokens}")
-    ctx = getattr(w.engine.model.config, "max_position_embeddings", None)
-    if ctx and len(ids) + params["max_tokens"] > ctx:
-        raise ApiError(400, f"prompt ({len(ids)} tokens) + max_tokens ({params['max_tokens']}) exceeds the "
-                            f"model's context of {ctx} tokens")
+    ids = _checked_prompt(w, prompt, messages, params["max_tokens"])
     delay, inject = w.fault_for(choice.adapter)
     if inject:
         w.metrics.requests.labels(task, adapter_label, "500").inc()
@@ -162,27 +154,11 @@ async def _serve(request, w: Worker, body: dict, *, prompt=None, messages=None, 
     try:
         if body.get("stream"):
             return await _stream(request, q, req, meta, chat, deadline, delay)
-        text, done = [], None
-        while done is None:
-            kind, payload = await _next(q, req, deadline)
-            if kind == "token":
-                text.append(payload["text"])
-            elif kind == "error":
-                status = "500"
-                raise ApiError(500, payload["message"], "server_error")
-            else:
-                done = payload
+        content, done = await _collect(q, req, deadline)
         if delay:
             await asyncio.sleep(delay)
-        content = "".join(text)
-        choice_body = ({"index": 0, "message": {"role": "assistant", "content": content}}
-                       if chat else {"index": 0, "text": content, "logprobs": None})
-        choice_body["finish_reason"] = done["finish_reason"]
-        usage = {"prompt_tokens": len(ids), "completion_tokens": done["completion_tokens"],
-                 "total_tokens": len(ids) + done["completion_tokens"]}
-        resp = {**meta, "object": "chat.completion" if chat else "text_completion",
-                "choices": [choice_body], "usage": usage}
-        return web.json_response(resp, headers={ADAPTER_HEADER: choice.adapter})
+        return web.json_response(_completion(meta, chat, content, done, len(ids)),
+                                 headers={ADAPTER_HEADER: choice.adapter})
     except ApiError as e:
         status = str(e.status)
         raise
@@ -193,6 +169,44 @@ async def _serve(request, w: Worker, body: dict, *, prompt=None, messages=None, 
     finally:
         w.metrics.requests.labels(task, adapter_label, status).inc()
         w.metrics.request_duration.labels(task, adapter_label, status).observe(time.monotonic() - t0)
+
+
+def _checked_prompt(w: Worker, prompt: str | None, messages: list | None, max_tokens: int) -> list[int]:
+    """The prompt's token ids, refused (400) when empty or too long for this worker or the model."""
+    ids = _prompt_ids(w, prompt, messages)
+    if not ids:
+        raise ApiError(400, "prompt is empty after tokenization")
+    if len(ids) > w.cfg.max_prompt_tokens:
+        raise ApiError(400, f"prompt has {len(ids)} tokens; this worker accepts at most {w.cfg.max_prompt_tokens}")
+    ctx = getattr(w.engine.model.config, "max_position_embeddings", None)
+    if ctx and len(ids) + max_tokens > ctx:
+        raise ApiError(400, f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the "
+                            f"model's context of {ctx} tokens")
+    return ids
+
+
+async def _collect(q: asyncio.Queue, req: GenRequest, deadline: float) -> tuple[str, dict]:
+    """The whole generated text and the engine's final record (non-streaming)."""
+    text, done = [], None
+    while done is None:
+        kind, payload = await _next(q, req, deadline)
+        if kind == "token":
+            text.append(payload["text"])
+        elif kind == "error":
+            raise ApiError(500, payload["message"], "server_error")
+        else:
+            done = payload
+    return "".join(text), done
+
+
+def _completion(meta: dict, chat: bool, content: str, done: dict, prompt_tokens: int) -> dict:
+    choice_body = ({"index": 0, "message": {"role": "assistant", "content": content}}
+                   if chat else {"index": 0, "text": content, "logprobs": None})
+    choice_body["finish_reason"] = done["finish_reason"]
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": done["completion_tokens"],
+             "total_tokens": prompt_tokens + done["completion_tokens"]}
+    return {**meta, "object": "chat.completion" if chat else "text_completion",
+            "choices": [choice_body], "usage": usage}
 
 
 async def _next(q: asyncio.Queue, req: GenRequest, deadline: float):
