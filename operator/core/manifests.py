@@ -117,21 +117,7 @@ def worker_pod(pool: dict, ordinal: int, node: str, gpu: int, vram_mib: int, var
     meta, spec = pool["metadata"], pool["spec"]
     name, ns = meta["name"], meta["namespace"]
     mount = store.get("mountPath", "/models")
-    res = spec.get("resources") or {}
-    port = spec.get("port", 8000)
     reservation = {"node": node, "gpu": gpu, "vramMiB": vram_mib, "variant": variant}
-    env = [
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        {"name": "MODEL_STORE_ROOT", "value": mount},
-        {"name": "LORAPLANE_DESIRED_CONFIGMAP", "value": f"{ns}/{desired_configmap(name)}"},
-        {"name": "LORAPLANE_VARIANT", "value": variant},
-        {"name": "LORAPLANE_VRAM_MIB", "value": str(vram_mib)},
-        {"name": "LORAPLANE_PORT", "value": str(port)},
-        {"name": "NVIDIA_VISIBLE_DEVICES", "value": str(gpu)},
-        {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"},
-        *WRITABLE_ENV, *OFFLINE_ENV,
-    ]
     tmp, tmp_mount = tmp_volume()
     tolerations = [{k: v for k, v in t.items() if v is not None} for t in (spec.get("gpu") or {}).get(
         "tolerations") or []]
@@ -157,21 +143,41 @@ def worker_pod(pool: dict, ordinal: int, node: str, gpu: int, vram_mib: int, var
             "restartPolicy": "Always",
             "enableServiceLinks": False,
             "securityContext": pod_security(),
-            "containers": [{
-                "name": "worker",
-                "image": image,
-                "args": ["loraplane", "worker"],
-                "securityContext": container_security(),
-                "env": env,
-                "ports": [{"name": "http", "containerPort": port}],
-                "resources": {"requests": {"cpu": res.get("cpu", "2"), "memory": res.get("memory", "16Gi")}},
-                "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
-                "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10,
-                                  "failureThreshold": 6},
-                "volumeMounts": [{"name": "model-store", "mountPath": mount, "readOnly": True}, tmp_mount],
-            }],
+            "containers": [_worker_container(pool, gpu, vram_mib, variant, image, mount, tmp_mount)],
             "volumes": [store_volume(store), tmp],
         },
+    }
+
+
+def _worker_container(pool: dict, gpu: int, vram_mib: int, variant: str, image: str, mount: str,
+                      tmp_mount: dict) -> dict:
+    meta, spec = pool["metadata"], pool["spec"]
+    res = spec.get("resources") or {}
+    port = spec.get("port", 8000)
+    env = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "MODEL_STORE_ROOT", "value": mount},
+        {"name": "LORAPLANE_DESIRED_CONFIGMAP", "value": f"{meta['namespace']}/{desired_configmap(meta['name'])}"},
+        {"name": "LORAPLANE_VARIANT", "value": variant},
+        {"name": "LORAPLANE_VRAM_MIB", "value": str(vram_mib)},
+        {"name": "LORAPLANE_PORT", "value": str(port)},
+        {"name": "NVIDIA_VISIBLE_DEVICES", "value": str(gpu)},
+        {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"},
+        *WRITABLE_ENV, *OFFLINE_ENV,
+    ]
+    return {
+        "name": "worker",
+        "image": image,
+        "args": ["loraplane", "worker"],
+        "securityContext": container_security(),
+        "env": env,
+        "ports": [{"name": "http", "containerPort": port}],
+        "resources": {"requests": {"cpu": res.get("cpu", "2"), "memory": res.get("memory", "16Gi")}},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10,
+                          "failureThreshold": 6},
+        "volumeMounts": [{"name": "model-store", "mountPath": mount, "readOnly": True}, tmp_mount],
     }
 
 

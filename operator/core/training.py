@@ -157,25 +157,7 @@ def training_job(adapter: dict, base: dict, name: str, node: str, gpu: int, need
     job_labels = {**labels, GENERATION_LABEL: str(meta.get("generation") or 0)}
     pod_labels = {**labels, TRAINING_LABEL: meta["name"], "app.kubernetes.io/name": "loraplane-trainer"}
     reservation = {"node": node, "gpu": gpu, "vramMiB": need_mib, "variant": f"training-{t.get('method', 'qlora')}"}
-    res = t.get("resources") or {}
-    volume = store_volume(store)
-    if "persistentVolumeClaim" in volume:  # the trainer publishes: the store is mounted read-write
-        volume["persistentVolumeClaim"]["readOnly"] = False
-    tmp, tmp_mount = tmp_volume()
-    volumes, mounts = [volume, tmp], [{"name": "model-store", "mountPath": mount}, tmp_mount]
-    claim = (t["dataset"].get("persistentVolumeClaim") or {}).get("claimName")
-    if claim:
-        volumes.append({"name": "dataset", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
-        mounts.append({"name": "dataset", "mountPath": DATA_MOUNT, "readOnly": True})
-    env = [
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        {"name": "MODEL_STORE_ROOT", "value": mount},
-        {"name": "NVIDIA_VISIBLE_DEVICES", "value": str(gpu)},
-        {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"},
-        {"name": "PYTHONUNBUFFERED", "value": "1"},
-        *WRITABLE_ENV, *OFFLINE_ENV,
-    ]
+    volumes, mounts = _trainer_volumes(t, store, mount)
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": name, "namespace": meta["namespace"], "labels": job_labels,
@@ -208,20 +190,49 @@ def training_job(adapter: dict, base: dict, name: str, node: str, gpu: int, need
                             {"key": "metadata.name", "operator": "In", "values": [node]}]}]}}},
                     "tolerations": [{k: v for k, v in tol.items() if v is not None}
                                     for tol in (t.get("gpu") or {}).get("tolerations") or []],
-                    "containers": [{
-                        "name": "trainer",
-                        "image": t.get("image") or image,
-                        "args": train_args(adapter, base, mount),  # the image's ENTRYPOINT (tini) stays
-                        "securityContext": container_security(),
-                        "env": env,
-                        "terminationMessagePolicy": "FallbackToLogsOnError",
-                        "resources": {"requests": {"cpu": res.get("cpu", "4"), "memory": res.get("memory", "32Gi")}},
-                        "volumeMounts": mounts,
-                    }],
+                    "containers": [_trainer_container(adapter, base, mount, gpu, mounts, image)],
                     "volumes": volumes,
                 },
             },
         },
+    }
+
+
+def _trainer_volumes(t: dict, store: dict, mount: str) -> tuple[list[dict], list[dict]]:
+    """The store (read-write: the trainer publishes), /tmp, and the dataset's claim if it has one."""
+    volume = store_volume(store)
+    if "persistentVolumeClaim" in volume:  # the trainer publishes: the store is mounted read-write
+        volume["persistentVolumeClaim"]["readOnly"] = False
+    tmp, tmp_mount = tmp_volume()
+    volumes, mounts = [volume, tmp], [{"name": "model-store", "mountPath": mount}, tmp_mount]
+    claim = (t["dataset"].get("persistentVolumeClaim") or {}).get("claimName")
+    if claim:
+        volumes.append({"name": "dataset", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": "dataset", "mountPath": DATA_MOUNT, "readOnly": True})
+    return volumes, mounts
+
+
+def _trainer_container(adapter: dict, base: dict, mount: str, gpu: int, mounts: list[dict], image: str) -> dict:
+    t = adapter["spec"]["training"]
+    res = t.get("resources") or {}
+    env = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "MODEL_STORE_ROOT", "value": mount},
+        {"name": "NVIDIA_VISIBLE_DEVICES", "value": str(gpu)},
+        {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        *WRITABLE_ENV, *OFFLINE_ENV,
+    ]
+    return {
+        "name": "trainer",
+        "image": t.get("image") or image,
+        "args": train_args(adapter, base, mount),  # the image's ENTRYPOINT (tini) stays
+        "securityContext": container_security(),
+        "env": env,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": {"requests": {"cpu": res.get("cpu", "4"), "memory": res.get("memory", "32Gi")}},
+        "volumeMounts": mounts,
     }
 
 
@@ -385,43 +396,10 @@ def plan_training(adapter: dict, base: dict | None, jobs: list[TrainJob], now: d
         return plan
     job = next((j for j in jobs if j.name == name), None)
     if job is None:
-        if st.get("phase") == "Failed" and st.get("observedGeneration") == gen:
-            return plan  # terminal for this generation (the Job may have been cleaned up by its TTL)
-        if base is None:
-            _set(adapter, st, now, "Pending", "BaseModelMissing",
-                 f"BaseModel {adapter['spec']['baseModelRef']} not found in this namespace")
-            plan.requeue_after = 15
-            return plan
-        if (base.get("status") or {}).get("phase") != "Ready":
-            _set(adapter, st, now, "Pending", "WaitingForBaseModel",
-                 f"BaseModel {adapter['spec']['baseModelRef']} is not Ready")
-            plan.requeue_after = 10
-            return plan
-        variants = {v["name"]: int(v["vramMiB"]) for v in base["status"].get("variants") or []}
-        try:
-            plan.need = derive_need(adapter["spec"]["training"], variants)
-        except ValueError as e:
-            _set(adapter, st, now, "Failed", "NeedUnknown", str(e), progressing=False, degraded=True)
-            plan.events.append(("Warning", "NeedUnknown", str(e)))
-            return plan
-        st["training"]["needMiB"] = plan.need.mib
-        plan.place = True
-        return plan
+        return _before_job(adapter, base, plan, now)
     st["training"] = fold_progress(st["training"], job)
     if job.phase == "Running":
-        p = st["training"]
-        where = f"{p.get('node')}/gpu{p.get('gpu')}" if p.get("node") else "its GPU"
-        if p.get("totalSteps"):
-            msg = f"Job {name} on {where}: step {p.get('step')}/{p['totalSteps']}"
-            if p.get("loss") is not None:
-                msg += f", loss {p['loss']:.4g}"
-            if p.get("etaSeconds") is not None:
-                msg += f", ETA {p['etaSeconds']:.0f}s"
-        else:
-            msg = f"Job {name} on {where}: {p.get('phase') or 'starting'}"
-        if job.failed_pods:
-            msg += f" ({job.failed_pods} pod(s) failed; resumed from the last checkpoint)"
-        _set(adapter, st, now, "Training", "Training", msg)
+        _set(adapter, st, now, "Training", "Training", _running_message(name, st["training"], job))
         plan.requeue_after = 15
         return plan
     if job.phase == "Failed":
@@ -438,6 +416,49 @@ def plan_training(adapter: dict, base: dict | None, jobs: list[TrainJob], now: d
     plan.events.append(("Normal", "Trained", f"Job {name} succeeded; verifying {adapter_relpath(adapter)}"))
     plan.verify = True
     return plan
+
+
+def _before_job(adapter: dict, base: dict | None, plan: TrainPlan, now: dt.datetime) -> TrainPlan:
+    """No Job for this generation yet: wait for the BaseModel, derive the VRAM need, ask for placement."""
+    st, gen = plan.status, adapter["metadata"].get("generation") or 0
+    if st.get("phase") == "Failed" and st.get("observedGeneration") == gen:
+        return plan  # terminal for this generation (the Job may have been cleaned up by its TTL)
+    if base is None:
+        _set(adapter, st, now, "Pending", "BaseModelMissing",
+             f"BaseModel {adapter['spec']['baseModelRef']} not found in this namespace")
+        plan.requeue_after = 15
+        return plan
+    if (base.get("status") or {}).get("phase") != "Ready":
+        _set(adapter, st, now, "Pending", "WaitingForBaseModel",
+             f"BaseModel {adapter['spec']['baseModelRef']} is not Ready")
+        plan.requeue_after = 10
+        return plan
+    variants = {v["name"]: int(v["vramMiB"]) for v in base["status"].get("variants") or []}
+    try:
+        plan.need = derive_need(adapter["spec"]["training"], variants)
+    except ValueError as e:
+        _set(adapter, st, now, "Failed", "NeedUnknown", str(e), progressing=False, degraded=True)
+        plan.events.append(("Warning", "NeedUnknown", str(e)))
+        return plan
+    st["training"]["needMiB"] = plan.need.mib
+    plan.place = True
+    return plan
+
+
+def _running_message(name: str, p: dict, job: TrainJob) -> str:
+    """Progress of a running Job, from its pod's progress annotation."""
+    where = f"{p.get('node')}/gpu{p.get('gpu')}" if p.get("node") else "its GPU"
+    if p.get("totalSteps"):
+        msg = f"Job {name} on {where}: step {p.get('step')}/{p['totalSteps']}"
+        if p.get("loss") is not None:
+            msg += f", loss {p['loss']:.4g}"
+        if p.get("etaSeconds") is not None:
+            msg += f", ETA {p['etaSeconds']:.0f}s"
+    else:
+        msg = f"Job {name} on {where}: {p.get('phase') or 'starting'}"
+    if job.failed_pods:
+        msg += f" ({job.failed_pods} pod(s) failed; resumed from the last checkpoint)"
+    return msg
 
 
 def placed(adapter: dict, plan: TrainPlan, decision: pl.Decision, now: dt.datetime) -> TrainPlan:
