@@ -27,6 +27,8 @@ from ..core.manifests import desired_configmap_obj, publish_job, service, verify
 from ..api.names import OWNER_LABEL, POOL_LABEL
 from ..core.inventory import pod_done
 from ..core.pool import plan_pool, worker_report
+from ..api.common_types import StoreVolume
+from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, WorkerPoolResource, parse
 from ..api.rollout_types import COMMAND_ANNOTATION
 from .scrape import endpoint_of, scrape
 from ..core.resolve import JobState, World, plan_adapter, plan_basemodel, relpath_of
@@ -79,6 +81,9 @@ def reconcile_resolve(kube: Kube, cfg: Config, kind: str, ns: str, name: str) ->
     obj = kube.get_custom(kind, ns, name)
     if obj is None:
         return None
+    parsed = parse(BaseModelResource if kind == "BaseModel" else AdapterResource, obj)
+    if isinstance(parsed, InvalidObject):
+        return report_invalid(kube, obj, parsed)
     spec = obj["spec"]
     store_kind = "base" if kind == "BaseModel" else "adapter"
     owner_label = f"{kind.lower()}.{name}"
@@ -98,7 +103,8 @@ def reconcile_resolve(kube: Kube, cfg: Config, kind: str, ns: str, name: str) ->
         world.base = kube.get_custom("BaseModel", ns, spec["baseModelRef"])
         plan = plan_adapter(obj, world, cfg.backoff)
     if plan.create_job:
-        store = spec["store"] if kind == "BaseModel" else (world.base or {}).get("spec", {}).get("store", {})
+        store = StoreVolume.model_validate(spec["store"] if kind == "BaseModel"
+                                           else (world.base or {}).get("spec", {}).get("store", {}))
         if plan.create_job == "publish":
             hf = spec["source"]["huggingFace"]
             job = publish_job(obj, plan.job_name, spec.get("owner", "default"), spec["storeName"], spec["version"],
@@ -141,74 +147,109 @@ class Applied:
 
 def reconcile_pool(kube: Kube, cfg: Config, ledger: LedgerCache, applied: Applied, ns: str,
                    name: str) -> float | None:
-    pool = kube.get_custom("WorkerPool", ns, name)
-    if pool is None:
+    raw = kube.get_custom("WorkerPool", ns, name)
+    if raw is None:
         return None
-    spec = pool["spec"]
-    base = kube.get_custom("BaseModel", ns, spec["baseModelRef"])
-    image = spec.get("image") or cfg.worker_image
+    pool = parse(WorkerPoolResource, raw)
+    if isinstance(pool, InvalidObject):
+        return report_invalid(kube, raw, pool)
+    base = _parsed(BaseModelResource, kube.get_custom("BaseModel", ns, pool.spec.base_model_ref))
+    image = pool.spec.image or cfg.worker_image
     mine = kube.list_pods(ns, f"{POOL_LABEL}={name}")
     routing = _plan_routing(pool, mine)
     wanted = pool_routing.adapters_named(pool) | routing.keep
-    adapters = {a["metadata"]["name"]: a for a in kube.list_custom("Adapter", ns) if a["metadata"]["name"] in wanted}
+    adapters = {a["metadata"]["name"]: _parsed(AdapterResource, a) for a in kube.list_custom("Adapter", ns)
+                if a["metadata"]["name"] in wanted}
     for obj in workload_identity.objects(ns, cfg.workload_cluster_role):
         applied.apply(kube, obj)  # pods name this ServiceAccount: it must exist first
     with PLACEMENT_LOCK:
         nodes, reservations, _ = ledger.view()
         plan = plan_pool(pool, base, adapters, mine, nodes, reservations, image, _now(),
                          routing=(routing.worker_routes, routing.keep))
-        for pod in plan.create:
-            created = kube.create(with_pull_settings(pod, cfg.image_pull_policy, cfg.image_pull_secrets))
-            variant = json.loads(pod["metadata"]["annotations"]["loraplane.io/reservation"])["variant"]
-            if created:
-                ledger.created(created)  # write-through: the next placement sees it
-                metrics.PLACEMENTS.labels(ns, name, variant).inc()
-            if cfg.create_delay_seconds:
-                time.sleep(cfg.create_delay_seconds)
+        _create_pods(kube, cfg, ledger, pool, plan.create)
     metrics.observe_ledger(nodes, reservations + inventory.reservations(plan.create, nodes))
     if plan.desired_json is not None:
         applied.apply(kube, desired_configmap_obj(pool, plan.desired_json))
     applied.apply(kube, service(pool))
     for pod_name in plan.delete:
         kube.delete_pod(ns, pod_name)
-    variant = plan.status.get("variant") or ""
-    metrics.POOL_UNPLACED.labels(ns, name, variant).set(plan.status.get("unplaced", 0))
-    metrics.POOL_READY.labels(ns, name, variant).set(plan.status.get("readyReplicas", 0))
-    if plan.status.get("unplaced"):
-        metrics.PLACEMENT_FAILURES.labels(ns, name, variant).inc(plan.status["unplaced"])
+    _pool_metrics(pool, plan.status)
     _merge_routing(pool, plan, routing)
-    _apply_status(kube, pool, plan.status)
+    _apply_status(kube, raw, plan.status)
     for e in plan.events:
-        kube.event(pool, *e)
+        kube.event(raw, *e)
     for task, reason in routing.transitions:
         metrics.ROLLOUT_TRANSITIONS.labels(ns, name, task, reason).inc()
     return plan.requeue_after
+
+
+def _parsed(model, raw: dict | None):
+    """A related object (the pool's BaseModel, an Adapter) parsed, None when
+    absent, or an ``InvalidObject`` the core reports on the pool."""
+    return None if raw is None else parse(model, raw)
+
+
+def report_invalid(kube: Kube, raw: dict, invalid: InvalidObject) -> None:
+    """An object the API types refuse: conditions naming the fields (reason
+    ``InvalidSpec``) and one Warning Event; no pass until it changes."""
+    gen = raw["metadata"].get("generation")
+    status = dict(raw.get("status") or {})
+    before = get_condition(status.get("conditions"), "Ready") or {}
+    message = f"{invalid.kind} {invalid.name} does not parse: {invalid.message}"
+    conditions = status.get("conditions") or []
+    for type_, value in (("Ready", False), ("Progressing", False), ("Degraded", True)):
+        conditions = set_condition(conditions, type_, value, "InvalidSpec", message, gen)
+    status.update(conditions=conditions, observedGeneration=gen)
+    _apply_status(kube, raw, status)
+    if before.get("reason") != "InvalidSpec" or before.get("message") != message:
+        kube.event(raw, "Warning", "InvalidSpec", message)
+    return None
+
+
+def _create_pods(kube: Kube, cfg: Config, ledger: LedgerCache, pool: WorkerPoolResource, pods: list[dict]) -> None:
+    """Create the placed workers (under the placement lock), writing each through to the ledger."""
+    for pod in pods:
+        created = kube.create(with_pull_settings(pod, cfg.image_pull_policy, cfg.image_pull_secrets))
+        variant = json.loads(pod["metadata"]["annotations"]["loraplane.io/reservation"])["variant"]
+        if created:
+            ledger.created(created)  # write-through: the next placement sees it
+            metrics.PLACEMENTS.labels(pool.namespace, pool.name, variant).inc()
+        if cfg.create_delay_seconds:
+            time.sleep(cfg.create_delay_seconds)
+
+
+def _pool_metrics(pool: WorkerPoolResource, status: dict) -> None:
+    ns, name, variant = pool.namespace, pool.name, status.get("variant") or ""
+    metrics.POOL_UNPLACED.labels(ns, name, variant).set(status.get("unplaced", 0))
+    metrics.POOL_READY.labels(ns, name, variant).set(status.get("readyReplicas", 0))
+    if status.get("unplaced"):
+        metrics.PLACEMENT_FAILURES.labels(ns, name, variant).inc(status["unplaced"])
 
 
 #: (pool uid, annotation value) of malformed rollout commands already reported
 _BAD_COMMANDS: set[tuple[str, str]] = set()
 
 
-def _plan_routing(pool: dict, pods: list[dict]) -> pool_routing.RoutingPlan:
-    """Rollout steps and load before route (pure core in ``pool_routing``);
+def _plan_routing(pool: WorkerPoolResource, pods: list[dict]) -> pool_routing.RoutingPlan:
+    """Rollout steps and load before route (pure core in ``core.routing``);
     scrapes the ready workers only while a rollout needs their metrics."""
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp") and not pod_done(p)]
     reports = {p["metadata"]["name"]: worker_report(p) for p in live}
     loaded = pool_routing.ready_loaded(list(reports.values()))
     snap = None
     if pool_routing.needs_metrics(pool):
-        port = int(pool["spec"].get("port", 8000))
+        port = pool.spec.port
         targets = {p["metadata"]["name"]: url for p in live if reports[p["metadata"]["name"]].get("ready")
                    for url in [endpoint_of(p, reports[p["metadata"]["name"]], port)] if url}
         snap = analysis.snapshot(scrape(targets))
     return pool_routing.plan_routing(pool, loaded, snap, _now())
 
 
-def _merge_routing(pool: dict, plan, routing: pool_routing.RoutingPlan) -> None:
+def _merge_routing(pool: WorkerPoolResource, plan, routing: pool_routing.RoutingPlan) -> None:
     """Status fields, conditions, Events and requeue of the routing plan."""
     st = plan.status
     st.update(routing.status)
-    gen = pool["metadata"].get("generation")
+    gen = pool.generation
     prog = get_condition(st.get("conditions"), "Progressing") or {}
     if routing.progressing and prog.get("status") != "True":  # placement/pod work reports first
         st["conditions"] = set_condition(st["conditions"], "Progressing", *routing.progressing, gen)
@@ -217,7 +258,7 @@ def _merge_routing(pool: dict, plan, routing: pool_routing.RoutingPlan) -> None:
                                          routing.unavailable, gen)
     plan.events = plan.events + routing.events
     if routing.command_error:
-        key = (pool["metadata"].get("uid", ""), (pool["metadata"].get("annotations") or {}).get(COMMAND_ANNOTATION, ""))
+        key = (pool.metadata.uid, pool.metadata.annotations.get(COMMAND_ANNOTATION, ""))
         if key not in _BAD_COMMANDS:
             _BAD_COMMANDS.add(key)
             plan.events.append(("Warning", "InvalidRolloutCommand", routing.command_error))

@@ -22,7 +22,9 @@ from .state import State, wake as _wake
 from .kube import Kube
 from ..core.manifests import verify_job, with_pull_settings
 from ..api.names import OWNER_LABEL
-from .reconcile import PLACEMENT_LOCK, _apply_status, _job_state, _summary, reconcile_resolve
+from .reconcile import PLACEMENT_LOCK, _apply_status, _job_state, _summary, reconcile_resolve, report_invalid
+from ..api.common_types import StoreVolume
+from ..api.resources import AdapterResource, InvalidObject, parse
 from ..core.resolve import World, plan_adapter
 from ..core.training import (
     GENERATION_LABEL, TRAINING_LABEL, adapter_relpath, adapter_store_name, job_state, pending_reservation_pod,
@@ -45,6 +47,9 @@ def reconcile_adapter(kube: Kube, cfg, ledger, ns: str, name: str) -> float | No
     obj = kube.get_custom("Adapter", ns, name)
     if obj is None:
         return None
+    parsed = parse(AdapterResource, obj)
+    if isinstance(parsed, InvalidObject):
+        return report_invalid(kube, obj, parsed)
     if not obj["spec"].get("training"):
         return reconcile_resolve(kube, cfg, "Adapter", ns, name)
     now = dt.datetime.now(dt.timezone.utc)
@@ -100,7 +105,8 @@ def _verify(kube: Kube, cfg, obj: dict, base: dict | None, owned: list[dict], st
     if vplan.create_job:
         t = obj["spec"]["training"]
         job = verify_job(view, vplan.job_name, "adapter", t.get("owner", "default"), adapter_store_name(obj),
-                         obj["spec"]["version"], relpath, True, base["spec"]["store"], cfg.image_for_jobs,
+                         obj["spec"]["version"], relpath, True, StoreVolume.model_validate(base["spec"]["store"]),
+                         cfg.image_for_jobs,
                          cfg.job_pod_annotations)
         label = f"adapter.{obj['metadata']['name']}"
         job["metadata"]["labels"][OWNER_LABEL] = label

@@ -24,7 +24,9 @@ import hashlib
 import json
 from shlex import quote as q
 
-from ..api.common_types import API_VERSION
+from ..api.common_types import API_VERSION, StoreVolume
+from ..api.resources import WorkerPoolResource, dump
+from ..api.workerpool_types import WorkerPoolSpec
 from ..api.names import (
     GPU_ANNOTATION, MANAGED_BY, ORDINAL_LABEL, OWNER_LABEL, POOL_LABEL, RESERVATION_ANNOTATION,
     SPEC_HASH_ANNOTATION, WORKLOAD_SERVICE_ACCOUNT, desired_configmap, worker_name,
@@ -80,6 +82,12 @@ def owner_ref(obj: dict) -> dict:
             "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
 
 
+def owner_ref_of(res: WorkerPoolResource) -> dict:
+    """The controller ownerReference to a parsed resource."""
+    return {"apiVersion": res.api_version, "kind": res.kind, "name": res.name, "uid": res.metadata.uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
 def pool_labels(pool: str) -> dict:
     return {POOL_LABEL: pool, "app.kubernetes.io/name": "loraplane-worker", "app.kubernetes.io/instance": pool,
             **MANAGED_BY}
@@ -89,38 +97,38 @@ def selector(pool: str) -> str:
     return f"{POOL_LABEL}={pool}"
 
 
-def store_volume(store: dict) -> dict:
-    """core/v1 Volume for a StoreVolume spec (camelCase dict)."""
-    if store.get("persistentVolumeClaim"):
-        pvc = store["persistentVolumeClaim"]
-        return {"name": "model-store", "persistentVolumeClaim": {"claimName": pvc["claimName"],
-                                                                   "readOnly": pvc.get("readOnly", True)}}
-    return {"name": "model-store", "hostPath": {"path": store["hostPath"]["path"], "type": "Directory"}}
+def store_volume(store: StoreVolume) -> dict:
+    """core/v1 Volume for a StoreVolume spec."""
+    if store.persistent_volume_claim:
+        pvc = store.persistent_volume_claim
+        return {"name": "model-store", "persistentVolumeClaim": {"claimName": pvc.claim_name,
+                                                                   "readOnly": pvc.read_only}}
+    return {"name": "model-store", "hostPath": {"path": store.host_path.path, "type": "Directory"}}
 
 
-def store_read_only(store: dict) -> bool:
-    return bool(store.get("persistentVolumeClaim", {}).get("readOnly", True)) if store.get(
-        "persistentVolumeClaim") else False
+def store_read_only(store: StoreVolume) -> bool:
+    return store.persistent_volume_claim.read_only if store.persistent_volume_claim else False
 
 
-def worker_spec_hash(pool_spec: dict, image: str, store: dict, variant: str) -> str:
+def worker_spec_hash(pool_spec: WorkerPoolSpec, image: str, store: StoreVolume, variant: str) -> str:
     """What, when changed, needs a new pod (not a hot swap): image, store,
     resources, port, variant. Routes and adapters are not in it: they reach
     running workers through the desired ConfigMap."""
-    key = {"image": image, "store": store, "resources": pool_spec.get("resources"), "port": pool_spec.get("port"),
+    # the JSON of the object as the API server stores it (defaults applied), so the hash of a pod
+    # made before the operator parsed its objects is the same
+    key = {"image": image, "store": dump(store), "resources": dump(pool_spec.resources), "port": pool_spec.port,
            "variant": variant, "template": 2}  # 2: restricted securityContext, args (rolls older workers)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def worker_pod(pool: dict, ordinal: int, node: str, gpu: int, vram_mib: int, variant: str, image: str,
-               store: dict) -> dict:
-    meta, spec = pool["metadata"], pool["spec"]
-    name, ns = meta["name"], meta["namespace"]
-    mount = store.get("mountPath", "/models")
+def worker_pod(pool: WorkerPoolResource, ordinal: int, node: str, gpu: int, vram_mib: int, variant: str,
+               image: str, store: StoreVolume) -> dict:
+    spec = pool.spec
+    name, ns = pool.name, pool.namespace
+    mount = store.mount_path
     reservation = {"node": node, "gpu": gpu, "vramMiB": vram_mib, "variant": variant}
     tmp, tmp_mount = tmp_volume()
-    tolerations = [{k: v for k, v in t.items() if v is not None} for t in (spec.get("gpu") or {}).get(
-        "tolerations") or []]
+    tolerations = [dump(t) for t in spec.gpu.tolerations]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -133,7 +141,7 @@ def worker_pod(pool: dict, ordinal: int, node: str, gpu: int, vram_mib: int, var
                 GPU_ANNOTATION: str(gpu),
                 SPEC_HASH_ANNOTATION: worker_spec_hash(spec, image, store, variant),
             },
-            "ownerReferences": [owner_ref(pool)],
+            "ownerReferences": [owner_ref_of(pool)],
         },
         "spec": {
             "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
@@ -149,16 +157,14 @@ def worker_pod(pool: dict, ordinal: int, node: str, gpu: int, vram_mib: int, var
     }
 
 
-def _worker_container(pool: dict, gpu: int, vram_mib: int, variant: str, image: str, mount: str,
+def _worker_container(pool: WorkerPoolResource, gpu: int, vram_mib: int, variant: str, image: str, mount: str,
                       tmp_mount: dict) -> dict:
-    meta, spec = pool["metadata"], pool["spec"]
-    res = spec.get("resources") or {}
-    port = spec.get("port", 8000)
+    res, port = pool.spec.resources, pool.spec.port
     env = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "MODEL_STORE_ROOT", "value": mount},
-        {"name": "LORAPLANE_DESIRED_CONFIGMAP", "value": f"{meta['namespace']}/{desired_configmap(meta['name'])}"},
+        {"name": "LORAPLANE_DESIRED_CONFIGMAP", "value": f"{pool.namespace}/{desired_configmap(pool.name)}"},
         {"name": "LORAPLANE_VARIANT", "value": variant},
         {"name": "LORAPLANE_VRAM_MIB", "value": str(vram_mib)},
         {"name": "LORAPLANE_PORT", "value": str(port)},
@@ -173,7 +179,7 @@ def _worker_container(pool: dict, gpu: int, vram_mib: int, variant: str, image: 
         "securityContext": container_security(),
         "env": env,
         "ports": [{"name": "http", "containerPort": port}],
-        "resources": {"requests": {"cpu": res.get("cpu", "2"), "memory": res.get("memory", "16Gi")}},
+        "resources": {"requests": {"cpu": res.cpu, "memory": res.memory}},
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10,
                           "failureThreshold": 6},
@@ -181,33 +187,31 @@ def _worker_container(pool: dict, gpu: int, vram_mib: int, variant: str, image: 
     }
 
 
-def service(pool: dict) -> dict:
-    meta = pool["metadata"]
+def service(pool: WorkerPoolResource) -> dict:
     return {
         "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "labels": pool_labels(meta["name"]),
-                     "ownerReferences": [owner_ref(pool)]},
-        "spec": {"selector": {POOL_LABEL: meta["name"]},
+        "metadata": {"name": pool.name, "namespace": pool.namespace, "labels": pool_labels(pool.name),
+                     "ownerReferences": [owner_ref_of(pool)]},
+        "spec": {"selector": {POOL_LABEL: pool.name},
                  "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]},
     }
 
 
-def desired_configmap_obj(pool: dict, desired_json: str) -> dict:
-    meta = pool["metadata"]
+def desired_configmap_obj(pool: WorkerPoolResource, desired_json: str) -> dict:
     return {
         "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": desired_configmap(meta["name"]), "namespace": meta["namespace"],
-                     "labels": pool_labels(meta["name"]), "ownerReferences": [owner_ref(pool)]},
+        "metadata": {"name": desired_configmap(pool.name), "namespace": pool.namespace,
+                     "labels": pool_labels(pool.name), "ownerReferences": [owner_ref_of(pool)]},
         "data": {"desired.json": desired_json},
     }
 
 
-def _job(owner: dict, name: str, command: str, store: dict, image: str, pod_annotations: dict,
+def _job(owner: dict, name: str, command: str, store: StoreVolume, image: str, pod_annotations: dict,
          env: list | None = None, offline: bool = True) -> dict:
     meta = owner["metadata"]
     tmp, tmp_mount = tmp_volume()
     labels = {OWNER_LABEL: f"{owner['kind'].lower()}.{meta['name']}", **MANAGED_BY}
-    mount = store.get("mountPath", "/models")
+    mount = store.mount_path
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels,
@@ -241,7 +245,7 @@ def _job(owner: dict, name: str, command: str, store: dict, image: str, pod_anno
 
 
 def verify_job(owner: dict, name: str, kind: str, store_owner: str, store_name: str, version: str,
-               relpath: str, derived: bool, store: dict, image: str, pod_annotations: dict) -> dict:
+               relpath: str, derived: bool, store: StoreVolume, image: str, pod_annotations: dict) -> dict:
     """``loraplane modelstore verify`` then the summary into the termination
     message. An explicit ``path`` is verified by directory instead."""
     summary = f'python -m loraplane.operator.core.store_summary "$MODEL_STORE_ROOT" {q(relpath)}'
@@ -254,7 +258,7 @@ def verify_job(owner: dict, name: str, kind: str, store_owner: str, store_name: 
 
 
 def publish_job(owner: dict, name: str, store_owner: str, store_name: str, version: str, repo: str,
-                revision: str, token_ref: dict | None, store: dict, image: str, pod_annotations: dict,
+                revision: str, token_ref: dict | None, store: StoreVolume, image: str, pod_annotations: dict,
                 license: str | None = None) -> dict:
     """Publish from the hub into the store. The token reaches the container
     only as an env var from the Secret: never on the command line, never in

@@ -1,6 +1,7 @@
 """Pure reconcile core for a WorkerPool.
 
-Given the pool, its BaseModel, the Adapters it routes to, its own Pods, the
+Given the pool, its BaseModel, the Adapters it routes to (all three parsed:
+``api.resources``), its own Pods, the
 GPU nodes and every reservation in the cluster, decide: the desired-state
 document for the workers, the Pods to create (placed by ``placement``) and
 to delete, and the status. The handler applies the plan; running it twice on
@@ -17,10 +18,17 @@ from dataclasses import dataclass, field
 from loraplane.contracts.desired import STATUS_ANNOTATION, AdapterRef, BaseRef, DesiredState, RouteBackend
 
 from . import placement as pl
+from ..api.common_types import StoreVolume
 from ..api.conditions import triple
+from ..api.names import SPEC_HASH_ANNOTATION, ordinal_of
+from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, WorkerPoolResource, dump
+from ..api.training_types import TrainingGpu
+from ..api.workerpool_types import GpuSelection
 from .inventory import pod_done, reservation_of
 from .manifests import selector, worker_pod, worker_spec_hash
-from ..api.names import SPEC_HASH_ANNOTATION, ordinal_of
+
+#: An Adapter as the pool core gets it: parsed, or what is wrong with it.
+AdapterIn = AdapterResource | InvalidObject
 
 
 @dataclass
@@ -48,17 +56,14 @@ def worker_report(pod: dict) -> dict:
         return {}
 
 
-def request_for(pool: dict, worker: str, needs: tuple) -> pl.Request:
-    g = pool["spec"].get("gpu") or {}
-    tolerations = tuple(pl.Toleration(t.get("key"), t.get("operator", "Equal"), t.get("value"), t.get("effect"))
-                        for t in g.get("tolerations") or [])
-    affinity = tuple(tuple(pl.Requirement(r["key"], r["operator"], tuple(r.get("values") or []))
-                           for r in term.get("matchExpressions") or []) for term in g.get("nodeAffinity") or [])
-    meta = pool["metadata"]
-    return pl.Request(worker=worker, needs=needs, pool=f"{meta['namespace']}/{meta['name']}",
-                      policy=g.get("policy", "binpack"), product=g.get("product"),
-                      min_memory_mib=g.get("minMemoryMiB"),
-                      node_selector=tuple(sorted((g.get("nodeSelector") or {}).items())),
+def request_for(gpu: GpuSelection | TrainingGpu, holder_pool: str, worker: str, needs: tuple) -> pl.Request:
+    """A placement request for ``worker`` (``<ns>/<pod>``) of ``holder_pool`` (``<ns>/<pool>``)
+    under the eligibility rules of a pool's (or a training Job's) ``gpu`` block."""
+    tolerations = tuple(pl.Toleration(t.key, t.operator, t.value, t.effect) for t in gpu.tolerations)
+    affinity = tuple(tuple(pl.Requirement(r.key, r.operator, tuple(r.values)) for r in term.match_expressions)
+                     for term in gpu.node_affinity)
+    return pl.Request(worker=worker, needs=needs, pool=holder_pool, policy=gpu.policy, product=gpu.product,
+                      min_memory_mib=gpu.min_memory_mib, node_selector=tuple(sorted(gpu.node_selector.items())),
                       affinity=affinity, tolerations=tolerations)
 
 
@@ -67,70 +72,76 @@ def request_for(pool: dict, worker: str, needs: tuple) -> pl.Request:
 PENDING_ADAPTER_MIB = 256
 
 
-def _adapter_ref(name: str, a: dict) -> AdapterRef:
+def _adapter_ref(name: str, a: AdapterResource) -> AdapterRef:
     # A trained Adapter names its store identity in spec.training (same keys, same defaults).
-    src = a["spec"].get("source") or a["spec"].get("training") or {}
-    st = a.get("status") or {}
-    return AdapterRef(name=name, owner=src.get("owner", "default"), storeName=src.get("storeName", name),
-                      version=a["spec"]["version"], checksum=st.get("checksum") or "", task=a["spec"]["task"])
+    src = a.spec.source or a.spec.training
+    return AdapterRef(name=name, owner=src.owner if src else "default",
+                      storeName=(src.store_name if src else None) or name,
+                      version=a.spec.version, checksum=a.status.checksum or "", task=a.spec.task)
 
 
-def compose_desired(pool: dict, base: dict, adapters: dict[str, dict], variant: str,
-                    routing: tuple[dict[str, dict[str, int]], set[str]] | None = None):
+def _unservable(name: str, a: AdapterIn | None, base: BaseModelResource, where: str) -> str | None:
+    """Why ``a`` cannot be in the desired document (None: it can)."""
+    if a is None:
+        return f"adapter {name} ({where}) not found"
+    if isinstance(a, InvalidObject):
+        return f"adapter {name} ({where}) is invalid: {a.message}"
+    if a.status.phase != "Ready":
+        return f"adapter {name} ({where}) is {a.status.phase or 'Pending'}"
+    if a.spec.base_model_ref != base.name:
+        return f"adapter {name} is for BaseModel {a.spec.base_model_ref}"
+    return None
+
+
+def compose_desired(pool: WorkerPoolResource, base: BaseModelResource, adapters: dict[str, AdapterIn],
+                    variant: str, routing: tuple[dict[str, dict[str, int]], set[str]] | None = None):
     """(DesiredState, adapter VRAM MiB, problems) from the Ready adapters the
     routes name. The VRAM also counts routed adapters that exist but are not
     Ready yet (their ``vramMiB`` if known, else ``PENDING_ADAPTER_MIB``), so
     workers placed before an adapter is verified have room to load it.
 
-    ``routing`` = (effective routes, adapters to keep) from ``pool_routing``:
+    ``routing`` = (effective routes, adapters to keep) from ``routing``:
     the document then carries those weights (load before route) and holds
     every kept adapter (a canary before it gets weight, a drained one until
     its drain period ends) instead of the spec's routes as they are."""
     problems, refs, vram = [], {}, 0
     pending: set[str] = set()
     routes: dict[str, list[RouteBackend]] = {}
-    for task, backends in sorted((pool["spec"].get("routes") or {}).items()):
+    for task, backends in sorted(pool.spec.routes.items()):
         kept = []
         for b in backends:
-            a = adapters.get(b["adapter"])
-            st = (a or {}).get("status") or {}
-            if a is None:
-                problems.append(f"adapter {b['adapter']} (route {task}) not found")
+            a = adapters.get(b.adapter)
+            why = _unservable(b.adapter, a, base, f"route {task}")
+            if why and isinstance(a, AdapterResource) and a.status.phase != "Ready":
+                if b.adapter not in pending:
+                    pending.add(b.adapter)
+                    vram += int(a.status.vram_mib or PENDING_ADAPTER_MIB)
+            if why:
+                problems.append(why)
                 continue
-            if st.get("phase") != "Ready":
-                problems.append(f"adapter {b['adapter']} (route {task}) is {st.get('phase') or 'Pending'}")
-                if b["adapter"] not in pending:
-                    pending.add(b["adapter"])
-                    vram += int(st.get("vramMiB") or PENDING_ADAPTER_MIB)
-                continue
-            if a["spec"]["baseModelRef"] != base["metadata"]["name"]:
-                problems.append(f"adapter {b['adapter']} is for BaseModel {a['spec']['baseModelRef']}")
-                continue
-            if b["adapter"] not in refs:
-                refs[b["adapter"]] = _adapter_ref(b["adapter"], a)
-                vram += int(st.get("vramMiB") or 0)
-            kept.append(RouteBackend(adapter=b["adapter"], weight=b["weight"]))
+            if b.adapter not in refs:
+                refs[b.adapter] = _adapter_ref(b.adapter, a)
+                vram += int(a.status.vram_mib or 0)
+            kept.append(RouteBackend(adapter=b.adapter, weight=b.weight))
         if kept:
             routes[task] = kept
     if routing is not None:
         weights, keep = routing
         for name in sorted((set(keep) | {x for r in weights.values() for x in r}) - set(refs) - pending):
             a = adapters.get(name)
-            st = (a or {}).get("status") or {}
-            if a is None or st.get("phase") != "Ready" or a["spec"]["baseModelRef"] != base["metadata"]["name"]:
-                if a is not None and st.get("phase") != "Ready":
-                    problems.append(f"adapter {name} (rollout) is {st.get('phase') or 'Pending'}")
+            if _unservable(name, a, base, "rollout") is not None:
+                if isinstance(a, AdapterResource) and a.status.phase != "Ready":
+                    problems.append(f"adapter {name} (rollout) is {a.status.phase or 'Pending'}")
                 continue
             refs[name] = _adapter_ref(name, a)
-            vram += int(st.get("vramMiB") or 0)
+            vram += int(a.status.vram_mib or 0)
         routes = {t: [RouteBackend(adapter=x, weight=w) for x, w in r.items() if x in refs and w > 0]
                   for t, r in sorted(weights.items())}
         routes = {t: r for t, r in routes.items() if r}
-    bspec, bst = base["spec"], base.get("status") or {}
     desired = DesiredState(
-        pool=pool["metadata"]["name"], generation=pool["metadata"].get("generation") or 0,
-        base=BaseRef(owner=bspec.get("owner", "default"), name=bspec["storeName"], version=bspec["version"],
-                     checksum=bst.get("checksum") or "", variant=variant),
+        pool=pool.name, generation=pool.generation or 0,
+        base=BaseRef(owner=base.spec.owner, name=base.spec.store_name, version=base.spec.version,
+                     checksum=base.status.checksum or "", variant=variant),
         adapters=list(refs.values()), routes=routes)
     return desired, vram, problems
 
@@ -159,12 +170,12 @@ class _Sizing:
     notes: list[str] = field(default_factory=list)  # for the Ready message
 
 
-def plan_pool(pool: dict, base: dict | None, adapters: dict[str, dict], pods: list[dict],
-              nodes: list[pl.NodeInfo], reservations: list[pl.Reservation], image: str,
-              now: dt.datetime, routing: tuple[dict[str, dict[str, int]], set[str]] | None = None) -> PoolPlan:
-    meta, spec = pool["metadata"], pool["spec"]
-    name, ns = meta["name"], meta["namespace"]
-    replicas = int(spec.get("replicas", 1))
+def plan_pool(pool: WorkerPoolResource, base: BaseModelResource | InvalidObject | None,
+              adapters: dict[str, AdapterIn], pods: list[dict], nodes: list[pl.NodeInfo],
+              reservations: list[pl.Reservation], image: str, now: dt.datetime,
+              routing: tuple[dict[str, dict[str, int]], set[str]] | None = None) -> PoolPlan:
+    name, ns = pool.name, pool.namespace
+    replicas = pool.spec.replicas
     mine = [p for p in pods if ordinal_of(p["metadata"]["name"], name) is not None]
     live = [p for p in mine if not pod_done(p) and not p["metadata"].get("deletionTimestamp")]
     status = _observed_status(pool, live)
@@ -172,7 +183,7 @@ def plan_pool(pool: dict, base: dict | None, adapters: dict[str, dict], pods: li
     if isinstance(sizing, tuple):
         return _blocked(pool, status, replicas - len(live), now, *sizing)
     status.update(variant=sizing.prefs[0], needMiB=sizing.needs[0][1])
-    store = spec.get("store") or base["spec"]["store"]
+    store = pool.spec.store or base.spec.store
     plan = PoolPlan(status=status, desired_json=sizing.desired.to_json())
     live = _drop_finished(plan, mine, live, nodes)
     reservations = _scale_down(plan, ns, live, replicas, nodes, reservations)
@@ -184,47 +195,49 @@ def plan_pool(pool: dict, base: dict | None, adapters: dict[str, dict], pods: li
     return plan
 
 
-def _observed_status(pool: dict, live: list[dict]) -> dict:
+def _observed_status(pool: WorkerPoolResource, live: list[dict]) -> dict:
     """The status fields that only describe what is there: selector, pods, workers."""
-    name = pool["metadata"]["name"]
-    return {"selector": selector(name), "observedGeneration": pool["metadata"].get("generation"),
-            "conditions": list((pool.get("status") or {}).get("conditions") or []),
+    name = pool.name
+    return {"selector": selector(name), "observedGeneration": pool.generation,
+            "conditions": [dump(c) for c in pool.status.conditions],
             "replicas": len(live), "readyReplicas": sum(1 for p in live if _ready(p)),
             "workers": sorted((_worker_status(p) for p in live), key=lambda w: ordinal_of(w["pod"], name))}
 
 
-def _blocked(pool: dict, status: dict, missing: int, now: dt.datetime, reason: str, message: str) -> PoolPlan:
+def _blocked(pool: WorkerPoolResource, status: dict, missing: int, now: dt.datetime, reason: str,
+             message: str) -> PoolPlan:
     """No workers can be planned (no BaseModel, not Ready, no variant): say why, once."""
-    gen = pool["metadata"].get("generation")
     status["conditions"] = triple(status["conditions"], ready=(False, reason, message),
                                   progressing=(True, reason, message), degraded=(True, reason, message),
-                                  generation=gen, now=now)
+                                  generation=pool.generation, now=now)
     status["unplaced"] = max(0, missing)
-    before = next((c for c in (pool.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), {})
-    events = [] if before.get("reason") == reason else [("Warning", reason, message)]  # no event spam
+    before = next((c for c in pool.status.conditions if c.type == "Ready"), None)
+    events = [] if before and before.reason == reason else [("Warning", reason, message)]  # no event spam
     return PoolPlan(status=status, requeue_after=15, events=events)
 
 
-def _size(pool: dict, base: dict | None, adapters: dict[str, dict],
+def _size(pool: WorkerPoolResource, base: BaseModelResource | InvalidObject | None,
+          adapters: dict[str, AdapterIn],
           routing: tuple[dict[str, dict[str, int]], set[str]] | None) -> _Sizing | tuple[str, str]:
     """Variant and VRAM per worker, and the desired document; or (reason,
     message) when the BaseModel does not allow any."""
-    spec = pool["spec"]
+    spec = pool.spec
     if base is None:
-        return "BaseModelMissing", f"BaseModel {spec['baseModelRef']} not found"
-    if (base.get("status") or {}).get("phase") != "Ready":
-        return "WaitingForBaseModel", f"BaseModel {spec['baseModelRef']} is not Ready"
-    offered = {v["name"]: int(v["vramMiB"]) for v in base["status"].get("variants") or []}
-    prefs = [v for v in spec.get("variants") or ["bnb-int8", "fp16"] if v in offered]
+        return "BaseModelMissing", f"BaseModel {spec.base_model_ref} not found"
+    if isinstance(base, InvalidObject):
+        return "BaseModelInvalid", f"BaseModel {spec.base_model_ref} is invalid: {base.message}"
+    if base.status.phase != "Ready":
+        return "WaitingForBaseModel", f"BaseModel {spec.base_model_ref} is not Ready"
+    offered = {v.name: int(v.vram_mib) for v in base.status.variants}
+    prefs = [v for v in spec.variants if v in offered]
     if not prefs:
-        return "NoVariant", (f"none of spec.variants {spec.get('variants')} is offered by BaseModel "
-                             f"{spec['baseModelRef']} (offers {sorted(offered)})")
+        return "NoVariant", (f"none of spec.variants {spec.variants} is offered by BaseModel "
+                             f"{spec.base_model_ref} (offers {sorted(offered)})")
     desired, adapters_mib, problems = compose_desired(pool, base, adapters, prefs[0], routing)
-    g = spec.get("gpu") or {}
-    extra = adapters_mib + int(g.get("kvCacheMiB", 2048)) + int(g.get("headroomMiB", 1024))
+    extra = adapters_mib + spec.gpu.kv_cache_mib + spec.gpu.headroom_mib
     sizing = _Sizing(prefs=prefs, needs=tuple((v, offered[v] + extra) for v in prefs), desired=desired,
                      problems=problems)
-    declared_pref = (spec.get("variants") or ["bnb-int8"])[0]
+    declared_pref = spec.variants[0]
     if prefs[0] != declared_pref:
         sizing.notes.append(f"{declared_pref} not offered by the BaseModel; using {prefs[0]}")
     return sizing
@@ -255,16 +268,16 @@ def _scale_down(plan: PoolPlan, ns: str, live: list[dict], replicas: int, nodes:
     return reservations
 
 
-def _replace_outdated(plan: PoolPlan, pool: dict, live: list[dict], replicas: int, image: str, store: dict,
-                      variant: str) -> None:
+def _replace_outdated(plan: PoolPlan, pool: WorkerPoolResource, live: list[dict], replicas: int, image: str,
+                      store: StoreVolume, variant: str) -> None:
     """Rolling replacement of pods whose image/store/variant/resources changed:
     one at a time, and only while every worker is Ready."""
-    name = pool["metadata"]["name"]
+    name = pool.name
     if len(live) != replicas or not all(_ready(p) for p in live):
         return
     for p in sorted(live, key=lambda p: ordinal_of(p["metadata"]["name"], name)):
         res = json.loads(p["metadata"]["annotations"].get("loraplane.io/reservation", "{}"))
-        want = worker_spec_hash(pool["spec"], image, store, res.get("variant", variant))
+        want = worker_spec_hash(pool.spec, image, store, res.get("variant", variant))
         if p["metadata"]["annotations"].get(SPEC_HASH_ANNOTATION) != want:
             plan.delete.append(p["metadata"]["name"])
             plan.events.append(("Normal", "Replacing", f"worker {p['metadata']['name']} has an outdated spec"))
@@ -283,14 +296,14 @@ def _free_ordinals(name: str, mine: list[dict], delete: list[str], count: int) -
     return ordinals
 
 
-def _scale_up(plan: PoolPlan, pool: dict, mine: list[dict], live: list[dict], replicas: int,
+def _scale_up(plan: PoolPlan, pool: WorkerPoolResource, mine: list[dict], live: list[dict], replicas: int,
               nodes: list[pl.NodeInfo], reservations: list[pl.Reservation], sizing: _Sizing, image: str,
-              store: dict) -> list[str]:
+              store: StoreVolume) -> list[str]:
     """Create (placed one after another) the missing workers; the messages of those left unplaced."""
-    name, ns = pool["metadata"]["name"], pool["metadata"]["namespace"]
+    name, ns = pool.name, pool.namespace
     missing = replicas - len([p for p in live if p["metadata"]["name"] not in plan.delete])
     ordinals = _free_ordinals(name, mine, plan.delete, missing)
-    requests = [request_for(pool, f"{ns}/{name}-{o}", sizing.needs) for o in ordinals]
+    requests = [request_for(pool.spec.gpu, f"{ns}/{name}", f"{ns}/{name}-{o}", sizing.needs) for o in ordinals]
     unplaced = []
     fallbacks = 0
     for o, d in zip(ordinals, pl.place(nodes, reservations, requests)):
@@ -309,7 +322,7 @@ def _scale_up(plan: PoolPlan, pool: dict, mine: list[dict], live: list[dict], re
     return unplaced
 
 
-def _set_conditions(plan: PoolPlan, pool: dict, live: list[dict], replicas: int, unplaced: list[str],
+def _set_conditions(plan: PoolPlan, pool: WorkerPoolResource, live: list[dict], replicas: int, unplaced: list[str],
                     sizing: _Sizing, now: dt.datetime) -> None:
     """Ready, Progressing and Degraded from what this pass planned, and when to look again."""
     status = plan.status
@@ -335,7 +348,7 @@ def _set_conditions(plan: PoolPlan, pool: dict, live: list[dict], replicas: int,
     ready = (is_ready, "AllWorkersReady" if is_ready else progressing[1] if progressing[0] else degraded[1],
              ready_msg)
     status["conditions"] = triple(status["conditions"], ready=ready, progressing=progressing, degraded=degraded,
-                                  generation=pool["metadata"].get("generation"), now=now)
+                                  generation=pool.generation, now=now)
 
 
 def _merge_events(events: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:

@@ -21,7 +21,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from . import analysis, revisions, rollout, routing_policy
-from ..api.conditions import get_condition
+from ..api.resources import WorkerPoolResource, dump
 from ..api.rollout_types import (
     CHANGE_CAUSE_ANNOTATION, COMMAND_ANNOTATION, Phase, Revision, RolloutCommand, RolloutSpec, RolloutState,
 )
@@ -61,34 +61,31 @@ def ready_loaded(reports: list[dict]) -> list[list[str]]:
     return [list(r.get("loaded") or []) for r in reports if r.get("ready")]
 
 
-def _routes(raw: dict | None) -> Routes:
-    return {t: {b["adapter"]: int(b["weight"]) for b in bs} for t, bs in (raw or {}).items()}
+def _routes(typed: dict) -> Routes:
+    """task -> {adapter: weight} from spec.routes or status.effectiveRoutes."""
+    return {t: {b.adapter: int(b.weight) for b in bs} for t, bs in typed.items()}
 
 
 def _iso(t: dt.datetime) -> str:
     return t.isoformat()
 
 
-def states_of(status: dict) -> dict[str, RolloutState]:
-    return {t: RolloutState.model_validate(s) for t, s in (status.get("rollouts") or {}).items() if s}
-
-
-def needs_metrics(pool: dict) -> bool:
+def needs_metrics(pool: WorkerPoolResource) -> bool:
     """Scrape the workers only while some rollout is progressing (window start
     or analysis); scraping is the expensive part of a pass."""
-    return any(s.phase == Phase.progressing for s in states_of(pool.get("status") or {}).values())
+    return any(s.phase == Phase.progressing for s in pool.status.rollouts.values())
 
 
-def adapters_named(pool: dict) -> set[str]:
+def adapters_named(pool: WorkerPoolResource) -> set[str]:
     """Every adapter this pass may need an AdapterRef for: the spec's routes,
     the rollouts' canaries, and what status still holds (effective, draining,
     a rollout's stable set)."""
-    spec, status = pool["spec"], pool.get("status") or {}
-    names = {b["adapter"] for bs in (spec.get("routes") or {}).values() for b in bs}
-    names |= {r.get("canary") for r in (spec.get("rollouts") or {}).values() if r.get("canary")}
-    names |= {a for r in _routes(status.get("effectiveRoutes")).values() for a in r}
-    names |= set(status.get("draining") or {})
-    for st in states_of(status).values():
+    spec, status = pool.spec, pool.status
+    names = {b.adapter for bs in spec.routes.values() for b in bs}
+    names |= {r.canary for r in spec.rollouts.values() if r.canary}
+    names |= {a for r in _routes(status.effective_routes).values() for a in r}
+    names |= set(status.draining)
+    for st in status.rollouts.values():
         names |= {b.adapter for b in st.stable} | {st.canary}
     return names
 
@@ -106,20 +103,20 @@ def _with_deletions(new: dict, old: dict | None) -> dict:
     return out
 
 
-def plan_routing(pool: dict, loaded: list[list[str]], snap: analysis.Snapshot | None, now: dt.datetime,
-                 drain_seconds: float = DRAIN_SECONDS) -> RoutingPlan:
-    status = pool.get("status") or {}
-    spec_routes = _routes(pool["spec"].get("routes"))
-    previous = _routes(status.get("effectiveRoutes"))
+def plan_routing(pool: WorkerPoolResource, loaded: list[list[str]], snap: analysis.Snapshot | None,
+                 now: dt.datetime, drain_seconds: float = DRAIN_SECONDS) -> RoutingPlan:
+    status = pool.status
+    spec_routes = _routes(pool.spec.routes)
+    previous = _routes(status.effective_routes)
     cmd, command_error = None, None
     try:
-        cmd = RolloutCommand.parse((pool["metadata"].get("annotations") or {}).get(COMMAND_ANNOTATION))
+        cmd = RolloutCommand.parse(pool.metadata.annotations.get(COMMAND_ANNOTATION))
     except ValueError as e:
         command_error = str(e)
     # 1. Each task's rollout step (the override of spec.routes[task]).
     steps = _step_rollouts(pool, spec_routes, previous, snap, now, cmd)
     # 2. Load before route.
-    zero_since = {a: dt.datetime.fromisoformat(t) for a, t in (status.get("draining") or {}).items()}
+    zero_since = {a: dt.datetime.fromisoformat(t) for a, t in status.draining.items()}
     r = routing_policy.compute(steps.desired, previous, loaded, zero_since=zero_since, now=now,
                                drain_seconds=drain_seconds)
     # 3. Revisions: what clients actually got.
@@ -128,18 +125,19 @@ def plan_routing(pool: dict, loaded: list[list[str]], snap: analysis.Snapshot | 
         "routes": routing_policy.route_status(steps.desired, r.effective, loaded),
         "effectiveRoutes": _with_deletions(
             {t: [{"adapter": a, "weight": w} for a, w in eff.items()] for t, eff in r.effective.items()},
-            status.get("effectiveRoutes")),
-        "draining": _with_deletions({a: _iso(t) for a, t in sorted(r.zero_since.items())}, status.get("draining")),
+            {t: [dump(b) for b in bs] for t, bs in status.effective_routes.items()}),
+        "draining": _with_deletions({a: _iso(t) for a, t in sorted(r.zero_since.items())}, status.draining),
         "revisions": [h.model_dump(by_alias=True, mode="json") for h in history],
         "rollouts": _with_deletions({t: s.model_dump(by_alias=True, mode="json", exclude_none=True)
-                                     for t, s in steps.states.items()}, status.get("rollouts") or {}),
+                                     for t, s in steps.states.items()},
+                                    {t: dump(s) for t, s in status.rollouts.items()}),
     }
     # 4. Conditions, requeue.
     unavailable = None
     if r.unavailable:
         unavailable = f"no backend of {', '.join(sorted(r.unavailable))} is loaded on every ready worker"
-        before = get_condition(status.get("conditions"), "Degraded") or {}
-        if before.get("reason") != "NoLoadedBackend":
+        before = next((c for c in status.conditions if c.type == "Degraded"), None)
+        if before is None or before.reason != "NoLoadedBackend":
             steps.events.append(("Warning", "NoLoadedBackend", unavailable))
     return RoutingPlan(worker_routes={t: {b["adapter"]: b["weight"] for b in bs}
                                       for t, bs in routing_policy.for_workers(r.effective).items()},
@@ -159,10 +157,10 @@ class _Steps:
     transitions: list[tuple[str, str]] = field(default_factory=list)  # (task, reason) per rollout Event
 
 
-def _step_rollouts(pool: dict, spec_routes: Routes, previous: Routes, snap: analysis.Snapshot | None,
-                   now: dt.datetime, cmd: RolloutCommand | None) -> _Steps:
-    states = states_of(pool.get("status") or {})
-    specs = {t: RolloutSpec.model_validate(r) for t, r in (pool["spec"].get("rollouts") or {}).items()}
+def _step_rollouts(pool: WorkerPoolResource, spec_routes: Routes, previous: Routes,
+                   snap: analysis.Snapshot | None, now: dt.datetime, cmd: RolloutCommand | None) -> _Steps:
+    states = pool.status.rollouts
+    specs = pool.spec.rollouts
     out = _Steps(desired=dict(spec_routes), states={}, specs=specs)
     for task in sorted(set(specs) | set(states)):
         r_spec = specs.get(task) if task in spec_routes else None
@@ -181,12 +179,11 @@ def _step_rollouts(pool: dict, spec_routes: Routes, previous: Routes, snap: anal
     return out
 
 
-def _record_revision(pool: dict, effective: Routes, previous: Routes, spec_routes: Routes,
+def _record_revision(pool: WorkerPoolResource, effective: Routes, previous: Routes, spec_routes: Routes,
                      new_states: dict[str, RolloutState], now: dt.datetime) -> list[Revision]:
     """The revision history with this pass's effective routes recorded (with
     their cause) when they changed."""
-    meta, status = pool["metadata"], pool.get("status") or {}
-    history = [Revision.model_validate(x) for x in status.get("revisions") or []]
+    history = list(pool.status.revisions)
     active = [s for s in new_states.values() if s.phase in (Phase.progressing, Phase.paused)]
     changed = [t for t in sorted(set(effective) | set(previous))
                if revisions.normalize({"t": effective.get(t, {})}) != revisions.normalize({"t": previous.get(t, {})})]
@@ -196,8 +193,8 @@ def _record_revision(pool: dict, effective: Routes, previous: Routes, spec_route
         if st is not None and rollout.applies(st, spec_routes.get(t, {})):
             causes.append(f"rollout {t}: {st.canary} {rollout.route_of(st).get(st.canary, 0)}% ({st.reason})")
         else:
-            causes.append((meta.get("annotations") or {}).get(CHANGE_CAUSE_ANNOTATION)
-                          or f"spec.routes[{t}] edited (generation {meta.get('generation')})")
+            causes.append(pool.metadata.annotations.get(CHANGE_CAUSE_ANNOTATION)
+                          or f"spec.routes[{t}] edited (generation {pool.generation})")
     # A set is a canary step when some running rollout has moved its task off the stable weights.
     stable = all(revisions.normalize({"t": effective.get(s.task, {})})
                  == revisions.normalize({"t": {b.adapter: b.weight for b in s.stable}}) for s in active)

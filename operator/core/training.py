@@ -37,6 +37,8 @@ from ..api.names import (
 )
 from .pool import request_for
 from .store_summary import store_relpath
+from ..api.common_types import StoreVolume
+from ..api.training_types import TrainingGpu
 
 PROGRESS_ANNOTATION = "loraplane.io/training-progress"  # = loraplane.training.progress.ANNOTATION
 TRAINING_LABEL = "loraplane.io/training"  # on training pods: the Adapter's name
@@ -150,8 +152,8 @@ def train_args(adapter: dict, base: dict, store_mount: str) -> list[str]:
 def training_job(adapter: dict, base: dict, name: str, node: str, gpu: int, need_mib: int, image: str,
                  pod_annotations: dict | None = None) -> dict:
     meta, t = adapter["metadata"], adapter["spec"]["training"]
-    store = base["spec"]["store"]
-    mount = store.get("mountPath", "/models")
+    store = StoreVolume.model_validate(base["spec"]["store"])
+    mount = store.mount_path
     owner_label = f"adapter.{meta['name']}"
     labels = {OWNER_LABEL: owner_label, **MANAGED_BY}
     job_labels = {**labels, GENERATION_LABEL: str(meta.get("generation") or 0)}
@@ -198,7 +200,7 @@ def training_job(adapter: dict, base: dict, name: str, node: str, gpu: int, need
     }
 
 
-def _trainer_volumes(t: dict, store: dict, mount: str) -> tuple[list[dict], list[dict]]:
+def _trainer_volumes(t: dict, store: StoreVolume, mount: str) -> tuple[list[dict], list[dict]]:
     """The store (read-write: the trainer publishes), /tmp, and the dataset's claim if it has one."""
     volume = store_volume(store)
     if "persistentVolumeClaim" in volume:  # the trainer publishes: the store is mounted read-write
@@ -238,10 +240,11 @@ def _trainer_container(adapter: dict, base: dict, mount: str, gpu: int, mounts: 
 
 def placement_request(adapter: dict, need_mib: int) -> pl.Request:
     meta = adapter["metadata"]
-    gpu = adapter["spec"]["training"].get("gpu") or {}
-    fake = {"metadata": {"namespace": meta["namespace"], "name": f"train-{meta['name']}"}, "spec": {"gpu": gpu}}
+    gpu = TrainingGpu.model_validate(adapter["spec"]["training"].get("gpu") or {})
     method = adapter["spec"]["training"].get("method", "qlora")
-    return request_for(fake, f"{meta['namespace']}/{train_job_name(adapter)}", ((f"training-{method}", need_mib),))
+    ns = meta["namespace"]
+    return request_for(gpu, f"{ns}/train-{meta['name']}", f"{ns}/{train_job_name(adapter)}",
+                       ((f"training-{method}", need_mib),))
 
 
 def pending_reservation_pod(job: dict) -> dict:

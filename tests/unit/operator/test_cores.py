@@ -4,7 +4,8 @@ import datetime as dt
 import json
 
 from loraplane.operator.core import inventory, placement as pl
-from loraplane.operator.core.pool import plan_pool
+from loraplane.operator.api.resources import AdapterResource, BaseModelResource, WorkerPoolResource, parse
+from loraplane.operator.core import pool as pool_core
 from loraplane.operator.core.resolve import JobState, World, plan_adapter, plan_basemodel
 from loraplane.contracts.desired import DesiredState
 
@@ -34,6 +35,12 @@ def pool(replicas=6, routes=None, **gpu):
     return obj("WorkerPool", "p", {"baseModelRef": "m", "variants": ["bnb-int8", "fp16"], "replicas": replicas,
                                    "gpu": gpu, "routes": routes if routes is not None else
                                    {"synthesizer": [{"adapter": "syn-v1", "weight": 100}]}})
+
+
+def plan_pool(pool_obj, base, adapters, *args, **kw):
+    """The core on parsed objects, as the controller calls it."""
+    return pool_core.plan_pool(parse(WorkerPoolResource, pool_obj), base and parse(BaseModelResource, base),
+                               {n: parse(AdapterResource, a) for n, a in adapters.items()}, *args, **kw)
 
 
 def nodes(n=2, gpus=2):

@@ -254,11 +254,12 @@ def test_plan_is_pure():
 
 
 def test_workers_load_a_trained_adapter_from_its_training_store_identity():
+    from loraplane.operator.api.resources import AdapterResource
     from loraplane.operator.core.pool import _adapter_ref
 
     a = adapter(owner="team", storeName="synth")
     a["status"] = {"checksum": "d" * 64}
-    ref = _adapter_ref("synth-v3", a)
+    ref = _adapter_ref("synth-v3", AdapterResource.model_validate(a))
     assert (ref.owner, ref.store_name, ref.version) == ("team", "synth", "v3")
     job = training_job(a, base(), "j", "n", 0, 1, "img")
     argv = job["spec"]["template"]["spec"]["containers"][0]["args"]
