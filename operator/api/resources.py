@@ -101,3 +101,10 @@ def parse(model: type[R], obj: dict) -> R | InvalidObject:
 def dump(model: BaseModel) -> dict:
     """The JSON form the API server stores (camelCase, no nulls)."""
     return model.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+def as_read(model: BaseModel) -> dict:
+    """A parsed status back as it was read (only the keys it had): the
+    starting point of the status a core computes, so a pass adds no keys of
+    its own making and a key set to null still deletes it (merge patch)."""
+    return model.model_dump(by_alias=True, mode="json", exclude_unset=True)

@@ -27,7 +27,6 @@ from ..core.manifests import desired_configmap_obj, publish_job, service, verify
 from ..api.names import OWNER_LABEL, POOL_LABEL
 from ..core.inventory import pod_done
 from ..core.pool import plan_pool, worker_report
-from ..api.common_types import StoreVolume
 from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, WorkerPoolResource, parse
 from ..api.rollout_types import COMMAND_ANNOTATION
 from .scrape import endpoint_of, scrape
@@ -78,51 +77,55 @@ def _apply_status(kube: Kube, obj: dict, status: dict) -> None:
 
 
 def reconcile_resolve(kube: Kube, cfg: Config, kind: str, ns: str, name: str) -> float | None:
-    obj = kube.get_custom(kind, ns, name)
-    if obj is None:
+    raw = kube.get_custom(kind, ns, name)
+    if raw is None:
         return None
-    parsed = parse(BaseModelResource if kind == "BaseModel" else AdapterResource, obj)
-    if isinstance(parsed, InvalidObject):
-        return report_invalid(kube, obj, parsed)
-    spec = obj["spec"]
+    obj = parse(BaseModelResource if kind == "BaseModel" else AdapterResource, raw)
+    if isinstance(obj, InvalidObject):
+        return report_invalid(kube, raw, obj)
     store_kind = "base" if kind == "BaseModel" else "adapter"
     owner_label = f"{kind.lower()}.{name}"
     jobs = {j["metadata"]["name"]: _job_state(kube, ns, j) for j in kube.list_jobs(ns, f"{OWNER_LABEL}={owner_label}")}
     world = World(now=_now(), jobs=jobs)
-    relpath, derived = relpath_of(spec, store_kind) if (kind == "BaseModel" or spec.get("source")) else ("", True)
-    current = (obj.get("status") or {}).get("job")
-    done = jobs.get(current) if current else None
+    relpath, derived = relpath_of(obj.spec, store_kind) if (kind == "BaseModel" or obj.spec.source) else ("", True)
+    done = jobs.get(obj.status.job) if obj.status.job else None
     if done and done.phase == "Succeeded" and done.step == "verify":
         world.summary, world.summary_error = _summary(cfg, done, relpath)
-    if kind == "BaseModel":
-        ref = ((spec.get("source") or {}).get("huggingFace") or {}).get("tokenSecretRef")
-        if ref:
-            world.secret_missing = kube.secret_key_present(ns, ref["name"], ref.get("key", "token"))
+    if isinstance(obj, BaseModelResource):
+        hf = obj.spec.source.hugging_face
+        if hf and hf.token_secret_ref:
+            ref = hf.token_secret_ref
+            world.secret_missing = kube.secret_key_present(ns, ref.name, ref.key)
         plan = plan_basemodel(obj, world, cfg.backoff)
     else:
-        world.base = kube.get_custom("BaseModel", ns, spec["baseModelRef"])
+        world.base = _parsed(BaseModelResource, kube.get_custom("BaseModel", ns, obj.spec.base_model_ref))
         plan = plan_adapter(obj, world, cfg.backoff)
     if plan.create_job:
-        store = StoreVolume.model_validate(spec["store"] if kind == "BaseModel"
-                                           else (world.base or {}).get("spec", {}).get("store", {}))
-        if plan.create_job == "publish":
-            hf = spec["source"]["huggingFace"]
-            job = publish_job(obj, plan.job_name, spec.get("owner", "default"), spec["storeName"], spec["version"],
-                              hf["repo"], hf["revision"], hf.get("tokenSecretRef"), store, cfg.image_for_jobs,
-                              cfg.job_pod_annotations, spec.get("license"))
-        else:
-            src = spec.get("source") or {}
-            owner = spec.get("owner", "default") if kind == "BaseModel" else src.get("owner", "default")
-            sname = spec["storeName"] if kind == "BaseModel" else src["storeName"]
-            job = verify_job(obj, plan.job_name, store_kind, owner, sname, spec["version"], relpath, derived, store,
-                             cfg.image_for_jobs, cfg.job_pod_annotations)
+        job = _resolve_job(cfg, obj, world, plan, relpath, derived)
         job["metadata"]["labels"][OWNER_LABEL] = owner_label
         job["spec"]["template"]["metadata"]["labels"][OWNER_LABEL] = owner_label
         kube.create(with_pull_settings(job, cfg.image_pull_policy, cfg.image_pull_secrets))
-    _apply_status(kube, obj, plan.status)
+    _apply_status(kube, raw, plan.status)
     for e in plan.events:
-        kube.event(obj, *e)
+        kube.event(raw, *e)
     return plan.requeue_after
+
+
+def _resolve_job(cfg: Config, obj: BaseModelResource | AdapterResource, world: World, plan, relpath: str,
+                 derived: bool) -> dict:
+    """The publish or verify Job the resolve plan asks for."""
+    spec = obj.spec
+    if isinstance(obj, BaseModelResource):
+        store = spec.store
+        if plan.create_job == "publish":
+            hf = spec.source.hugging_face
+            return publish_job(obj, plan.job_name, spec.owner, spec.store_name, spec.version, hf.repo, hf.revision,
+                               hf.token_secret_ref, store, cfg.image_for_jobs, cfg.job_pod_annotations, spec.license)
+        return verify_job(obj, plan.job_name, "base", spec.owner, spec.store_name, spec.version, relpath, derived,
+                          store, cfg.image_for_jobs, cfg.job_pod_annotations)
+    store = world.base.spec.store  # plan_adapter asks for a Job only once its BaseModel is Ready
+    return verify_job(obj, plan.job_name, "adapter", spec.source.owner, spec.source.store_name, spec.version,
+                      relpath, derived, store, cfg.image_for_jobs, cfg.job_pod_annotations)
 
 
 class Applied:

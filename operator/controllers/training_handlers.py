@@ -23,8 +23,8 @@ from .kube import Kube
 from ..core.manifests import verify_job, with_pull_settings
 from ..api.names import OWNER_LABEL
 from .reconcile import PLACEMENT_LOCK, _apply_status, _job_state, _summary, reconcile_resolve, report_invalid
-from ..api.common_types import StoreVolume
-from ..api.resources import AdapterResource, InvalidObject, parse
+from ..api.adapter_types import AdapterStatus
+from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, parse
 from ..core.resolve import World, plan_adapter
 from ..core.training import (
     GENERATION_LABEL, TRAINING_LABEL, adapter_relpath, adapter_store_name, job_state, pending_reservation_pod,
@@ -96,17 +96,22 @@ def _verify(kube: Kube, cfg, obj: dict, base: dict | None, owned: list[dict], st
     view = {**verify_view(obj), "status": status}
     ns = obj["metadata"]["namespace"]
     verify_jobs = [j for j in owned if GENERATION_LABEL not in (j["metadata"].get("labels") or {})]
-    world = World(now=now, jobs={j["metadata"]["name"]: _job_state(kube, ns, j) for j in verify_jobs}, base=base)
+    world = World(now=now, jobs={j["metadata"]["name"]: _job_state(kube, ns, j) for j in verify_jobs})
     relpath = adapter_relpath(obj)
     done = world.jobs.get(status.get("job") or "")
     if done and done.phase == "Succeeded":
         world.summary, world.summary_error = _summary(cfg, done, relpath)
-    vplan = plan_adapter(view, world, cfg.backoff)
+    if base is not None:
+        world.base = parse(BaseModelResource, base)
+    # parsed at the top of this pass; only spec.source and the status computed here are new (a null
+    # there deletes a key by merge patch, so one the Adapter status does not model is dropped)
+    known = {f.alias or n for n, f in AdapterStatus.model_fields.items()}
+    adapter = AdapterResource.model_validate(
+        {**view, "status": {k: v for k, v in status.items() if v is not None or k in known}})
+    vplan = plan_adapter(adapter, world, cfg.backoff)
     if vplan.create_job:
-        t = obj["spec"]["training"]
-        job = verify_job(view, vplan.job_name, "adapter", t.get("owner", "default"), adapter_store_name(obj),
-                         obj["spec"]["version"], relpath, True, StoreVolume.model_validate(base["spec"]["store"]),
-                         cfg.image_for_jobs,
+        job = verify_job(adapter, vplan.job_name, "adapter", adapter.spec.source.owner, adapter_store_name(obj),
+                         adapter.spec.version, relpath, True, world.base.spec.store, cfg.image_for_jobs,
                          cfg.job_pod_annotations)
         label = f"adapter.{obj['metadata']['name']}"
         job["metadata"]["labels"][OWNER_LABEL] = label

@@ -24,8 +24,8 @@ import hashlib
 import json
 from shlex import quote as q
 
-from ..api.common_types import API_VERSION, StoreVolume
-from ..api.resources import WorkerPoolResource, dump
+from ..api.common_types import API_VERSION, SecretKeyRef, StoreVolume
+from ..api.resources import AdapterResource, BaseModelResource, WorkerPoolResource, dump
 from ..api.workerpool_types import WorkerPoolSpec
 from ..api.names import (
     GPU_ANNOTATION, MANAGED_BY, ORDINAL_LABEL, OWNER_LABEL, POOL_LABEL, RESERVATION_ANNOTATION,
@@ -82,7 +82,7 @@ def owner_ref(obj: dict) -> dict:
             "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
 
 
-def owner_ref_of(res: WorkerPoolResource) -> dict:
+def owner_ref_of(res: WorkerPoolResource | BaseModelResource | AdapterResource) -> dict:
     """The controller ownerReference to a parsed resource."""
     return {"apiVersion": res.api_version, "kind": res.kind, "name": res.name, "uid": res.metadata.uid,
             "controller": True, "blockOwnerDeletion": True}
@@ -206,16 +206,15 @@ def desired_configmap_obj(pool: WorkerPoolResource, desired_json: str) -> dict:
     }
 
 
-def _job(owner: dict, name: str, command: str, store: StoreVolume, image: str, pod_annotations: dict,
-         env: list | None = None, offline: bool = True) -> dict:
-    meta = owner["metadata"]
+def _job(owner: BaseModelResource | AdapterResource, name: str, command: str, store: StoreVolume, image: str,
+         pod_annotations: dict, env: list | None = None, offline: bool = True) -> dict:
     tmp, tmp_mount = tmp_volume()
-    labels = {OWNER_LABEL: f"{owner['kind'].lower()}.{meta['name']}", **MANAGED_BY}
+    labels = {OWNER_LABEL: f"{owner.kind.lower()}.{owner.name}", **MANAGED_BY}
     mount = store.mount_path
     return {
         "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels,
-                     "ownerReferences": [owner_ref(owner)]},
+        "metadata": {"name": name, "namespace": owner.namespace, "labels": labels,
+                     "ownerReferences": [owner_ref_of(owner)]},
         "spec": {
             "backoffLimit": 0,  # the operator retries with its own backoff and a new Job
             "ttlSecondsAfterFinished": 3600,
@@ -244,7 +243,7 @@ def _job(owner: dict, name: str, command: str, store: StoreVolume, image: str, p
     }
 
 
-def verify_job(owner: dict, name: str, kind: str, store_owner: str, store_name: str, version: str,
+def verify_job(owner: BaseModelResource | AdapterResource, name: str, kind: str, store_owner: str, store_name: str, version: str,
                relpath: str, derived: bool, store: StoreVolume, image: str, pod_annotations: dict) -> dict:
     """``loraplane modelstore verify`` then the summary into the termination
     message. An explicit ``path`` is verified by directory instead."""
@@ -257,16 +256,16 @@ def verify_job(owner: dict, name: str, kind: str, store_owner: str, store_name: 
     return _job(owner, name, command, store, image, pod_annotations)
 
 
-def publish_job(owner: dict, name: str, store_owner: str, store_name: str, version: str, repo: str,
-                revision: str, token_ref: dict | None, store: StoreVolume, image: str, pod_annotations: dict,
+def publish_job(owner: BaseModelResource, name: str, store_owner: str, store_name: str, version: str, repo: str,
+                revision: str, token_ref: SecretKeyRef | None, store: StoreVolume, image: str, pod_annotations: dict,
                 license: str | None = None) -> dict:
     """Publish from the hub into the store. The token reaches the container
     only as an env var from the Secret: never on the command line, never in
     the operator's logs."""
     env = []
     if token_ref:
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token_ref["name"],
-                                                                        "key": token_ref.get("key", "token")}}})
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token_ref.name,
+                                                                        "key": token_ref.key}}})
     lic = f" --license {q(license)}" if license else ""
     command = (f'set -e; loraplane modelstore publish --root "$MODEL_STORE_ROOT" --owner {q(store_owner)} '
                f'--kind base --name {q(store_name)} --version {q(version)} --hf-repo {q(repo)} '

@@ -21,7 +21,7 @@ from . import placement as pl
 from ..api.common_types import StoreVolume
 from ..api.conditions import triple
 from ..api.names import SPEC_HASH_ANNOTATION, ordinal_of
-from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, WorkerPoolResource, dump
+from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, WorkerPoolResource, as_read
 from ..api.training_types import TrainingGpu
 from ..api.workerpool_types import GpuSelection
 from .inventory import pod_done, reservation_of
@@ -199,7 +199,7 @@ def _observed_status(pool: WorkerPoolResource, live: list[dict]) -> dict:
     """The status fields that only describe what is there: selector, pods, workers."""
     name = pool.name
     return {"selector": selector(name), "observedGeneration": pool.generation,
-            "conditions": [dump(c) for c in pool.status.conditions],
+            "conditions": [as_read(c) for c in pool.status.conditions],
             "replicas": len(live), "readyReplicas": sum(1 for p in live if _ready(p)),
             "workers": sorted((_worker_status(p) for p in live), key=lambda w: ordinal_of(w["pod"], name))}
 

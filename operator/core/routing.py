@@ -21,7 +21,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from . import analysis, revisions, rollout, routing_policy
-from ..api.resources import WorkerPoolResource, dump
+from ..api.resources import WorkerPoolResource, as_read
 from ..api.rollout_types import (
     CHANGE_CAUSE_ANNOTATION, COMMAND_ANNOTATION, Phase, Revision, RolloutCommand, RolloutSpec, RolloutState,
 )
@@ -125,12 +125,12 @@ def plan_routing(pool: WorkerPoolResource, loaded: list[list[str]], snap: analys
         "routes": routing_policy.route_status(steps.desired, r.effective, loaded),
         "effectiveRoutes": _with_deletions(
             {t: [{"adapter": a, "weight": w} for a, w in eff.items()] for t, eff in r.effective.items()},
-            {t: [dump(b) for b in bs] for t, bs in status.effective_routes.items()}),
+            {t: [as_read(b) for b in bs] for t, bs in status.effective_routes.items()}),
         "draining": _with_deletions({a: _iso(t) for a, t in sorted(r.zero_since.items())}, status.draining),
         "revisions": [h.model_dump(by_alias=True, mode="json") for h in history],
         "rollouts": _with_deletions({t: s.model_dump(by_alias=True, mode="json", exclude_none=True)
                                      for t, s in steps.states.items()},
-                                    {t: dump(s) for t, s in status.rollouts.items()}),
+                                    {t: as_read(s) for t, s in status.rollouts.items()}),
     }
     # 4. Conditions, requeue.
     unavailable = None

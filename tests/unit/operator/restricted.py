@@ -116,8 +116,8 @@ def operator_workloads(namespace: str = "ns", claim: str = "loraplane-store", pu
                        pull_secrets: tuple[str, ...] = ("regcred",)) -> dict[str, dict]:
     """name -> the Pod or Job as the operator builds it, with a PVC store (the
     only store volume ``restricted`` admits) and the installation's pull settings."""
-    from loraplane.operator.api.common_types import StoreVolume
-    from loraplane.operator.api.resources import WorkerPoolResource
+    from loraplane.operator.api.common_types import SecretKeyRef, StoreVolume
+    from loraplane.operator.api.resources import BaseModelResource, WorkerPoolResource
     from loraplane.operator.core.manifests import publish_job, verify_job, with_pull_settings, worker_pod
     from loraplane.operator.core.training import training_job
 
@@ -132,12 +132,12 @@ def operator_workloads(namespace: str = "ns", claim: str = "loraplane-store", pu
         namespace)
     out = {
         "worker": worker_pod(WorkerPoolResource.model_validate(pool), 0, "node-a", 0, 9000, "fp16", "worker:dev", store),
-        "verify-job": verify_job(base, "bm-m-verify-g1-a0", "base", "default", "tiny", "v1",
+        "verify-job": verify_job(BaseModelResource.model_validate(base), "bm-m-verify-g1-a0", "base", "default", "tiny", "v1",
                                  "default/base_models/tiny/versions/v1", True, store, "worker:dev", {}),
-        "verify-job-by-path": verify_job(base, "bm-m-verify-g1-a1", "base", "default", "tiny", "v1", "some/dir",
+        "verify-job-by-path": verify_job(BaseModelResource.model_validate(base), "bm-m-verify-g1-a1", "base", "default", "tiny", "v1", "some/dir",
                                          False, store, "worker:dev", {}),
-        "publish-job": publish_job(base, "bm-m-publish-g1-a0", "default", "tiny", "v1", "org/repo", "main",
-                                   {"name": "hf", "key": "token"}, StoreVolume.model_validate(rw_store),
+        "publish-job": publish_job(BaseModelResource.model_validate(base), "bm-m-publish-g1-a0", "default", "tiny",
+                                   "v1", "org/repo", "main", SecretKeyRef(name="hf", key="token"), StoreVolume.model_validate(rw_store),
                                    "worker:dev", {}, "apache-2.0"),
         "training-job": training_job(adapter, base, "adp-a-train-g1-a0", "node-a", 0, 8000, "worker:dev"),
     }

@@ -6,7 +6,8 @@ import json
 from loraplane.operator.core import inventory, placement as pl
 from loraplane.operator.api.resources import AdapterResource, BaseModelResource, WorkerPoolResource, parse
 from loraplane.operator.core import pool as pool_core
-from loraplane.operator.core.resolve import JobState, World, plan_adapter, plan_basemodel
+from loraplane.operator.core import resolve
+from loraplane.operator.core.resolve import JobState, World
 from loraplane.contracts.desired import DesiredState
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -41,6 +42,23 @@ def plan_pool(pool_obj, base, adapters, *args, **kw):
     """The core on parsed objects, as the controller calls it."""
     return pool_core.plan_pool(parse(WorkerPoolResource, pool_obj), base and parse(BaseModelResource, base),
                                {n: parse(AdapterResource, a) for n, a in adapters.items()}, *args, **kw)
+
+
+def stored(obj):
+    """The object as the API server holds it after our merge patches: null means deleted."""
+    if isinstance(obj, dict):
+        return {k: stored(v) for k, v in obj.items() if v is not None}
+    return [stored(v) for v in obj] if isinstance(obj, list) else obj
+
+
+def plan_basemodel(bm, world, backoff_):
+    return resolve.plan_basemodel(parse(BaseModelResource, stored(bm)), world, backoff_)
+
+
+def plan_adapter(a, world, backoff_):
+    if isinstance(world.base, dict):
+        world.base = parse(BaseModelResource, stored(world.base))
+    return resolve.plan_adapter(parse(AdapterResource, stored(a)), world, backoff_)
 
 
 def nodes(n=2, gpus=2):

@@ -12,7 +12,7 @@ import json
 from loraplane.operator.api.common_types import StoreVolume
 from loraplane.operator.api.resources import InvalidObject, WorkerPoolResource, parse
 from loraplane.operator.controllers.reconcile import reconcile_pool, reconcile_resolve
-from loraplane.operator.core import manifests, pool, routing
+from loraplane.operator.core import manifests, pool, resolve, routing
 
 
 def raw_pool(**spec):
@@ -77,8 +77,8 @@ def test_the_spec_hash_of_running_pods_is_what_it_was_before_parsing():
     assert manifests.worker_spec_hash(spec, "img", StoreVolume.model_validate(store), "fp16") == before
 
 
-def test_the_pool_path_takes_parsed_objects():
-    """The WorkerPool entry points of the cores are annotated with the parsed types."""
+def test_the_pool_and_resolve_paths_take_parsed_objects():
+    """The WorkerPool, BaseModel and source-Adapter entry points of the cores take the parsed types."""
     for fn, param in ((pool.plan_pool, "pool"), (pool.compose_desired, "pool"), (routing.plan_routing, "pool"),
                       (routing.adapters_named, "pool"), (routing.needs_metrics, "pool"),
                       (manifests.worker_pod, "pool"), (manifests.service, "pool"),
@@ -86,3 +86,6 @@ def test_the_pool_path_takes_parsed_objects():
         assert inspect.signature(fn).parameters[param].annotation == "WorkerPoolResource", fn.__name__
     assert "BaseModelResource" in inspect.signature(pool.plan_pool).parameters["base"].annotation
     assert "AdapterIn" in inspect.signature(pool.plan_pool).parameters["adapters"].annotation
+    assert inspect.signature(resolve.plan_basemodel).parameters["obj"].annotation == "BaseModelResource"
+    assert inspect.signature(resolve.plan_adapter).parameters["obj"].annotation == "AdapterResource"
+    assert "BaseModelResource" in inspect.signature(manifests.verify_job).parameters["owner"].annotation

@@ -232,10 +232,12 @@ def test_succeeded_job_hands_over_to_verification():
 
 
 def test_the_verify_step_is_the_source_adapters():
+    from loraplane.operator.api.resources import AdapterResource, BaseModelResource
     from loraplane.operator.core.resolve import World, plan_adapter
 
     a = {**adapter(), "status": {"observedGeneration": 1, "training": {"trainedGeneration": 1}}}
-    plan = plan_adapter(verify_view(a), World(now=NOW, base=base()), lambda n: 5.0)
+    plan = plan_adapter(AdapterResource.model_validate(verify_view(a)),
+                        World(now=NOW, base=BaseModelResource.model_validate(base())), lambda n: 5.0)
     assert plan.create_job == "verify" and plan.status["storePath"] == "default/adapters/synth-v3/versions/v3"
     assert plan.status["training"] == {"trainedGeneration": 1}
 
