@@ -20,8 +20,7 @@ ARG PIP_INDEX_URL
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PYTHONSAFEPATH=1 \
-    PATH=/opt/venv/bin:$PATH \
-    HOME=/home/loraplane
+    PATH=/opt/venv/bin:$PATH
 
 # tini from apt where the base lacks it; the venv at /opt/venv.
 RUN set -eux; \
@@ -44,7 +43,8 @@ RUN --mount=type=bind,source=constraints.txt,target=/mnt/context/constraints.txt
     set -eux; \
     pip install --disable-pip-version-check -c /mnt/context/constraints.txt --upgrade pip; \
     pip install --disable-pip-version-check -c /mnt/context/constraints.txt \
-        kopf kubernetes pydantic prometheus-client pyyaml
+        kopf kubernetes pydantic prometheus-client pyyaml; \
+    mountpoint -q /root/.cache/pip || rm -rf /root/.cache/pip
 
 ARG SOURCE_HASH
 # The wheel's build backend (setuptools) comes pinned from constraints.txt;
@@ -64,8 +64,12 @@ RUN --mount=type=bind,source=constraints.txt,target=/mnt/context/constraints.txt
     PIP_CONSTRAINT=/tmp/src/constraints.txt pip install --disable-pip-version-check --no-deps /tmp/src; \
     rm -rf /tmp/src; \
     python -m loraplane.devcluster.controlpath; \
-    pip uninstall -y pip setuptools
+    pip uninstall -y pip setuptools; \
+    mountpoint -q /root/.cache/pip || rm -rf /root/.cache/pip
 
+# HOME only now: during the build pip's cache is root's ($HOME/.cache/pip),
+# which `loraplane images build` mounts from the host (buildah --volume).
+ENV HOME=/home/loraplane
 USER 10001:10001
 WORKDIR /home/loraplane
 EXPOSE 8080

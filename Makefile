@@ -64,7 +64,7 @@ dev-cluster-up: venv control-plane
 
 # The operator and worker images (buildah here, docker where an engine
 # answers), cached by content hash; see docs/testing.md "Images".
-images: venv
+images: venv node-deps
 	$(VENV)/bin/loraplane images build
 
 dev-cluster-down: venv

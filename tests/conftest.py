@@ -1,7 +1,8 @@
 """Suite-wide pytest wiring.
 
 Markers follow the folder a test lives in (tests/unit -> ``unit``,
-tests/cluster -> ``cluster``, tests/gpu -> ``gpu``, tests/kind -> ``kind``),
+tests/cluster -> ``cluster``, tests/e2e -> ``e2e``, tests/gpu -> ``gpu``,
+tests/kind -> ``kind``),
 so a test cannot end up in no suite. ``gpu`` tests skip without CUDA and
 ``kind`` tests skip unless ``KIND_KUBECONFIG`` points at a reachable cluster.
 Session fixtures build the tiny random-weight Mistral once.
@@ -19,7 +20,7 @@ import pytest
 # library's `operator` if the cwd were on sys.path.
 os.environ.setdefault("PYTHONSAFEPATH", "1")
 
-SUITES = ("unit", "cluster", "gpu", "kind")
+SUITES = ("unit", "cluster", "e2e", "gpu", "kind")
 TESTS_DIR = Path(__file__).parent
 
 

@@ -45,6 +45,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=int(os.environ.get("LORAPLANE_THREADS", "0")) or None,
                    help="torch intra-op CPU threads (env LORAPLANE_THREADS; default: torch's choice; set to the CPU "
                         "limit of the Pod)")
+    p.add_argument("--allow-large-cpu-model", action="store_true",
+                   default=os.environ.get("LORAPLANE_ALLOW_LARGE_CPU_MODEL", "").lower() in ("1", "true", "yes"),
+                   help="serve a base above 1B parameters on the CPU (env LORAPLANE_ALLOW_LARGE_CPU_MODEL=1); "
+                        "without it such a base is refused with a clear error instead of loading in fp32 on the CPU")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -66,10 +70,11 @@ async def _main(args) -> int:
         store_root=args.store_root, device=device, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
         max_prompt_tokens=args.max_prompt_tokens, max_tokens_limit=args.max_tokens_limit,
         request_timeout_s=args.request_timeout, verify_full=not args.quick_verify_base,
-        variant=args.variant, vram_mib=args.vram_mib,
+        variant=args.variant, vram_mib=args.vram_mib, allow_large_cpu_model=args.allow_large_cpu_model,
     )
-    if cfg.fault_delay_ms or cfg.fault_error_rate:
-        logging.warning("TEST FAULTS ENABLED: delay=%s error_rate=%s", cfg.fault_delay_ms, cfg.fault_error_rate)
+    if cfg.fault_delay_ms or cfg.fault_error_rate or cfg.fault_stream_error_rate:
+        logging.warning("TEST FAULTS ENABLED: delay=%s error_rate=%s stream_error_rate=%s", cfg.fault_delay_ms,
+                        cfg.fault_error_rate, cfg.fault_stream_error_rate)
     worker = Worker(cfg, reporter=PodReporter())
     runner = web.AppRunner(create_app(worker), handle_signals=False)
     await runner.setup()
@@ -107,7 +112,7 @@ async def _retry_base(worker, every_s: float = 15.0) -> None:
     without waiting for the next document change."""
     while True:
         await asyncio.sleep(every_s)
-        if worker.engine is None and worker.applied is not None and not worker.draining:
+        if worker.engine is None and worker.applied is not None and not worker.draining and not worker.base_refusal:
             logging.info("retrying the base model load")
             await worker.apply(worker.applied)
 

@@ -16,6 +16,12 @@ Why this shape:
   batched-LoRA layers which, so a batch mixes adapters in one pass.
 * An adapter is unloaded only when no queued or running request uses it
   (reference counts), so a swap never fails an in-flight request.
+* A failure (any exception, CUDA OOM included) in prefill or merge fails
+  exactly the joining requests; in decode, the running batch (its KV cache
+  is half-written). Every request gets its final event and gives its
+  adapter reference back exactly once, and the loop goes on, so a failure
+  can never leave an unload or a swap waiting forever. ``Engine.fault``
+  (env ``LORAPLANE_FAULT_PHASE``) raises in a chosen phase, for tests.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import collections
 import concurrent.futures
 import itertools
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +46,43 @@ log = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
 
+FAULT_PHASE_ENV = "LORAPLANE_FAULT_PHASE"
+PHASES = ("prefill", "merge", "decode")
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the test-only fault hook (never in normal operation)."""
+
+
+@dataclass
+class Fault:
+    """Test-only: raise in ``phase`` (prefill, merge or decode) ``times`` times
+    (None: every time); ``oom`` raises ``torch.cuda.OutOfMemoryError``."""
+
+    phase: str
+    times: int | None = 1
+    oom: bool = False
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:
+            raise ValueError(f"fault phase {self.phase!r} is not one of {PHASES}")
+
+
+def parse_fault(text: str | None) -> Fault | None:
+    """``"decode"`` (every step), ``"prefill:2"`` (twice), ``"merge:oom:1"``."""
+    if not text or not text.strip():
+        return None
+    phase, *rest = [p.strip() for p in text.strip().split(":")]
+    fault = Fault(phase, times=None)
+    for part in rest:
+        if part == "oom":
+            fault.oom = True
+        elif part.isdigit():
+            fault.times = int(part)
+        else:
+            raise ValueError(f"fault setting {text!r}: {part!r} is neither 'oom' nor a count")
+    return fault
+
 
 @dataclass
 class GenRequest:
@@ -52,12 +96,26 @@ class GenRequest:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False  # benchmarks: always generate max_tokens
+    seed: int | None = None  # own random stream: same seed + same request -> same sample draws
+    logprobs: int | None = None  # None: off; k >= 0: the chosen token's logprob and the top k alternatives
+    logit_bias: dict[int, float] | None = None  # token id -> added to the logit before sampling
+    label: str | None = None  # adapter name for metrics (``adapter`` may be an internal bank key)
     id: int = field(default_factory=lambda: next(_ids))
     enqueued: float = field(default_factory=time.monotonic)
     generated: list[int] = field(default_factory=list)
     emitted: int = 0  # characters of text already sent
     cancelled: bool = False
+    finished: bool = False  # the final event was sent and the adapter reference released
     first_token_at: float | None = None
+    offsets: list[int] = field(default_factory=list)  # text length before each generated token
+    text_len: int = 0  # length of the decoded completion so far
+    lp: list[dict] = field(default_factory=list)  # logprob entries (when ``logprobs`` is set)
+    lp_sent: int = 0
+    generator: torch.Generator | None = None
+
+    @property
+    def metric_label(self) -> str:
+        return self.label or self.adapter or "__base__"
 
 
 class StepObserver:
@@ -100,6 +158,10 @@ class Engine:
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # [B, L] 1 = real token
         self._next: torch.Tensor | None = None  # [B] token to feed next step
+        self._tok_text: dict[int, str] = {}  # token id -> its text alone (top_logprobs alternatives)
+        self.fault: Fault | None = parse_fault(os.environ.get(FAULT_PHASE_ENV))
+        if self.fault:
+            log.warning("TEST FAULT ENABLED: %s", self.fault)
         self._thread = threading.Thread(target=self._loop, name="loraplane-engine", daemon=True)
         self._thread.start()
 
@@ -111,12 +173,39 @@ class Engine:
                 ids.add(int(e))
         return ids
 
+    def _maybe_fault(self, phase: str) -> None:
+        f = self.fault
+        if f is None or f.phase != phase or f.times == 0:
+            return
+        if f.times is not None:
+            f.times -= 1
+        if f.oom:
+            raise torch.cuda.OutOfMemoryError(f"injected out-of-memory in {phase} (test setting)")
+        raise InjectedFault(f"injected fault in {phase} (test setting)")
+
     # ------------------------------------------------------------ public API
-    def submit(self, req: GenRequest) -> None:
+    def hold(self, adapter: str | None) -> None:
+        """Take a reference on ``adapter`` before ``submit(..., held=True)``: the
+        server routes, then awaits tokenisation; the reference keeps the chosen
+        version loaded in between."""
+        if adapter is not None:
+            with self._cv:
+                self._refs[adapter] += 1
+
+    def unhold(self, adapter: str | None) -> None:
+        """Give back a reference taken by ``hold`` for a request never submitted."""
+        if adapter is not None:
+            with self._cv:
+                self._refs[adapter] -= 1
+                if self._refs[adapter] <= 0:
+                    del self._refs[adapter]
+                self._cv.notify()
+
+    def submit(self, req: GenRequest, held: bool = False) -> None:
         with self._cv:
             if self._stop:
                 raise RuntimeError("engine is stopped")
-            if req.adapter is not None:
+            if req.adapter is not None and not held:
                 self._refs[req.adapter] += 1
             self._waiting.append(req)
             self.obs.queue_depth(len(self._waiting))
@@ -171,22 +260,46 @@ class Engine:
                     except BaseException as e:  # noqa: BLE001 - handed to the caller
                         fut.set_exception(e)
             self._run_unloads()
-            try:
-                self._admit()
-                if self._rows:
-                    self._decode()
-            except torch.cuda.OutOfMemoryError as e:
-                self.obs.oom()
-                self._fail_all(f"out of GPU memory: {e}")
-                torch.cuda.empty_cache()
-            except Exception as e:  # noqa: BLE001 - fail the batch, keep serving
-                log.exception("engine step failed")
-                self._fail_all(f"generation failed: {type(e).__name__}: {e}")
+            new = self._admit()
+            if new:
+                self._guarded("prefill", new, self._prefill)
+            if self._rows:
+                self._guarded("decode", None, self._decode)
         self._fail_all("worker is shutting down")
         with self._cv:
             waiting, self._waiting = list(self._waiting), collections.deque()
         for r in waiting:
             self._finish(r, "error", error="worker is shutting down")
+
+    def _guarded(self, phase: str, new: list[GenRequest] | None, step: Callable) -> None:
+        """Run one step; on any exception fail exactly the requests it affects.
+
+        A failed prefill (or merge) affects only the joining requests ``new``:
+        the running batch's cache is replaced only after a successful merge.
+        A failed decode leaves the batch's KV cache half-written, so every
+        running row fails. Each failed request gets its final event and its
+        adapter reference back (``_finish`` is idempotent), so no request
+        hangs and an unload waiting for the adapter is never blocked.
+        """
+        try:
+            step(new) if new is not None else step()
+        except BaseException as e:  # noqa: BLE001 - fail the affected requests, keep serving
+            oom = isinstance(e, torch.cuda.OutOfMemoryError)
+            if oom:
+                self.obs.oom()
+                message, code = f"out of GPU memory during {phase}: {e}", "out_of_memory"
+            else:
+                log.exception("engine %s failed", phase)
+                message, code = f"generation failed during {phase}: {type(e).__name__}: {e}", None
+            if new is not None:
+                for r in new:
+                    self._finish(r, "error", error=message, code=code)
+            else:
+                self._fail_all(message, code)
+            if oom and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if not isinstance(e, Exception):
+                raise
 
     def _due_unloads(self) -> bool:
         return any(self._refs[n] == 0 for n in self._pending_unload)
@@ -205,13 +318,14 @@ class Engine:
                 fut.set_exception(e)
 
     # ------------------------------------------------------------ admission
-    def _admit(self) -> None:
+    def _admit(self) -> list[GenRequest]:
+        """Take up to the free batch room off the queue (cancelled ones are answered here)."""
         room = self.max_batch_size - len(self._rows)
         if room <= 0:
-            return
+            return []
         with self._cv:
             if not self._waiting:
-                return
+                return []
             if not self._rows and len(self._waiting) < room and self.max_wait > 0:
                 deadline = self._waiting[0].enqueued + self.max_wait
                 while len(self._waiting) < room and not self._stop:
@@ -222,14 +336,15 @@ class Engine:
             new = []
             while self._waiting and len(new) < room:
                 r = self._waiting.popleft()
-                if r.cancelled:
-                    self._release(r)
-                    r.sink("done", {"finish_reason": "cancelled", "completion_tokens": 0})
-                    continue
                 new.append(r)
             self.obs.queue_depth(len(self._waiting))
-        if new:
-            self._prefill(new)
+        live = []
+        for r in new:
+            if r.cancelled:
+                self._finish(r, "cancelled")
+            else:
+                live.append(r)
+        return live
 
     def _prefill(self, new: list[GenRequest]) -> None:
         n = len(new)
@@ -251,6 +366,7 @@ class Engine:
                 input_ids=ids, attention_mask=mask, position_ids=pos,
                 past_key_values=cache, use_cache=True, logits_to_keep=1,
             )
+        self._maybe_fault("prefill")
         toks = self._sample(out.logits[:, -1, :], new)
         now = time.monotonic()
         for r in new:
@@ -267,8 +383,11 @@ class Engine:
         if not self._rows:
             self._rows, self._cache, self._mask, self._next = rows, cache, mask, nxt
         else:
-            self._cache, self._mask = _merge(self._cache, self._mask, cache, mask)
-            self._next = torch.cat([self._next, nxt])
+            self._maybe_fault("merge")
+            merged_cache, merged_mask = _merge(self._cache, self._mask, cache, mask)
+            merged_next = torch.cat([self._next, nxt])
+            # only now replace the running batch: a failed merge leaves it intact
+            self._cache, self._mask, self._next = merged_cache, merged_mask, merged_next
             self._rows = self._rows + rows
 
     # ------------------------------------------------------------ decoding
@@ -284,6 +403,7 @@ class Engine:
                 input_ids=self._next[:, None], attention_mask=self._mask, position_ids=pos,
                 past_key_values=self._cache, use_cache=True,
             )
+        self._maybe_fault("decode")
         toks = self._sample(out.logits[:, -1, :], self._rows)
         keep = self._after_tokens(self._rows, toks)
         if len(keep) == B:
@@ -304,9 +424,41 @@ class Engine:
             self._cache = _trim_left(self._cache, first_real)
 
     def _sample(self, logits: torch.Tensor, rows: list[GenRequest]) -> torch.Tensor:
+        logits = logits.float()
+        if any(r.logit_bias for r in rows):
+            logits = logits.clone()  # an inference-mode tensor cannot be updated in place outside it
+        for i, r in enumerate(rows):
+            if r.logit_bias:
+                ids = torch.tensor(list(r.logit_bias), dtype=torch.long, device=logits.device)
+                vals = torch.tensor(list(r.logit_bias.values()), dtype=torch.float32, device=logits.device)
+                logits[i].index_add_(0, ids, vals)
         temps = torch.tensor([r.temperature for r in rows], dtype=torch.float32, device=logits.device)
         top_p = torch.tensor([r.top_p for r in rows], dtype=torch.float32, device=logits.device)
-        return sample(logits, temps, top_p)
+        uniforms = None
+        if any(r.temperature > 0 for r in rows):
+            draws = []
+            for r in rows:
+                if r.temperature <= 0:
+                    draws.append(0.0)
+                    continue
+                if r.seed is not None and r.generator is None:
+                    r.generator = torch.Generator().manual_seed(r.seed)
+                draws.append(float(torch.rand(1, generator=r.generator)))
+            uniforms = torch.tensor(draws, dtype=torch.float32)
+        toks = sample(logits, temps, top_p, uniforms=uniforms)
+        want = [i for i, r in enumerate(rows) if r.logprobs is not None]
+        if want:
+            idx = torch.tensor(want, device=logits.device)
+            lp = torch.log_softmax(logits.index_select(0, idx), dim=-1)
+            k = max(rows[i].logprobs for i in want)
+            top_v, top_i = lp.topk(k, dim=-1) if k > 0 else (None, None)
+            chosen = lp.gather(-1, toks.index_select(0, idx)[:, None]).squeeze(-1).tolist()
+            for j, i in enumerate(want):
+                r = rows[i]
+                kk = r.logprobs
+                top = list(zip(top_i[j, :kk].tolist(), top_v[j, :kk].tolist())) if kk else []
+                r.lp.append({"id": int(toks[i]), "logprob": chosen[j], "top": top})
+        return toks
 
     def _after_tokens(self, rows: list[GenRequest], toks: torch.Tensor) -> list[int]:
         """Record one new token per row; emit text; return the rows that continue."""
@@ -318,44 +470,94 @@ class Engine:
             reason = None
             if t in self.eos_ids and not r.ignore_eos:
                 reason = "stop"
+                if r.lp:
+                    r.lp.pop()  # the EOS token is not part of the completion
             else:
                 r.generated.append(t)
                 self.obs.tokens(r, 1)
                 if len(r.generated) >= r.max_tokens:
                     reason = "length"
             text = self.tokenizer.decode(r.generated, skip_special_tokens=True)
+            if len(r.offsets) < len(r.generated):
+                r.offsets.append(r.text_len)
+            r.text_len = len(text)
             cut = find_stop(text, r.stop) if r.stop else None
             if cut is not None:
                 text, reason = text[:cut], "stop"
             upto = len(text) if reason else safe_emit_length(text, r.stop)
             if upto > r.emitted:
-                r.sink("token", {"text": text[r.emitted:upto]})
+                payload = {"text": text[r.emitted:upto]}
+                if r.logprobs is not None:
+                    payload["logprobs"] = self._logprob_entries(r, upto if reason else None, text)
+                self._emit(r, "token", payload)
                 r.emitted = upto
             if reason:
-                self._finish(r, reason)
+                self._finish(r, reason, text=text)
             else:
                 keep.append(i)
         return keep
 
-    def _finish(self, r: GenRequest, reason: str, error: str | None = None) -> None:
+    def _logprob_entries(self, r: GenRequest, final_len: int | None, text: str) -> list[dict]:
+        """Logprob entries not sent yet. A token's text is what it added to the
+        decoded completion (its offsets); at the end, tokens that start at or
+        after a stop-string cut are dropped."""
+        n = len(r.lp)
+        if final_len is not None:
+            n = sum(1 for j in range(n) if j < len(r.offsets) and r.offsets[j] < final_len) if r.stop else n
+        out = []
+        for j in range(r.lp_sent, n):
+            e = r.lp[j]
+            start = r.offsets[j] if j < len(r.offsets) else len(text)
+            end = r.offsets[j + 1] if j + 1 < len(r.offsets) else len(text)
+            tok = text[start:end] if end <= len(text) else text[start:]
+            top = [(tok if tid == e["id"] else self._token_text(tid), v) for tid, v in e["top"]]
+            out.append({"token": tok, "logprob": e["logprob"], "top": top, "offset": start})
+        r.lp_sent = max(r.lp_sent, n)
+        return out
+
+    def _token_text(self, tid: int) -> str:
+        if tid not in self._tok_text:
+            self._tok_text[tid] = self.tokenizer.decode([tid], skip_special_tokens=False)
+        return self._tok_text[tid]
+
+    def _emit(self, r: GenRequest, kind: str, payload: dict) -> None:
+        """Hand an event to the request's sink; a broken sink (its event loop
+        gone) must not fail the other rows of the batch."""
+        try:
+            r.sink(kind, payload)
+        except Exception:  # noqa: BLE001
+            log.warning("request %s: could not deliver %s event", r.id, kind, exc_info=True)
+            r.cancelled = True
+
+    def _finish(self, r: GenRequest, reason: str, error: str | None = None, code: str | None = None,
+                text: str | None = None) -> None:
+        """Send the final event and release the adapter reference, exactly once."""
+        if r.finished:
+            return
+        r.finished = True
         self._release(r)
         payload = {"finish_reason": reason, "completion_tokens": len(r.generated),
                    "prompt_tokens": len(r.prompt_ids)}
         if error:
-            r.sink("error", {"message": error, **payload})
-        else:
-            r.sink("done", payload)
+            self._emit(r, "error", {"message": error, "code": code, **payload})
+            return
+        if r.logprobs is not None and text is not None:
+            payload["logprobs"] = self._logprob_entries(r, r.emitted, text)
+        self._emit(r, "done", payload)
 
     def _release(self, r: GenRequest) -> None:
         if r.adapter is not None:
             with self._cv:
                 self._refs[r.adapter] -= 1
+                if self._refs[r.adapter] <= 0:
+                    del self._refs[r.adapter]
+                self._cv.notify()
 
-    def _fail_all(self, message: str) -> None:
+    def _fail_all(self, message: str, code: str | None = None) -> None:
         rows, self._rows = self._rows, []
         self._cache = self._mask = self._next = None
         for r in rows:
-            self._finish(r, "error", error=message)
+            self._finish(r, "error", error=message, code=code)
 
 
 # ---------------------------------------------------------------- KV helpers

@@ -54,6 +54,30 @@ def plan_variant(requested: str, device_type: str, bnb_issue: str | None) -> Var
     return VariantPlan(requested, requested, None)
 
 
+def count_parameters(path: Path) -> int:
+    """Parameters of the checkpoint in ``path``, from the safetensors headers
+    (no tensor is read); ``*.bin`` checkpoints are estimated at 2 bytes a
+    parameter. Used to refuse a large base on the CPU before loading it."""
+    import json
+    import struct
+
+    total = 0
+    for f in sorted(Path(path).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            count = 1
+            for d in info["shape"]:
+                count *= d
+            total += count
+    if total == 0:
+        total = sum(f.stat().st_size for f in Path(path).glob("*.bin")) // 2
+    return total
+
+
 def compute_dtype(variant: str):
     import torch
 

@@ -44,11 +44,11 @@ class WorkerMetrics(StepObserver):
         self.batch_size.labels(kind).observe(size)
 
     def first_token(self, req: GenRequest, seconds: float) -> None:
-        self.ttft.labels(req.adapter or "__base__").observe(seconds)
-        self.prompt_tokens.labels(req.adapter or "__base__").inc(len(req.prompt_ids))
+        self.ttft.labels(req.metric_label).observe(seconds)
+        self.prompt_tokens.labels(req.metric_label).inc(len(req.prompt_ids))
 
     def tokens(self, req: GenRequest, n: int) -> None:
-        self.generated_tokens.labels(req.adapter or "__base__").inc(n)
+        self.generated_tokens.labels(req.metric_label).inc(n)
 
     def oom(self) -> None:
         self.oom_total.inc()

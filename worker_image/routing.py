@@ -27,12 +27,18 @@ BASE_ADAPTER = "__base__"
 
 
 class RouteError(Exception):
-    """A request that cannot be routed; ``status`` is the HTTP status to return."""
+    """A request that cannot be routed; ``status`` is the HTTP status to return,
+    ``code`` a stable machine-readable reason (OpenAI's ``error.code``), and
+    ``task``/``adapter`` what the request was for when that is known (metrics)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, code: str | None = None, *, task: str | None = None,
+                 adapter: str | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.code = code
+        self.task = task
+        self.adapter = adapter
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,7 @@ def choose(
                 503,
                 f"task {task!r} has no loaded adapter with weight > 0 on this worker "
                 f"(routed: {wanted}, loaded: {sorted(loaded_set)})",
+                "no_loaded_backend", task=task,
             )
         if key is not None:
             u = sticky_draw(key)
@@ -95,9 +102,11 @@ def choose(
         return Choice(task=task, adapter=weighted_pick(live, u))
     if model in adapter_tasks or model in loaded_set:
         if model not in loaded_set:
-            raise RouteError(503, f"adapter {model!r} is not loaded on this worker yet")
+            raise RouteError(503, f"adapter {model!r} is not loaded on this worker yet", "adapter_not_loaded",
+                             adapter=model)
         return Choice(task=None, adapter=model)
     if model == BASE_ADAPTER or model in set(base_names):
         return Choice(task=None, adapter=BASE_ADAPTER)
     known = sorted(set(routes) | set(adapter_tasks.values()) | set(adapter_tasks))
-    raise RouteError(404, f"unknown model {model!r}: not a task or adapter served here (known: {known})")
+    raise RouteError(404, f"The model {model!r} does not exist on this worker (not a task, adapter or base served "
+                          f"here; known: {known})", "model_not_found")

@@ -17,6 +17,8 @@ service.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import itertools
 import logging
 import os
 import random
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 
 FAULT_DELAY_ENV = "LORAPLANE_FAULT_ADAPTER_DELAY_MS"
 FAULT_ERROR_ENV = "LORAPLANE_FAULT_ADAPTER_ERROR_RATE"
+FAULT_STREAM_ERROR_ENV = "LORAPLANE_FAULT_ADAPTER_STREAM_ERROR_RATE"
+ALLOW_LARGE_CPU_ENV = "LORAPLANE_ALLOW_LARGE_CPU_MODEL"
 
 
 def parse_faults(text: str | None) -> dict[str, float]:
@@ -61,12 +65,18 @@ class WorkerConfig:
     vram_mib: int | None = None  # CUDA memory cap for this process
     fault_delay_ms: dict[str, float] = field(default_factory=dict)
     fault_error_rate: dict[str, float] = field(default_factory=dict)
+    fault_stream_error_rate: dict[str, float] = field(default_factory=dict)  # fail streams after the first token
     fault_seed: int | None = None
+    # CPU guard: a base above this many parameters is refused on the CPU (fp32 on a CPU is ~4 bytes a
+    # parameter and minutes a token for a 7B) unless ``allow_large_cpu_model`` says it is meant.
+    cpu_max_params: int = 1_000_000_000
+    allow_large_cpu_model: bool = False
 
     @classmethod
     def faults_from_env(cls, **kw) -> "WorkerConfig":
         return cls(fault_delay_ms=parse_faults(os.environ.get(FAULT_DELAY_ENV)),
-                   fault_error_rate=parse_faults(os.environ.get(FAULT_ERROR_ENV)), **kw)
+                   fault_error_rate=parse_faults(os.environ.get(FAULT_ERROR_ENV)),
+                   fault_stream_error_rate=parse_faults(os.environ.get(FAULT_STREAM_ERROR_ENV)), **kw)
 
 
 class AdapterRefused(Exception):
@@ -98,6 +108,14 @@ class Worker:
         self._rng = random.Random(cfg.fault_seed)
         self._route_rng = random.Random()
         self._unloads: set[asyncio.Future] = set()
+        self.bank_keys: dict[str, str] = {}  # served adapter name -> key of its content in the LoRA bank
+        self._key_serial = itertools.count(2)
+        self.created = int(time.time())
+        self.loaded_at: dict[str, int] = {}  # served name -> when its current content was loaded
+        self.base_refusal: str | None = None  # a base that retrying cannot fix (e.g. too large for the CPU)
+        # tokenisation and chat templates run here, off the event loop; one thread, because a fast
+        # tokenizer shared between threads can fail with "Already borrowed"
+        self._tok_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="loraplane-tokenize")
 
     # ---------------------------------------------------------------- state
     @property
@@ -146,11 +164,10 @@ class Worker:
         for n in removed:
             self.served.pop(n)
             self.checksums.pop(n, None)
+            self.loaded_at.pop(n, None)
         # 3. drain and free removed versions in the background
         for n in removed:
-            fut = asyncio.wrap_future(self.engine.unload_when_idle(n))
-            self._unloads.add(fut)
-            fut.add_done_callback(self._unloaded)
+            self._unload_later(self.bank_keys.pop(n))
         self.reconciled = True
         self._update_adapter_gauges()
 
@@ -178,7 +195,7 @@ class Worker:
         return True
 
     async def _load_adapter(self, name: str, ref: AdapterRef) -> None:
-        """Install ``ref`` under ``name`` unless it is already served or was refused as it is."""
+        """Serve ``ref`` under ``name`` unless it is already served or was refused as it is."""
         key = f"{ref.owner}/{ref.store_name}@{ref.version}#{ref.checksum}"
         if name in self.served and self.checksums.get(name) == key:
             return
@@ -186,23 +203,41 @@ class Worker:
             return
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
+        # Same name, new content: the new content is stacked under its own bank key next to the
+        # old one, then the name switches to it (no await in between), and the old content is
+        # freed once its in-flight requests finish. Requests never see the name missing (no 503).
+        old_key = self.bank_keys.get(name)
+        bank_key = name if old_key is None and name not in self.bank.adapters else f"{name}#{next(self._key_serial)}"
         try:
-            lora = await loop.run_in_executor(None, self._read_adapter, ref)
-            if name in self.served:  # same name, new content: drain the old one first
-                self.served.pop(name)
-                await asyncio.wrap_future(self.engine.unload_when_idle(name))
+            lora = await loop.run_in_executor(None, self._read_adapter, ref, bank_key)
             await asyncio.wrap_future(self.engine.call(lambda lora=lora: self.bank.install(lora)))
         except Exception as e:  # noqa: BLE001 - refused, reported, never served
             reason = f"{key}: {e}"
             self.failed[name] = reason
-            self.served.pop(name, None)
+            if self.served.pop(name, None) is not None:  # the desired content is refused: stop serving the name
+                self.checksums.pop(name, None)
+                self.loaded_at.pop(name, None)
+                self._unload_later(self.bank_keys.pop(name))
             self.metrics.adapter_load_failures.labels(name, type(e).__name__).inc()
             log.error("adapter %s refused: %s", name, reason)
             return
         self.metrics.adapter_load.observe(time.perf_counter() - t0)
         self.failed.pop(name, None)
         self.served[name] = ref
+        self.bank_keys[name] = bank_key
         self.checksums[name] = key
+        self.loaded_at[name] = int(time.time())
+        if old_key is not None:
+            self._unload_later(old_key)
+
+    def bank_key(self, adapter: str) -> str | None:
+        """The engine's key for a served adapter's current content (None: the base)."""
+        return None if adapter == BASE_ADAPTER else self.bank_keys.get(adapter, adapter)
+
+    def _unload_later(self, bank_key: str) -> None:
+        fut = asyncio.wrap_future(self.engine.unload_when_idle(bank_key))
+        self._unloads.add(fut)
+        fut.add_done_callback(self._unloaded)
 
     def _unloaded(self, fut) -> None:
         self._unloads.discard(fut)
@@ -219,19 +254,29 @@ class Worker:
         from loraplane.modelstore import ModelStore, verify_dir
 
         from .engine import Engine
-        from .loader import bnb_problem, compute_dtype, load_base, plan_variant
+        from .loader import bnb_problem, compute_dtype, count_parameters, load_base, plan_variant
         from .lora import LoraBank
 
         t0 = time.perf_counter()
         ref = desired.base
+        self.base_refusal = None
         store = ModelStore(self.cfg.store_root)
         sv = store.resolve(ref.owner, "base", ref.name, ref.version)
         if ref.checksum and sv.manifest.checksum != ref.checksum:
             raise AdapterRefused(f"store checksum {sv.manifest.checksum[:12]} != desired {ref.checksum[:12]}")
+        device = torch.device(self.cfg.device)
+        if device.type == "cpu" and not self.cfg.allow_large_cpu_model:
+            params = count_parameters(sv.path)
+            if params > self.cfg.cpu_max_params:
+                self.base_refusal = (
+                    f"refusing to load {ref.name}@{ref.version} ({params / 1e9:.1f}B parameters) on the CPU: no GPU "
+                    f"is in use (device {self.cfg.device}) and bases above {self.cfg.cpu_max_params / 1e9:g}B "
+                    f"parameters are not served on a CPU unless asked for (--allow-large-cpu-model or "
+                    f"{ALLOW_LARGE_CPU_ENV}=1)")
+                raise AdapterRefused(self.base_refusal)
         report = verify_dir(sv.path, full=self.cfg.verify_full)
         if not report.ok:
             raise AdapterRefused(f"verification failed: {report.summary()}")
-        device = torch.device(self.cfg.device)
         requested = self._requested(desired)
         if device.type == "cuda" and self.cfg.vram_mib:
             total = torch.cuda.get_device_properties(device).total_memory
@@ -251,7 +296,7 @@ class Worker:
     def _requested(self, desired: DesiredState) -> str:
         return self.cfg.variant or desired.base.variant
 
-    def _read_adapter(self, ref: AdapterRef):
+    def _read_adapter(self, ref: AdapterRef, bank_key: str | None = None):
         from loraplane.modelstore import ModelStore, verify_dir
 
         store = ModelStore(self.cfg.store_root)
@@ -265,14 +310,15 @@ class Worker:
         if info is not None and info.base_checksum and self.base_manifest is not None \
                 and info.base_checksum != self.base_manifest.checksum:
             raise AdapterRefused(f"trained on base {info.base_name}@{info.base_version}, not the loaded base")
-        return self.bank.read(ref.name, sv.path)
+        return self.bank.read(bank_key or ref.name, sv.path)
 
     # -------------------------------------------------------------- routing
     def route(self, model: str, key: str | None = None) -> Choice:
         if self.draining:
-            raise RouteError(503, "worker is draining (shutting down)")
+            raise RouteError(503, "worker is draining (shutting down)", "worker_draining")
         if not self.ready:
-            raise RouteError(503, "worker is not ready: base or desired adapters still loading")
+            raise RouteError(503, self.base_refusal or "worker is not ready: base or desired adapters still loading",
+                             "worker_not_ready")
         tasks = {n: a.task for n, a in self.served.items()}
         if self.applied:
             tasks = {a.name: a.task for a in self.applied.adapters} | tasks
@@ -285,6 +331,11 @@ class Worker:
         rate = self.cfg.fault_error_rate.get(adapter, 0.0)
         return delay, (rate > 0 and self._rng.random() < rate)
 
+    def stream_fault_for(self, adapter: str) -> bool:
+        """Fail this streamed response of ``adapter`` after its first token? (test-only)"""
+        rate = self.cfg.fault_stream_error_rate.get(adapter, 0.0)
+        return rate > 0 and self._rng.random() < rate
+
     async def drain(self, timeout: float) -> bool:
         """Stop taking requests; wait for in-flight ones. True when all finished."""
         self.draining = True
@@ -294,6 +345,11 @@ class Worker:
             await asyncio.sleep(0.05)
         return self.engine is None or not self.engine.busy
 
+    async def run_tokenizer(self, fn: Callable, *args):
+        """Run ``fn(*args)`` (tokenisation, chat template) on the tokenizer thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._tok_pool, fn, *args)
+
     def close(self) -> None:
         if self.engine is not None:
             self.engine.stop()
+        self._tok_pool.shutdown(wait=False)

@@ -3,18 +3,34 @@
 Why aiohttp: the engine runs on its own thread; the server only parses,
 routes, hands a request to the engine and relays tokens from a per-request
 asyncio queue, so one event loop serves thousands of open streams.
+Tokenisation and chat templates run on a tokenizer thread, never on the
+event loop (a multi-MiB prompt must not stall every open stream).
 
 Every response says which adapter version served it: field ``adapter`` (and
-``task``) in the body and header ``X-Loraplane-Adapter``. Errors use the
-OpenAI shape ``{"error": {"message", "type", "code"}}``.
+``task``) in the body and header ``X-Loraplane-Adapter``. Errors use
+OpenAI's shape and conventions: ``{"error": {"message", "type", "param",
+"code"}}`` with ``code`` a string (``model_not_found``,
+``context_length_exceeded``, ...) or null.
+
+Parameters: every request field is either implemented or refused with a 400
+naming it (never accepted and silently ignored); see ``_params``.
+
+Every generation request is counted in ``loraplane_worker_requests_total``
+with its real outcome: errors before generation (bad parameters, unknown
+model, not ready, tokenisation), errors and timeouts in the middle of a
+stream (the HTTP status was already 200 on the wire; the metric says 500 or
+504), and client disconnects as "499" (not an error for canary analysis).
+A request whose client went away is cancelled in the engine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -22,19 +38,46 @@ from .engine import GenRequest
 from .routing import BASE_ADAPTER, RouteError
 from .runtime import Worker
 
+log = logging.getLogger(__name__)
+
 WORKER_KEY = web.AppKey("worker", Worker)
 ROUTE_KEY_HEADER = "X-Loraplane-Route-Key"
 ADAPTER_HEADER = "X-Loraplane-Adapter"
+DISCONNECT_POLL_S = 0.25  # a closed connection is noticed within this; cheap for thousands of streams
+
+CLIENT_GONE = "499"  # nginx's convention; operator/analysis.py counts it as a request, not an error
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error"):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict | None = None):
         super().__init__(message)
-        self.status, self.message, self.type = status, message, type_
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-def _error(status: int, message: str, type_: str) -> web.Response:
-    return web.json_response({"error": {"message": message, "type": type_, "code": status}}, status=status)
+class ClientGone(Exception):
+    """The client closed the connection before the response was complete."""
+
+
+def _route_api_error(e: RouteError) -> ApiError:
+    if e.status == 404:
+        return ApiError(404, e.message, "invalid_request_error", "model", e.code or "model_not_found")
+    if e.status == 503:
+        return ApiError(503, e.message, "server_error", None, e.code, headers={"Retry-After": "1"})
+    return ApiError(e.status, e.message, "invalid_request_error", None, e.code)
+
+
+def _error(status: int, message: str, type_: str, param: str | None = None, code: str | None = None,
+           headers: dict | None = None) -> web.Response:
+    return web.json_response(ApiError(status, message, type_, param, code).body(), status=status, headers=headers)
+
+
+def _api_error_response(e: ApiError) -> web.Response:
+    return web.json_response(e.body(), status=e.status, headers=e.headers)
 
 
 @web.middleware
@@ -42,171 +85,462 @@ async def errors_middleware(request, handler):
     try:
         return await handler(request)
     except ApiError as e:
-        return _error(e.status, e.message, e.type)
+        return _api_error_response(e)
     except RouteError as e:
-        kind = {404: "model_not_found", 503: "unavailable"}.get(e.status, "invalid_request_error")
-        return _error(e.status, e.message, kind)
+        return _api_error_response(_route_api_error(e))
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        headers = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "retry-after")}
+        type_ = "invalid_request_error" if e.status < 500 else "server_error"
+        return _error(e.status, e.reason or e.text or "error", type_, headers=headers)
+    except (asyncio.CancelledError, ClientGone, ConnectionResetError):
+        raise
+    except Exception as e:  # noqa: BLE001 - a bug must still answer in OpenAI's format
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return _error(500, f"internal error: {type(e).__name__}: {e}", "server_error")
 
 
-def _num(body: dict, key: str, default, lo, hi, cast=float):
-    v = body.get(key, default)
+# ------------------------------------------------------------------ counting
+@dataclass
+class Outcome:
+    task: str = "-"
+    adapter: str = "-"
+    status: str | None = None  # set by the handler when the HTTP status on the wire is not the outcome
+
+
+def counted(handler):
+    """Count every outcome of a generation request in the worker's metrics."""
+
+    async def wrapper(request: web.Request):
+        w = request.app[WORKER_KEY]
+        o = Outcome()
+        t0 = time.monotonic()
+        try:
+            resp = await handler(request, o)
+            if o.status is None:
+                o.status = str(resp.status)
+            return resp
+        except ApiError as e:
+            o.status = str(e.status)
+            raise
+        except RouteError as e:
+            o.task, o.adapter = e.task or o.task, e.adapter or o.adapter
+            o.status = str(e.status)
+            raise
+        except web.HTTPException as e:
+            o.status = str(e.status)
+            raise
+        except (asyncio.CancelledError, ClientGone, ConnectionResetError):
+            o.status = CLIENT_GONE
+            raise
+        except BaseException:
+            o.status = "500"
+            raise
+        finally:
+            w.metrics.requests.labels(o.task, o.adapter, o.status or "500").inc()
+            w.metrics.request_duration.labels(o.task, o.adapter, o.status or "500").observe(time.monotonic() - t0)
+
+    return wrapper
+
+
+# ------------------------------------------------------------------ parameters
+COMMON = {"model", "stream", "stream_options", "max_tokens", "temperature", "top_p", "stop", "n", "seed",
+          "logit_bias", "logprobs", "presence_penalty", "frequency_penalty", "user",
+          "route_key", "ignore_eos"}  # the last two: loraplane extensions
+CHAT_ONLY = {"messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice", "response_format",
+             "parallel_tool_calls", "functions", "function_call"}
+COMPLETION_ONLY = {"prompt", "echo", "best_of", "suffix"}
+
+
+def _refuse(param: str, why: str) -> ApiError:
+    return ApiError(400, f"{param}: {why}", "invalid_request_error", param, "unsupported_parameter")
+
+
+def _invalid(param: str, why: str) -> ApiError:
+    return ApiError(400, f"{param}: {why}", "invalid_request_error", param, "invalid_value")
+
+
+def _num(body: dict, key: str, default, lo, hi, lo_open=False):
+    v = body.get(key)
     if v is None:
-        v = default
-    try:
-        v = cast(v)
-    except (TypeError, ValueError):
-        raise ApiError(400, f"{key} must be a number") from None
-    if not (lo <= v <= hi):
-        raise ApiError(400, f"{key}={v} is out of range [{lo}, {hi}]")
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _invalid(key, f"must be a number, got {v!r}")
+    if not (lo < v if lo_open else lo <= v) or v > hi:
+        raise _invalid(key, f"{v} is out of range {'(' if lo_open else '['}{lo}, {hi}]")
+    return float(v)
+
+
+def _int(body: dict, key: str):
+    v = body.get(key)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+        raise _invalid(key, f"must be an integer, got {v!r}")
     return v
 
 
-def _params(body: dict, w: Worker) -> dict:
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens", 16))
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise ApiError(400, f"max_tokens must be a positive integer, got {max_tokens!r}")
-    if max_tokens > w.cfg.max_tokens_limit:
-        raise ApiError(400, f"max_tokens={max_tokens} exceeds this worker's limit of {w.cfg.max_tokens_limit}")
+def _params(body: dict, w: Worker, chat: bool) -> dict:
+    """Validate every field: implemented ones are converted for the engine,
+    the rest are refused with a 400 naming the parameter."""
+    _refuse_unsupported(body, chat)
+    max_tokens = _max_tokens(body, w, chat)
     stop = body.get("stop") or []
     if isinstance(stop, str):
         stop = [stop]
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
-        raise ApiError(400, "stop must be a string or a list of at most 4 strings")
-    if body.get("n", 1) != 1:
-        raise ApiError(400, "only n=1 is supported")
+        raise _invalid("stop", "must be a string or a list of at most 4 strings")
+    stream, include_usage = _stream_options(body)
+    seed = _int(body, "seed")
+    logit_bias = _logit_bias(body, w)
+    logprobs = _logprobs(body, chat)
+    ignore_eos = body.get("ignore_eos", False)
+    if not isinstance(ignore_eos, bool):
+        raise _invalid("ignore_eos", "must be a boolean")
     return dict(
         max_tokens=max_tokens,
         temperature=_num(body, "temperature", 1.0, 0.0, 2.0),
-        top_p=_num(body, "top_p", 1.0, 1e-6, 1.0),
+        top_p=_num(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
         stop=stop,
-        ignore_eos=bool(body.get("ignore_eos", False)),  # extension (as in vLLM), for benchmarks
-    )
+        ignore_eos=ignore_eos,  # extension (as in vLLM), for benchmarks
+        seed=seed,
+        logit_bias=logit_bias,
+        logprobs=logprobs,
+    ), stream, include_usage
+
+
+def _refuse_unsupported(body: dict, chat: bool) -> None:
+    """Unknown keys, and accepted keys this worker does not implement unless they ask for the default."""
+    allowed = COMMON | (CHAT_ONLY if chat else COMPLETION_ONLY)
+    for k in body:
+        if k not in allowed:
+            raise ApiError(400, f"Unrecognized request argument supplied: {k} (not supported by this worker)",
+                           "invalid_request_error", k, "unsupported_parameter")
+    if chat:
+        if body.get("tools"):
+            raise _refuse("tools", "tool (function) calling is not supported by this worker")
+        if body.get("tool_choice") not in (None, "none"):
+            raise _refuse("tool_choice", "tool (function) calling is not supported by this worker")
+        for k in ("functions", "function_call"):
+            if body.get(k) is not None:
+                raise _refuse(k, "function calling is not supported by this worker")
+        rf = body.get("response_format")
+        if rf is not None and rf != {"type": "text"}:
+            raise _refuse("response_format", "only {\"type\": \"text\"} is supported (no JSON mode or structured "
+                                             "output yet)")
+    else:
+        if body.get("echo"):
+            raise _refuse("echo", "echoing the prompt is not supported by this worker")
+        if body.get("best_of") not in (None, 1):
+            raise _refuse("best_of", "only best_of=1 is supported")
+        if body.get("suffix") not in (None, ""):
+            raise _refuse("suffix", "insertion (suffix) is not supported by this worker")
+    for k in ("presence_penalty", "frequency_penalty"):
+        if body.get(k) not in (None, 0, 0.0):
+            raise _refuse(k, "penalties are not supported by this worker (only 0)")
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise ApiError(400, f"n: only n=1 is supported, got {n!r} (send concurrent requests)",
+                       "invalid_request_error", "n", "unsupported_value")
+
+
+def _max_tokens(body: dict, w: Worker, chat: bool) -> int | None:
+    if chat and body.get("max_completion_tokens") is not None:
+        mt_key = "max_completion_tokens"
+    else:
+        mt_key = "max_tokens"
+    max_tokens = body.get(mt_key)
+    if max_tokens is None:
+        max_tokens = None if chat else 16  # chat: up to the worker's limit (see _serve); completions: OpenAI's 16
+    elif not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise _invalid(mt_key, f"must be a positive integer, got {max_tokens!r}")
+    elif max_tokens > w.cfg.max_tokens_limit:
+        raise _invalid(mt_key, f"{max_tokens} exceeds this worker's limit of {w.cfg.max_tokens_limit}")
+    return max_tokens
+
+
+def _stream_options(body: dict) -> tuple[bool, bool]:
+    """(stream, include_usage)."""
+    stream = body.get("stream")
+    if stream not in (None, True, False):
+        raise _invalid("stream", "must be a boolean")
+    so = body.get("stream_options")
+    include_usage = False
+    if so is not None:
+        if not stream:
+            raise _invalid("stream_options", "only allowed when stream is true")
+        if not isinstance(so, dict) or set(so) - {"include_usage"}:
+            raise _invalid("stream_options", "only {\"include_usage\": bool} is supported")
+        include_usage = bool(so.get("include_usage"))
+    return bool(stream), include_usage
+
+
+def _logit_bias(body: dict, w: Worker) -> dict[int, float] | None:
+    vocab = getattr(w.engine.model.config, "vocab_size", None) if w.engine is not None else None  # logits' width
+    bias = body.get("logit_bias")
+    if bias is None:
+        return None
+    if not isinstance(bias, dict):
+        raise _invalid("logit_bias", "must be an object mapping token ids to a bias in [-100, 100]")
+    logit_bias = {}
+    for k, v in bias.items():
+        try:
+            tid = int(k)
+        except (TypeError, ValueError):
+            raise _invalid("logit_bias", f"key {k!r} is not a token id") from None
+        if tid < 0 or (vocab is not None and tid >= vocab):
+            raise _invalid("logit_bias", f"token id {tid} is outside the vocabulary (0..{vocab})")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not -100 <= v <= 100:
+            raise _invalid("logit_bias", f"bias for {k} must be a number in [-100, 100], got {v!r}")
+        logit_bias[tid] = float(v)
+    return logit_bias or None
+
+
+def _logprobs(body: dict, chat: bool) -> int | None:
+    """Chat: ``logprobs`` (bool) with ``top_logprobs`` 0..20; completions: ``logprobs`` 0..5."""
+    if chat:
+        lp = body.get("logprobs")
+        if lp not in (None, True, False):
+            raise _invalid("logprobs", "must be a boolean")
+        top = _int(body, "top_logprobs")
+        if top is not None and not 0 <= top <= 20:
+            raise _invalid("top_logprobs", f"{top} is out of range [0, 20]")
+        if top is not None and not lp:
+            raise _invalid("top_logprobs", "requires logprobs to be true")
+        return (top or 0) if lp else None
+    lp = _int(body, "logprobs")
+    if lp is not None and not 0 <= lp <= 5:
+        raise _invalid("logprobs", f"{lp} is out of range [0, 5]")
+    return lp
 
 
 async def _json(request) -> dict:
     try:
         body = await request.json()
+    except web.HTTPRequestEntityTooLarge as e:
+        raise ApiError(413, f"request body too large ({e.text})", "invalid_request_error") from None
     except Exception:  # noqa: BLE001
         raise ApiError(400, "request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
     if not isinstance(body.get("model"), str) or not body["model"]:
-        raise ApiError(400, "model is required (a task name, an adapter name or the base name)")
+        raise ApiError(400, "model is required (a task name, an adapter name or the base name)",
+                       "invalid_request_error", "model")
     return body
 
 
-async def completions(request: web.Request) -> web.StreamResponse:
+ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+
+
+def _messages(body: dict) -> list[dict]:
+    """OpenAI chat messages -> what a chat template renders. Text content parts
+    are joined; an assistant message may have no content (tool_calls)."""
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise ApiError(400, "messages must be a non-empty list", "invalid_request_error", "messages")
+    out = []
+    for i, m in enumerate(msgs):
+        param = f"messages[{i}]"
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise ApiError(400, f"{param} must be an object with a role in {sorted(ROLES)}",
+                           "invalid_request_error", param)
+        role, content = m["role"], m.get("content")
+        if isinstance(content, list):
+            texts = []
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or part.get("type") not in ("text", "refusal") \
+                        or not isinstance(part.get(part.get("type")), str):
+                    raise ApiError(400, f"{param}.content[{j}]: only text content parts are supported",
+                                   "invalid_request_error", f"{param}.content")
+                texts.append(part[part["type"]])
+            content = "".join(texts) if role != "system" and role != "developer" else "\n".join(texts)
+        elif content is None:
+            if role != "assistant" or not (m.get("tool_calls") or m.get("function_call")):
+                raise ApiError(400, f"{param}.content is required", "invalid_request_error", f"{param}.content")
+            content = ""
+        elif not isinstance(content, str):
+            raise ApiError(400, f"{param}.content must be a string or a list of text parts",
+                           "invalid_request_error", f"{param}.content")
+        msg = {"role": "system" if role == "developer" else role, "content": content}
+        for k in ("name", "tool_calls", "tool_call_id"):
+            if m.get(k) is not None:
+                msg[k] = m[k]
+        out.append(msg)
+    return out
+
+
+def _prompt_ids(tok, prompt: str | None, messages: list | None) -> list[int]:
+    """Tokenizer thread: prompt or rendered chat -> ids. A template that
+    cannot render these messages is the request's fault (400)."""
+    if messages is not None:
+        import jinja2
+
+        try:
+            out = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        except (jinja2.TemplateError, TypeError, ValueError, KeyError) as e:
+            raise ApiError(400, f"the model's chat template cannot render these messages: {e}",
+                           "invalid_request_error", "messages") from None
+        ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
+        return list(ids)
+    return tok(prompt).input_ids
+
+
+# ------------------------------------------------------------------ handlers
+@counted
+async def completions(request: web.Request, o: Outcome) -> web.StreamResponse:
     w = request.app[WORKER_KEY]
     body = await _json(request)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
     if not isinstance(prompt, str):
-        raise ApiError(400, "prompt must be a string (batch prompts are not supported; send concurrent requests)")
-    return await _serve(request, w, body, prompt=prompt, chat=False)
+        raise ApiError(400, "prompt must be a string (batch prompts are not supported; send concurrent requests)",
+                       "invalid_request_error", "prompt")
+    return await _serve(request, w, o, body, prompt=prompt, chat=False)
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
+@counted
+async def chat_completions(request: web.Request, o: Outcome) -> web.StreamResponse:
     w = request.app[WORKER_KEY]
     body = await _json(request)
-    msgs = body.get("messages")
-    if not isinstance(msgs, list) or not msgs or not all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in msgs
-    ):
-        raise ApiError(400, "messages must be a non-empty list of {role, content} strings")
-    return await _serve(request, w, body, messages=msgs, chat=True)
+    return await _serve(request, w, o, body, messages=_messages(body), chat=True)
 
 
-def _prompt_ids(w: Worker, prompt: str | None, messages: list | None) -> list[int]:
-    tok = w.tokenizer
-    if messages is not None:
-        out = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
-        return list(ids)
-    return tok(prompt).input_ids
-
-
-async def _serve(request, w: Worker, body: dict, *, prompt=None, messages=None, chat: bool):
+async def _serve(request, w: Worker, o: Outcome, body: dict, *, prompt=None, messages=None, chat: bool):
     t0 = time.monotonic()
-    params = _params(body, w)
+    params, stream, include_usage = _params(body, w, chat)
     key = request.headers.get(ROUTE_KEY_HEADER) or body.get("route_key")
+    if key is not None and not isinstance(key, str):
+        raise _invalid("route_key", f"must be a string, got {type(key).__name__}")
     choice = w.route(body["model"], key=key)  # 404/503 via RouteError
-    task = choice.task or "-"
-    adapter_label = choice.adapter
-    ids = _checked_prompt(w, prompt, messages, params["max_tokens"])
-    delay, inject = w.fault_for(choice.adapter)
-    if inject:
-        w.metrics.requests.labels(task, adapter_label, "500").inc()
-        w.metrics.request_duration.labels(task, adapter_label, "500").observe(time.monotonic() - t0)
-        return _error(500, f"injected fault for adapter {choice.adapter} (test setting)", "server_error")
-    loop = asyncio.get_running_loop()
-    q: asyncio.Queue = asyncio.Queue()
-    req = GenRequest(
-        prompt_ids=ids, adapter=None if choice.adapter == BASE_ADAPTER else choice.adapter,
-        sink=lambda kind, payload: loop.call_soon_threadsafe(q.put_nowait, (kind, payload)), **params,
-    )
-    w.engine.submit(req)  # no await between route() and here: the adapter cannot be unloaded in between
+    o.task, o.adapter = choice.task or "-", choice.adapter
+    bank_key = w.bank_key(choice.adapter)
+    # no await since route(): hold the chosen version's content so it cannot be freed while we tokenise
+    w.engine.hold(bank_key)
+    submitted = False
+    try:
+        ids = await w.run_tokenizer(_prompt_ids, w.tokenizer, prompt, messages)
+        _check_length(w, ids, params, chat)
+        delay, inject = w.fault_for(choice.adapter)
+        if inject:
+            return _error(500, f"injected fault for adapter {choice.adapter} (test setting)", "server_error")
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+
+        def sink(kind, payload):
+            try:
+                loop.call_soon_threadsafe(q.put_nowait, (kind, payload))
+            except RuntimeError:  # the event loop is closed: nobody is listening any more
+                req.cancelled = True
+
+        req = GenRequest(prompt_ids=ids, adapter=bank_key, label=choice.adapter, sink=sink, **params)
+        w.engine.submit(req, held=True)
+        submitted = True
+    finally:
+        if not submitted:
+            w.engine.unhold(bank_key)
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     meta = {"id": rid, "created": int(time.time()), "model": body["model"], "adapter": choice.adapter,
             "task": choice.task}
     deadline = t0 + w.cfg.request_timeout_s
-    status = "200"
+    watcher = asyncio.create_task(_watch_client(request, req, q))
     try:
-        if body.get("stream"):
-            return await _stream(request, q, req, meta, chat, deadline, delay)
-        content, done = await _collect(q, req, deadline)
-        if delay:
-            await asyncio.sleep(delay)
-        return web.json_response(_completion(meta, chat, content, done, len(ids)),
-                                 headers={ADAPTER_HEADER: choice.adapter})
-    except ApiError as e:
-        status = str(e.status)
-        raise
+        if stream:
+            return await _stream(request, o, q, req, meta, chat, deadline, delay, include_usage, w)
+        return await _complete(q, req, meta, chat, deadline, delay, len(ids))
+    except ClientGone:
+        o.status = CLIENT_GONE
+        return web.Response(status=499)  # nobody reads it; the outcome is counted as a disconnect
     except asyncio.CancelledError:
         req.cancelled = True
-        status = "499"
         raise
     finally:
-        w.metrics.requests.labels(task, adapter_label, status).inc()
-        w.metrics.request_duration.labels(task, adapter_label, status).observe(time.monotonic() - t0)
+        watcher.cancel()
+        if not req.finished:
+            req.cancelled = True
 
 
-def _checked_prompt(w: Worker, prompt: str | None, messages: list | None, max_tokens: int) -> list[int]:
-    """The prompt's token ids, refused (400) when empty or too long for this worker or the model."""
-    ids = _prompt_ids(w, prompt, messages)
-    if not ids:
-        raise ApiError(400, "prompt is empty after tokenization")
-    if len(ids) > w.cfg.max_prompt_tokens:
-        raise ApiError(400, f"prompt has {len(ids)} tokens; this worker accepts at most {w.cfg.max_prompt_tokens}")
-    ctx = getattr(w.engine.model.config, "max_position_embeddings", None)
-    if ctx and len(ids) + max_tokens > ctx:
-        raise ApiError(400, f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the "
-                            f"model's context of {ctx} tokens")
-    return ids
-
-
-async def _collect(q: asyncio.Queue, req: GenRequest, deadline: float) -> tuple[str, dict]:
-    """The whole generated text and the engine's final record (non-streaming)."""
-    text, done = [], None
+async def _complete(q: asyncio.Queue, req: GenRequest, meta: dict, chat: bool, deadline: float, delay: float,
+                    prompt_tokens: int) -> web.Response:
+    """A non-streaming response: collect the whole generation, then answer in OpenAI's shape."""
+    text, entries, done = [], [], None
     while done is None:
         kind, payload = await _next(q, req, deadline)
         if kind == "token":
             text.append(payload["text"])
+            entries += payload.get("logprobs", [])
         elif kind == "error":
-            raise ApiError(500, payload["message"], "server_error")
+            raise _engine_error(payload)
         else:
+            entries += payload.get("logprobs", [])
             done = payload
-    return "".join(text), done
-
-
-def _completion(meta: dict, chat: bool, content: str, done: dict, prompt_tokens: int) -> dict:
-    choice_body = ({"index": 0, "message": {"role": "assistant", "content": content}}
-                   if chat else {"index": 0, "text": content, "logprobs": None})
+    if delay:
+        await asyncio.sleep(delay)
+    content = "".join(text)
+    lp = _logprobs_body(entries, chat, req.logprobs) if req.logprobs is not None else None
+    if chat:
+        choice_body = {"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
+                       "logprobs": lp}
+    else:
+        choice_body = {"index": 0, "text": content, "logprobs": lp}
     choice_body["finish_reason"] = done["finish_reason"]
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": done["completion_tokens"],
-             "total_tokens": prompt_tokens + done["completion_tokens"]}
-    return {**meta, "object": "chat.completion" if chat else "text_completion",
-            "choices": [choice_body], "usage": usage}
+    resp = {**meta, "object": "chat.completion" if chat else "text_completion",
+            "choices": [choice_body], "usage": _usage(prompt_tokens, done["completion_tokens"])}
+    return web.json_response(resp, headers={ADAPTER_HEADER: meta["adapter"]})
+
+
+def _check_length(w: Worker, ids: list[int], params: dict, chat: bool) -> None:
+    param = "messages" if chat else "prompt"
+    if not ids:
+        raise ApiError(400, "prompt is empty after tokenization", "invalid_request_error", param)
+    ctx = getattr(w.engine.model.config, "max_position_embeddings", None) or 10**9
+    if len(ids) > w.cfg.max_prompt_tokens:
+        raise ApiError(400, f"This worker accepts at most {w.cfg.max_prompt_tokens} prompt tokens; your prompt has "
+                            f"{len(ids)} tokens (the model's context is {ctx}).", "invalid_request_error", param,
+                       "context_length_exceeded")
+    if params["max_tokens"] is None:  # chat without max_tokens: the rest of the context, up to the worker's limit
+        room = ctx - len(ids)
+        if room < 1:
+            raise ApiError(400, f"prompt ({len(ids)} tokens) fills the model's context of {ctx} tokens",
+                           "invalid_request_error", param, "context_length_exceeded")
+        params["max_tokens"] = min(w.cfg.max_tokens_limit, room)
+    elif len(ids) + params["max_tokens"] > ctx:
+        raise ApiError(400, f"This model's maximum context length is {ctx} tokens. However, you requested "
+                            f"{len(ids) + params['max_tokens']} tokens ({len(ids)} in the prompt, "
+                            f"{params['max_tokens']} for the completion).", "invalid_request_error", param,
+                       "context_length_exceeded")
+
+
+def _engine_error(payload: dict) -> ApiError:
+    return ApiError(500, payload["message"], "server_error", None, payload.get("code"))
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _logprobs_body(entries: list[dict], chat: bool, k: int) -> dict:
+    """Engine entries -> OpenAI's chat (``content``) or completions shape."""
+    if chat:
+        def one(tok, lp):
+            return {"token": tok, "logprob": lp, "bytes": list(tok.encode("utf-8"))}
+        return {"content": [one(e["token"], e["logprob"]) | {"top_logprobs": [one(t, v) for t, v in e["top"]]}
+                            for e in entries], "refusal": None}
+    return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [dict(e["top"]) for e in entries] if k else None,
+            "text_offset": [e["offset"] for e in entries]}
+
+
+async def _watch_client(request: web.Request, req: GenRequest, q: asyncio.Queue) -> None:
+    """Cancel the generation when the client goes away (aiohttp does not
+    cancel handlers on disconnect by default), non-streaming included."""
+    while not req.finished:
+        t = request.transport
+        if t is None or t.is_closing():
+            req.cancelled = True
+            q.put_nowait(("disconnect", {}))
+            return
+        await asyncio.sleep(DISCONNECT_POLL_S)
 
 
 async def _next(q: asyncio.Queue, req: GenRequest, deadline: float):
@@ -214,72 +548,106 @@ async def _next(q: asyncio.Queue, req: GenRequest, deadline: float):
     try:
         if left <= 0:
             raise asyncio.TimeoutError
-        return await asyncio.wait_for(q.get(), left)
+        item = await asyncio.wait_for(q.get(), left)
     except asyncio.TimeoutError:
         req.cancelled = True
-        raise ApiError(504, "request timed out (worker request timeout)", "timeout") from None
+        raise ApiError(504, "request timed out (worker request timeout)", "server_error", None, "timeout") from None
+    if item[0] == "disconnect":
+        raise ClientGone()
+    return item
 
 
-async def _stream(request, q, req, meta, chat, deadline, delay) -> web.StreamResponse:
+async def _stream(request, o: Outcome, q, req, meta, chat, deadline, delay, include_usage, w) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                        ADAPTER_HEADER: meta["adapter"]})
-    await resp.prepare(request)
     obj = "chat.completion.chunk" if chat else "text_completion"
+    extra = {"usage": None} if include_usage else {}
 
-    def chunk(text: str | None, finish: str | None, first: bool = False) -> bytes:
+    def chunk(text: str | None, finish: str | None, first: bool = False, entries=None) -> bytes:
+        lp = _logprobs_body(entries or [], chat, req.logprobs) if req.logprobs is not None and entries else None
         if chat:
-            delta = {"role": "assistant"} if first else {}
+            delta = {"role": "assistant", "content": ""} if first else {}
             if text:
                 delta["content"] = text
-            c = {"index": 0, "delta": delta, "finish_reason": finish}
+            c = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
         else:
-            c = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-        return b"data: " + json.dumps({**meta, "object": obj, "choices": [c]}).encode() + b"\n\n"
+            c = {"index": 0, "text": text or "", "logprobs": lp, "finish_reason": finish}
+        return b"data: " + json.dumps({**meta, "object": obj, "choices": [c], **extra}).encode() + b"\n\n"
 
+    def error_event(e: ApiError) -> bytes:
+        return b"data: " + json.dumps(e.body()).encode() + b"\n\n"
+
+    fail_midway = w.stream_fault_for(meta["adapter"])
     try:
+        await resp.prepare(request)
         await resp.write(chunk(None, None, first=True) if chat else b": started\n\n")
         while True:
             try:
                 kind, payload = await _next(q, req, deadline)
-            except ApiError as e:
-                await resp.write(b"data: " + json.dumps({"error": {"message": e.message, "type": e.type,
-                                                                    "code": e.status}}).encode() + b"\n\n")
+            except ApiError as e:  # timeout: the status line said 200; the event and the metric say 504
+                o.status = str(e.status)
+                await resp.write(error_event(e))
                 break
             if kind == "token":
-                await resp.write(chunk(payload["text"], None))
+                await resp.write(chunk(payload["text"], None, entries=payload.get("logprobs")))
+                if fail_midway:  # test-only: a canary that fails streamed traffic only
+                    req.cancelled = True
+                    e = ApiError(500, f"injected stream fault for adapter {meta['adapter']} (test setting)",
+                                 "server_error")
+                    o.status = "500"
+                    await resp.write(error_event(e))
+                    break
             elif kind == "error":
-                await resp.write(b"data: " + json.dumps({"error": {"message": payload["message"],
-                                                                    "type": "server_error", "code": 500}}).encode() + b"\n\n")
+                e = _engine_error(payload)
+                o.status = str(e.status)
+                await resp.write(error_event(e))
                 break
             else:
                 if delay:
                     await asyncio.sleep(delay)
-                await resp.write(chunk(None, payload["finish_reason"]))
+                await resp.write(chunk(None, payload["finish_reason"], entries=payload.get("logprobs")))
+                if include_usage:
+                    usage = _usage(len(req.prompt_ids), payload["completion_tokens"])
+                    await resp.write(b"data: " + json.dumps({**meta, "object": obj, "choices": [],
+                                                             "usage": usage}).encode() + b"\n\n")
                 break
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
-    except (ConnectionResetError, asyncio.CancelledError):
+    except (ConnectionResetError, ClientGone):  # the client dropped the stream: counted apart, no traceback
         req.cancelled = True
-        raise
+        o.status = CLIENT_GONE
     return resp
 
 
-async def models(request):
-    w = request.app[WORKER_KEY]
+# ------------------------------------------------------------------ models
+def _model_objects(w: Worker) -> list[dict]:
     data = []
     for task, backends in sorted(w.routes.items()):
         live = [(a, wt) for a, wt in backends if a in w.served and wt > 0]
         total = sum(wt for _, wt in live) or 1
-        data.append({"id": task, "object": "model", "owned_by": "loraplane", "kind": "task",
+        data.append({"id": task, "object": "model", "created": w.created, "owned_by": "loraplane", "kind": "task",
                      "routes": [{"adapter": a, "weight": wt, "effective": round(wt / total, 4) if (a, wt) in live else 0.0}
                                 for a, wt in backends]})
     for name, ref in sorted(w.served.items()):
-        data.append({"id": name, "object": "model", "owned_by": ref.owner, "kind": "adapter", "task": ref.task,
-                     "version": ref.version})
+        data.append({"id": name, "object": "model", "created": w.loaded_at.get(name, w.created),
+                     "owned_by": ref.owner, "kind": "adapter", "task": ref.task, "version": ref.version})
     if w.base_ref:
-        data.append({"id": w.base_ref.name, "object": "model", "owned_by": w.base_ref.owner, "kind": "base",
-                     "variant": w.variant})
-    return web.json_response({"object": "list", "data": data})
+        data.append({"id": w.base_ref.name, "object": "model", "created": w.created, "owned_by": w.base_ref.owner,
+                     "kind": "base", "variant": w.variant})
+    return data
+
+
+async def models(request):
+    return web.json_response({"object": "list", "data": _model_objects(request.app[WORKER_KEY])})
+
+
+async def model(request):
+    name = request.match_info["model"]
+    for m in _model_objects(request.app[WORKER_KEY]):
+        if m["id"] == name:
+            return web.json_response(m)
+    raise ApiError(404, f"The model {name!r} does not exist on this worker", "invalid_request_error", "model",
+                   "model_not_found")
 
 
 async def healthz(request):
@@ -293,6 +661,7 @@ async def readyz(request):
     st = w.status().model_dump()
     st["draining"] = w.draining
     st["variant_reason"] = w.variant_reason
+    st["base_refusal"] = w.base_refusal
     return web.json_response(st, status=200 if w.ready else 503)
 
 
@@ -307,6 +676,7 @@ def create_app(worker: Worker) -> web.Application:
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{model}", model)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -1,8 +1,11 @@
-"""Start a real Kubernetes control plane on loopback, the way envtest does.
+"""Start a real Kubernetes control plane, the way envtest does.
 
 etcd, kube-apiserver, kube-controller-manager and kube-scheduler run as
 local processes built from their Go modules (see ``build.py``); KWOK plays
-the kubelets of fake nodes. Nothing is mocked: admission, CEL validation,
+the kubelets of fake nodes, and ``realnode.RealNode`` can join a real
+kubelet. Everything listens on loopback except the API server, which
+listens on all addresses and advertises the VM's own, so that pods on a
+real node reach it through the ``kubernetes`` Service. Nothing is mocked: admission, CEL validation,
 the scheduler, the garbage collector and the Job controller are the real
 ones.
 
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import build, kwok_stages, pki
+from .hostnet import primary_ipv4
 from .nodes import KWOK_ANNOTATION, gpu_node_manifest
 
 SERVICE_CIDR = "10.0.0.0/24"
@@ -59,6 +63,9 @@ class DevCluster:
     detached: bool = False
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
+    # The VM's primary IPv4: the API server's advertised address (see
+    # _apiserver_args); filled in by start() or attach().
+    host_ip: str = ""
     _procs: dict[str, subprocess.Popen] = field(default_factory=dict, repr=False)
 
     # ---- paths -------------------------------------------------------
@@ -85,7 +92,8 @@ class DevCluster:
         (self.workdir / "logs").mkdir(exist_ok=True)
         self.ports = {name: free_port() for name in
                       ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok")}
-        self.pki = pki.make_pki(self.workdir / "pki")
+        self.host_ip = self.host_ip or primary_ipv4()
+        self.pki = pki.make_pki(self.workdir / "pki", extra_ips=(self.host_ip,))
         self.kubeconfig.write_text(pki.kubeconfig_yaml(self.server, self.pki))
         deadline = time.monotonic() + timeout
         try:
@@ -154,15 +162,15 @@ class DevCluster:
     # ---- state for the detached CLI ------------------------------------
     def _write_state(self) -> None:
         state = {"pids": self.pids, "ports": self.ports, "kubeconfig": str(self.kubeconfig),
-                 "bin_dir": str(self.bin_dir)}
+                 "bin_dir": str(self.bin_dir), "host_ip": self.host_ip}
         (self.workdir / "state.json").write_text(json.dumps(state, indent=2))
 
     @classmethod
     def attach(cls, workdir: Path) -> "DevCluster":
         """The cluster a detached ``up`` left running in ``workdir``."""
         state = json.loads((workdir / "state.json").read_text())
-        return cls(workdir=workdir, bin_dir=Path(state["bin_dir"]), detached=True,
-                   ports=state["ports"], pids={k: int(v) for k, v in state["pids"].items()})
+        return cls(workdir=workdir, bin_dir=Path(state["bin_dir"]), detached=True, ports=state["ports"],
+                   pids={k: int(v) for k, v in state["pids"].items()}, host_ip=state.get("host_ip", ""))
 
     # ---- process plumbing ---------------------------------------------
     def _spawn(self, name: str, args: list[str]) -> None:
@@ -222,7 +230,16 @@ class DevCluster:
         p = self.pki
         return [
             f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            # Pods reach the API server through the `kubernetes` Service
+            # (10.0.0.1:443, in-cluster config). Its endpoint is the advertised
+            # address, which the lease reconciler publishes; loopback is refused
+            # there ("may not be in the loopback range"), so the API server
+            # advertises the VM's address and listens on every address
+            # (loopback for the harness, the VM address for pods via
+            # kube-proxy's DNAT). KWOK-only runs do not need it, but one set of
+            # flags keeps a real node attachable to any running cluster.
+            "--bind-address=0.0.0.0", f"--advertise-address={self.host_ip}",
+            "--endpoint-reconciler-type=lease",
             f"--secure-port={self.ports['apiserver']}",
             f"--cert-dir={self.workdir / 'apiserver-certs'}",
             f"--tls-cert-file={p.serving_cert}", f"--tls-private-key-file={p.serving_key}",
@@ -231,11 +248,17 @@ class DevCluster:
             f"--service-account-key-file={p.sa_pub}",
             f"--service-account-signing-key-file={p.sa_key}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--authorization-mode=RBAC",
+            # Node + NodeRestriction: a real kubelet (RealNode) may only read
+            # and write what its own pods need, as on a production cluster.
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            # logs/exec/port-forward: dial the kubelet at its InternalIP (the
+            # node name does not resolve), as a client its webhook authorizer
+            # accepts.
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
+            f"--kubelet-client-certificate={p.kubelet_client_cert}",
+            f"--kubelet-client-key={p.kubelet_client_key}",
             "--allow-privileged=true",
-            # Loopback cannot back the `kubernetes` Service endpoints; nothing
-            # in-cluster dials the API server through it here.
-            "--endpoint-reconciler-type=none",
             "--profiling=false",
             "--v=1",
         ]

@@ -3,9 +3,29 @@ labels real ones, so placement code sees exactly what it would in a fleet."""
 
 from __future__ import annotations
 
+import json
+from typing import Callable
+
 RTX_3090 = "NVIDIA-GeForce-RTX-3090"
 RTX_3090_MIB = 24576
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+
+
+def gpu_labels(gpus: int, memory_mib: int = RTX_3090_MIB, product: str = RTX_3090) -> dict[str, str]:
+    """What GPU Feature Discovery labels a node with (the subset placement reads)."""
+    return {"nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": product,
+            "nvidia.com/gpu.memory": str(memory_mib), "nvidia.com/gpu.count": str(gpus)}
+
+
+def advertise_fake_gpus(kubectl: Callable[..., object], node: str, gpus: int, memory_mib: int = RTX_3090_MIB,
+                        product: str = RTX_3090, extra_labels: dict[str, str] | None = None) -> None:
+    """Make a REAL node (kubelet, kind) look like a GPU node: GFD labels, and
+    ``nvidia.com/gpu`` capacity through the status subresource, which is how
+    an extended resource is advertised without a device plugin."""
+    labels = gpu_labels(gpus, memory_mib, product) | (extra_labels or {})
+    kubectl("label", "node", node, "--overwrite", *[f"{k}={v}" for k, v in labels.items()])
+    patch = [{"op": "add", "path": "/status/capacity/nvidia.com~1gpu", "value": str(gpus)}]
+    kubectl("patch", "node", node, "--subresource=status", "--type=json", "-p", json.dumps(patch))
 
 
 def gpu_node_manifest(
@@ -24,10 +44,7 @@ def gpu_node_manifest(
         "kubernetes.io/os": "linux",
         "kubernetes.io/arch": "amd64",
         "type": "kwok",
-        "nvidia.com/gpu.present": "true",
-        "nvidia.com/gpu.product": product,
-        "nvidia.com/gpu.memory": str(memory_mib),
-        "nvidia.com/gpu.count": str(gpus),
+        **gpu_labels(gpus, memory_mib, product),
     } | (labels or {})
     spec: dict = {}
     if taints:

@@ -27,6 +27,10 @@ class Pki:
     admin_key: Path
     sa_key: Path
     sa_pub: Path
+    # The API server's client certificate towards kubelets (logs, exec):
+    # in system:masters, so the kubelet's webhook authorizer allows it.
+    kubelet_client_cert: Path | None = None
+    kubelet_client_key: Path | None = None
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -44,8 +48,23 @@ def _signed(cwd: Path, name: str, subject: str, ext: str) -> None:
     )
 
 
-def make_pki(directory: Path) -> Pki:
-    """Create (or reuse) every certificate and key under ``directory``."""
+CLIENT_EXT = "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n"
+
+
+def apiserver_sans(extra_ips: tuple[str, ...] = ()) -> str:
+    ips = ["127.0.0.1", SERVICE_IP, *[ip for ip in extra_ips if ip not in ("127.0.0.1", SERVICE_IP)]]
+    return ",".join([f"IP:{ip}" for ip in ips] + [
+        "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default",
+        "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local"])
+
+
+def make_pki(directory: Path, extra_ips: tuple[str, ...] = ()) -> Pki:
+    """Create (or reuse) every certificate and key under ``directory``.
+
+    ``extra_ips`` go into the serving certificate's SANs (the VM address the
+    API server advertises to pods); a certificate made for other SANs is
+    made again.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     d = directory
     if not (d / "ca.crt").exists():
@@ -55,17 +74,17 @@ def make_pki(directory: Path) -> Pki:
             "-days", "3650", "-sha256", "-out", "ca.crt",
             cwd=d,
         )
-    if not (d / "apiserver.crt").exists():
-        sans = ",".join(
-            ["IP:127.0.0.1", f"IP:{SERVICE_IP}", "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default",
-             "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local"]
-        )
+    sans = apiserver_sans(extra_ips)
+    sans_file = d / "apiserver.sans"
+    if not (d / "apiserver.crt").exists() or not sans_file.exists() or sans_file.read_text() != sans:
         _signed(d, "apiserver", "/CN=kube-apiserver",
                 f"basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
                 f"extendedKeyUsage=serverAuth\nsubjectAltName={sans}\n")
+        sans_file.write_text(sans)
     if not (d / "admin.crt").exists():
-        _signed(d, "admin", "/O=system:masters/CN=loraplane-admin",
-                "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n")
+        _signed(d, "admin", "/O=system:masters/CN=loraplane-admin", CLIENT_EXT)
+    if not (d / "apiserver-kubelet-client.crt").exists():
+        _signed(d, "apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client", CLIENT_EXT)
     if not (d / "sa.key").exists():
         _openssl("genrsa", "-out", "sa.key", "2048", cwd=d)
         _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
@@ -74,11 +93,33 @@ def make_pki(directory: Path) -> Pki:
         serving_cert=d / "apiserver.crt", serving_key=d / "apiserver.key",
         admin_cert=d / "admin.crt", admin_key=d / "admin.key",
         sa_key=d / "sa.key", sa_pub=d / "sa.pub",
+        kubelet_client_cert=d / "apiserver-kubelet-client.crt",
+        kubelet_client_key=d / "apiserver-kubelet-client.key",
     )
 
 
-def kubeconfig_yaml(server: str, pki: Pki, name: str = "loraplane-dev") -> str:
-    """An admin kubeconfig; plain text so kubectl and every client read it."""
+def client_cert(directory: Path, name: str, subject: str) -> tuple[Path, Path]:
+    """A client certificate signed by the cluster CA in ``directory`` (made
+    once): ``subject`` like ``/O=system:nodes/CN=system:node:NAME``."""
+    if not (directory / f"{name}.crt").exists():
+        _signed(directory, name, subject, CLIENT_EXT)
+    return directory / f"{name}.crt", directory / f"{name}.key"
+
+
+def node_identity(directory: Path, node_name: str) -> tuple[Path, Path]:
+    """The kubelet's identity under the Node authorizer and NodeRestriction."""
+    return client_cert(directory, f"node-{node_name}", f"/O=system:nodes/CN=system:node:{node_name}")
+
+
+def kube_proxy_identity(directory: Path) -> tuple[Path, Path]:
+    """CN=system:kube-proxy: the default ClusterRoleBinding system:node-proxier covers it."""
+    return client_cert(directory, "kube-proxy", "/CN=system:kube-proxy")
+
+
+def kubeconfig_yaml(server: str, pki: Pki, name: str = "loraplane-dev",
+                    cert: Path | None = None, key: Path | None = None) -> str:
+    """A kubeconfig (admin unless ``cert``/``key`` are given); plain text so
+    kubectl and every client read it."""
     return f"""apiVersion: v1
 kind: Config
 clusters:
@@ -89,8 +130,8 @@ clusters:
 users:
 - name: {name}-admin
   user:
-    client-certificate: {pki.admin_cert}
-    client-key: {pki.admin_key}
+    client-certificate: {cert or pki.admin_cert}
+    client-key: {key or pki.admin_key}
 contexts:
 - name: {name}
   context:

@@ -64,12 +64,17 @@ class Kube:
                                                          _preload_content=False))["items"]
 
     def secret_key_present(self, ns: str, name: str, key: str) -> str | None:
-        """None when present, else why not. The value is never returned or logged."""
+        """None when present, else why not. The value is never returned or logged.
+        The chart grants ``get`` only on the Secrets listed in ``hubTokenSecrets``
+        (a Role per namespace, by name): any other is refused, and said so."""
         try:
             s = self.core.read_namespaced_secret(name, ns)
         except ApiException as e:
             if e.status == 404:
                 return f"Secret {name} not found in namespace {ns}"
+            if e.status == 403:
+                return (f"the operator may not read Secret {name} in namespace {ns}: list it in the chart value "
+                        f"hubTokenSecrets (namespace {ns}, name {name})")
             raise
         return None if key in (s.data or {}) else f"Secret {name} has no key {key!r}"
 

@@ -101,7 +101,7 @@ def test_dockerfile_facts(name):
     assert [ln for ln in lines if ln.startswith("USER")] == ["USER 10001:10001"]
     assert "--uid 10001 --gid 10001" in text and "--gid 10001 loraplane" in text
     assert "python3 -m venv /opt/venv" in text and "PATH=/opt/venv/bin:$PATH" in text
-    assert "HOME=/home/loraplane" in text
+    assert [ln for ln in lines if "HOME=/home/loraplane" in ln] == ["ENV HOME=/home/loraplane"]
     code = "\n".join(lines)  # without comments
     for forbidden in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "PIP_NO_CACHE_DIR", "nvidia/cuda"):
         assert forbidden not in code, forbidden

@@ -53,10 +53,20 @@ async def running_worker(store_root, doc: DesiredState | None, **cfg):
     from loraplane.worker.runtime import Worker, WorkerConfig
     from loraplane.worker.server import create_app
 
+    from aiohttp.web import AppRunner
+
+    class ProductionTestServer(TestServer):
+        """aiohttp's TestServer cancels a handler when its client disconnects;
+        ``loraplane worker`` (a plain AppRunner) does not. Test what runs."""
+
+        async def _make_runner(self, **kwargs):
+            kwargs["handler_cancellation"] = False
+            return AppRunner(self.app, **kwargs)
+
     w = Worker(WorkerConfig(store_root=str(store_root), **cfg))
     if doc is not None:
         await w.apply(doc)
-    client = TestClient(TestServer(create_app(w)))
+    client = TestClient(ProductionTestServer(create_app(w)))
     await client.start_server()
     try:
         yield w, client
