@@ -23,7 +23,6 @@ from .kube import Kube
 from ..core.manifests import verify_job, with_pull_settings
 from ..api.names import OWNER_LABEL
 from .reconcile import PLACEMENT_LOCK, _apply_status, _job_state, _summary, reconcile_resolve, report_invalid
-from ..api.adapter_types import AdapterStatus
 from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, parse
 from ..core.resolve import World, plan_adapter
 from ..core.training import (
@@ -50,40 +49,22 @@ def reconcile_adapter(kube: Kube, cfg, ledger, ns: str, name: str) -> float | No
     parsed = parse(AdapterResource, obj)
     if isinstance(parsed, InvalidObject):
         return report_invalid(kube, obj, parsed)
-    if not obj["spec"].get("training"):
+    if parsed.spec.training is None:
         return reconcile_resolve(kube, cfg, "Adapter", ns, name)
     now = dt.datetime.now(dt.timezone.utc)
-    base = kube.get_custom("BaseModel", ns, obj["spec"]["baseModelRef"])
+    raw_base = kube.get_custom("BaseModel", ns, parsed.spec.base_model_ref)
+    base = None if raw_base is None else parse(BaseModelResource, raw_base)
     owned = kube.list_jobs(ns, f"{OWNER_LABEL}=adapter.{name}")
     train = [j for j in owned if GENERATION_LABEL in (j["metadata"].get("labels") or {})]
     states = [job_state(j, kube.list_pods(ns, f"job-name={j['metadata']['name']}")) for j in train]
-    plan = plan_training(obj, base, states, now)
+    plan = plan_training(parsed, base, states, now)
     for job in plan.delete_jobs:
         _delete_job(kube, ns, job)
     if plan.place:
-        with PLACEMENT_LOCK:
-            if ledger is not None:
-                nodes, reservations, _ = ledger.view()
-            else:  # no cache (a one-off pass): list, as the cache's first read does
-                from ..core.inventory import node_info, reservations as res_of
-                nodes = [node_info(n) for n in kube.list_nodes()]
-                reservations = res_of(kube.list_pods(), nodes)
-            decision = pl.place(nodes, reservations, [placement_request(obj, plan.need.mib)])[0]
-            if decision.placed:
-                for identity in workload_identity.objects(ns, cfg.workload_cluster_role):
-                    kube.apply(identity)  # the trainer patches its Pod with progress
-                job = training_job(obj, base, train_job_name(obj), decision.node, decision.gpu, decision.need_mib,
-                                   cfg.image_for_jobs)
-                # None on 409: a repeated pass after a restart
-                kube.create(with_pull_settings(job, cfg.image_pull_policy, cfg.image_pull_secrets))
-                if ledger is not None:
-                    ledger.created(pending_reservation_pod(job))
-                plan = placed(obj, plan, decision, now)
-            else:
-                plan = unplaced(obj, plan, decision, now)
+        plan = _place_and_create(kube, cfg, ledger, parsed, base, plan, now)
     status, events, requeue = plan.status, list(plan.events), plan.requeue_after
     if plan.verify:
-        status, more, requeue = _verify(kube, cfg, obj, base, owned, status, now)
+        status, more, requeue = _verify(kube, cfg, parsed, base, owned, status, now)
         events += more
     _apply_status(kube, obj, status)
     for e in events:
@@ -91,29 +72,48 @@ def reconcile_adapter(kube: Kube, cfg, ledger, ns: str, name: str) -> float | No
     return requeue
 
 
-def _verify(kube: Kube, cfg, obj: dict, base: dict | None, owned: list[dict], status: dict, now):
+def _place_and_create(kube: Kube, cfg, ledger, adapter: AdapterResource, base: BaseModelResource, plan, now):
+    """Place the training Job on a GPU and create it, under the placement lock the pools use."""
+    ns = adapter.namespace
+    with PLACEMENT_LOCK:
+        if ledger is not None:
+            nodes, reservations, _ = ledger.view()
+        else:  # no cache (a one-off pass): list, as the cache's first read does
+            from ..core.inventory import node_info, reservations as res_of
+            nodes = [node_info(n) for n in kube.list_nodes()]
+            reservations = res_of(kube.list_pods(), nodes)
+        decision = pl.place(nodes, reservations, [placement_request(adapter, plan.need.mib)])[0]
+        if not decision.placed:
+            return unplaced(adapter, plan, decision, now)
+        for identity in workload_identity.objects(ns, cfg.workload_cluster_role):
+            kube.apply(identity)  # the trainer patches its Pod with progress
+        job = training_job(adapter, base, train_job_name(adapter), decision.node, decision.gpu, decision.need_mib,
+                           cfg.image_for_jobs)
+        # None on 409: a repeated pass after a restart
+        kube.create(with_pull_settings(job, cfg.image_pull_policy, cfg.image_pull_secrets))
+        if ledger is not None:
+            ledger.created(pending_reservation_pod(job))
+        return placed(adapter, plan, decision, now)
+
+
+def _verify(kube: Kube, cfg, obj: AdapterResource, base: BaseModelResource | None, owned: list[dict],
+            status: dict, now):
     """Verify the published version with the same verify Job and checks as a source Adapter."""
-    view = {**verify_view(obj), "status": status}
-    ns = obj["metadata"]["namespace"]
+    ns = obj.namespace
     verify_jobs = [j for j in owned if GENERATION_LABEL not in (j["metadata"].get("labels") or {})]
     world = World(now=now, jobs={j["metadata"]["name"]: _job_state(kube, ns, j) for j in verify_jobs})
     relpath = adapter_relpath(obj)
     done = world.jobs.get(status.get("job") or "")
     if done and done.phase == "Succeeded":
         world.summary, world.summary_error = _summary(cfg, done, relpath)
-    if base is not None:
-        world.base = parse(BaseModelResource, base)
-    # parsed at the top of this pass; only spec.source and the status computed here are new (a null
-    # there deletes a key by merge patch, so one the Adapter status does not model is dropped)
-    known = {f.alias or n for n, f in AdapterStatus.model_fields.items()}
-    adapter = AdapterResource.model_validate(
-        {**view, "status": {k: v for k, v in status.items() if v is not None or k in known}})
+    world.base = base
+    adapter = verify_view(obj, status)
     vplan = plan_adapter(adapter, world, cfg.backoff)
     if vplan.create_job:
-        job = verify_job(adapter, vplan.job_name, "adapter", adapter.spec.source.owner, adapter_store_name(obj),
-                         adapter.spec.version, relpath, True, world.base.spec.store, cfg.image_for_jobs,
-                         cfg.job_pod_annotations)
-        label = f"adapter.{obj['metadata']['name']}"
+        job = verify_job(adapter, vplan.job_name, "adapter", adapter.spec.source.owner,
+                         adapter.spec.source.store_name, adapter.spec.version, relpath, True, base.spec.store,
+                         cfg.image_for_jobs, cfg.job_pod_annotations)
+        label = f"adapter.{obj.name}"
         job["metadata"]["labels"][OWNER_LABEL] = label
         job["spec"]["template"]["metadata"]["labels"][OWNER_LABEL] = label
         kube.create(with_pull_settings(job, cfg.image_pull_policy, cfg.image_pull_secrets))

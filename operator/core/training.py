@@ -30,15 +30,17 @@ from shlex import join as shjoin
 from . import placement as pl
 from ..api.conditions import triple
 from .manifests import (
-    OFFLINE_ENV, WRITABLE_ENV, container_security, owner_ref, pod_security, store_volume, tmp_volume,
+    OFFLINE_ENV, WRITABLE_ENV, container_security, owner_ref_of, pod_security, store_volume, tmp_volume,
 )
 from ..api.names import (
     GPU_ANNOTATION, MANAGED_BY, OWNER_LABEL, RESERVATION_ANNOTATION, WORKLOAD_SERVICE_ACCOUNT, job_name,
 )
 from .pool import request_for
 from .store_summary import store_relpath
+from ..api.adapter_types import AdapterSource, AdapterStatus
 from ..api.common_types import StoreVolume
-from ..api.training_types import TrainingGpu
+from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, as_read, dump
+from ..api.training_types import Hyperparameters, TrainingSpec
 
 PROGRESS_ANNOTATION = "loraplane.io/training-progress"  # = loraplane.training.progress.ANNOTATION
 TRAINING_LABEL = "loraplane.io/training"  # on training pods: the Adapter's name
@@ -65,12 +67,12 @@ class Need:
     detail: str  # how it was obtained, for status and events
 
 
-def _trainer_default(h: dict, key: str, default):
-    v = h.get(key)
+def _trainer_default(h: Hyperparameters, key: str, default):
+    v = getattr(h, key)
     return default if v is None else v
 
 
-def derive_need(training: dict, base_variants: dict[str, int]) -> Need:
+def derive_need(training: TrainingSpec, base_variants: dict[str, int]) -> Need:
     """Declared ``resources.vramMiB``, or base weights + LoRA state + activations + overhead.
 
     Base weights come from the BaseModel's measured variants: qlora loads the base in 4-bit
@@ -79,13 +81,13 @@ def derive_need(training: dict, base_variants: dict[str, int]) -> Need:
     by the base's size, which over-estimates larger bases (activations grow with sqrt of size)
     and is what ``resources.vramMiB`` is for.
     """
-    declared = (training.get("resources") or {}).get("vramMiB")
+    declared = training.resources.vram_mib
     if declared:
         return Need(int(declared), f"declared {declared} MiB")
-    h = training.get("hyperparameters") or {}
+    h = training.hyperparameters
     fp16 = base_variants.get("fp16") or base_variants.get("bf16") or (
         base_variants["fp32"] // 2 if base_variants.get("fp32") else None)
-    if training.get("method", "qlora") == "qlora":
+    if training.method == "qlora":
         weights = base_variants.get("bnb-4bit") or (int(fp16 * 0.3) if fp16 else None)
     else:
         weights = fp16
@@ -94,47 +96,45 @@ def derive_need(training: dict, base_variants: dict[str, int]) -> Need:
                          f"({sorted(base_variants) or 'none'}); set spec.training.resources.vramMiB")
     scale = (fp16 or weights) / REF_FP16_MIB
     r = _trainer_default(h, "r", 16)
-    modules = len(_trainer_default(h, "targetModules", ["q_proj", "k_proj", "v_proj", "o_proj"]))
+    modules = len(_trainer_default(h, "target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"]))
     lora = LORA_MIB_PER_RANK_MODULE * r * modules * scale
-    tokens = _trainer_default(h, "batchSize", 4) * _trainer_default(h, "seqLen", 512)
-    act = ACT_MIB_PER_TOKEN[bool(h.get("gradientCheckpointing"))] * tokens * scale
+    tokens = _trainer_default(h, "batch_size", 4) * _trainer_default(h, "seq_len", 512)
+    act = ACT_MIB_PER_TOKEN[bool(h.gradient_checkpointing)] * tokens * scale
     total = int(weights + lora + act + CUDA_OVERHEAD_MIB + 0.999)
     return Need(total, f"derived {total} MiB = base {weights} + LoRA {lora:.0f} + activations {act:.0f} "
                        f"({tokens} tokens) + {CUDA_OVERHEAD_MIB} overhead")
 
 
 # --- the Job ---------------------------------------------------------------------------------------
-def adapter_store_name(adapter: dict) -> str:
-    return (adapter["spec"]["training"].get("storeName")) or adapter["metadata"]["name"]
+def adapter_store_name(adapter: AdapterResource) -> str:
+    return adapter.spec.training.store_name or adapter.name
 
 
-def adapter_relpath(adapter: dict) -> str:
-    t = adapter["spec"]["training"]
-    return store_relpath(t.get("owner", "default"), "adapter", adapter_store_name(adapter), adapter["spec"]["version"])
+def adapter_relpath(adapter: AdapterResource) -> str:
+    t = adapter.spec.training
+    return store_relpath(t.owner, "adapter", adapter_store_name(adapter), adapter.spec.version)
 
 
-def train_job_name(adapter: dict) -> str:
+def train_job_name(adapter: AdapterResource) -> str:
     """Deterministic per generation (a restarted operator finds its Job); never depends on
     retries of the verify step."""
-    return job_name("adp", adapter["metadata"]["name"], "train", adapter["metadata"].get("generation") or 0, 0)
+    return job_name("adp", adapter.name, "train", adapter.generation or 0, 0)
 
 
-def train_args(adapter: dict, base: dict, store_mount: str) -> list[str]:
+def train_args(adapter: AdapterResource, base: BaseModelResource, store_mount: str) -> list[str]:
     """``loraplane train`` argv for the Job. Fixed ``--version`` (the Adapter's) so a restarted pod
     finds its own checkpoint under ``<store>/.training/<owner>/<name>/<version>``."""
-    spec, t = adapter["spec"], adapter["spec"]["training"]
-    bspec = base["spec"]
-    data = t["dataset"]
-    root = DATA_MOUNT if data.get("persistentVolumeClaim") else store_mount
-    args = ["loraplane", "train", "--method", t.get("method", "qlora"),
-            "--base", f"{bspec.get('owner', 'default')}/{bspec['storeName']}@{bspec['version']}",
-            "--verify-base", t.get("verifyBase", "quick"), "--device", t.get("device", "auto"),
-            "--store-root", store_mount, "--owner", t.get("owner", "default"),
-            "--name", adapter_store_name(adapter), "--version", spec["version"], "--task", spec["task"],
+    spec, t, bspec = adapter.spec, adapter.spec.training, base.spec
+    root = DATA_MOUNT if t.dataset.persistent_volume_claim else store_mount
+    args = ["loraplane", "train", "--method", t.method,
+            "--base", f"{bspec.owner}/{bspec.store_name}@{bspec.version}",
+            "--verify-base", t.verify_base, "--device", t.device,
+            "--store-root", store_mount, "--owner", t.owner,
+            "--name", adapter_store_name(adapter), "--version", spec.version, "--task", spec.task,
             "--publish"]
-    for p in data["paths"]:
+    for p in t.dataset.paths:
         args += ["--dataset", f"{root.rstrip('/')}/{p}"]
-    h = t.get("hyperparameters") or {}
+    h = as_read(t.hyperparameters)  # camelCase keys, as written in the spec
     for key in sorted(h):
         v = h[key]
         if v is None:
@@ -149,26 +149,26 @@ def train_args(adapter: dict, base: dict, store_mount: str) -> list[str]:
     return args
 
 
-def training_job(adapter: dict, base: dict, name: str, node: str, gpu: int, need_mib: int, image: str,
-                 pod_annotations: dict | None = None) -> dict:
-    meta, t = adapter["metadata"], adapter["spec"]["training"]
-    store = StoreVolume.model_validate(base["spec"]["store"])
+def training_job(adapter: AdapterResource, base: BaseModelResource, name: str, node: str, gpu: int, need_mib: int,
+                 image: str, pod_annotations: dict | None = None) -> dict:
+    t = adapter.spec.training
+    store = base.spec.store
     mount = store.mount_path
-    owner_label = f"adapter.{meta['name']}"
+    owner_label = f"adapter.{adapter.name}"
     labels = {OWNER_LABEL: owner_label, **MANAGED_BY}
-    job_labels = {**labels, GENERATION_LABEL: str(meta.get("generation") or 0)}
-    pod_labels = {**labels, TRAINING_LABEL: meta["name"], "app.kubernetes.io/name": "loraplane-trainer"}
-    reservation = {"node": node, "gpu": gpu, "vramMiB": need_mib, "variant": f"training-{t.get('method', 'qlora')}"}
+    job_labels = {**labels, GENERATION_LABEL: str(adapter.generation or 0)}
+    pod_labels = {**labels, TRAINING_LABEL: adapter.name, "app.kubernetes.io/name": "loraplane-trainer"}
+    reservation = {"node": node, "gpu": gpu, "vramMiB": need_mib, "variant": f"training-{t.method}"}
     volumes, mounts = _trainer_volumes(t, store, mount)
     return {
         "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": name, "namespace": meta["namespace"], "labels": job_labels,
+        "metadata": {"name": name, "namespace": adapter.namespace, "labels": job_labels,
                      "annotations": {RESERVATION_ANNOTATION: json.dumps(reservation, sort_keys=True,
                                                                         separators=(",", ":"))},
-                     "ownerReferences": [owner_ref(adapter)]},
+                     "ownerReferences": [owner_ref_of(adapter)]},
         "spec": {
-            "backoffLimit": int(t.get("backoffLimit", 2)),
-            "activeDeadlineSeconds": int(t.get("activeDeadlineSeconds", 86400)),
+            "backoffLimit": t.backoff_limit,
+            "activeDeadlineSeconds": t.active_deadline_seconds,
             # Exit 2 is a bad config or dataset: fail the Job at once. Evictions/drains (the trainer
             # checkpointed on SIGTERM) do not count against backoffLimit.
             "podFailurePolicy": {"rules": [
@@ -183,15 +183,14 @@ def training_job(adapter: dict, base: dict, name: str, node: str, gpu: int, need
                     GPU_ANNOTATION: str(gpu)}},
                 "spec": {
                     "restartPolicy": "Never",
-                    "serviceAccountName": t.get("serviceAccountName") or WORKLOAD_SERVICE_ACCOUNT,
+                    "serviceAccountName": t.service_account_name or WORKLOAD_SERVICE_ACCOUNT,
                     "terminationGracePeriodSeconds": 300,  # finish the step and checkpoint on SIGTERM
                     "enableServiceLinks": False,
                     "securityContext": pod_security(),
                     "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
                         "nodeSelectorTerms": [{"matchFields": [
                             {"key": "metadata.name", "operator": "In", "values": [node]}]}]}}},
-                    "tolerations": [{k: v for k, v in tol.items() if v is not None}
-                                    for tol in (t.get("gpu") or {}).get("tolerations") or []],
+                    "tolerations": [dump(tol) for tol in t.gpu.tolerations],
                     "containers": [_trainer_container(adapter, base, mount, gpu, mounts, image)],
                     "volumes": volumes,
                 },
@@ -200,23 +199,24 @@ def training_job(adapter: dict, base: dict, name: str, node: str, gpu: int, need
     }
 
 
-def _trainer_volumes(t: dict, store: StoreVolume, mount: str) -> tuple[list[dict], list[dict]]:
+def _trainer_volumes(t: TrainingSpec, store: StoreVolume, mount: str) -> tuple[list[dict], list[dict]]:
     """The store (read-write: the trainer publishes), /tmp, and the dataset's claim if it has one."""
     volume = store_volume(store)
     if "persistentVolumeClaim" in volume:  # the trainer publishes: the store is mounted read-write
         volume["persistentVolumeClaim"]["readOnly"] = False
     tmp, tmp_mount = tmp_volume()
     volumes, mounts = [volume, tmp], [{"name": "model-store", "mountPath": mount}, tmp_mount]
-    claim = (t["dataset"].get("persistentVolumeClaim") or {}).get("claimName")
+    claim = t.dataset.persistent_volume_claim.claim_name if t.dataset.persistent_volume_claim else None
     if claim:
         volumes.append({"name": "dataset", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": "dataset", "mountPath": DATA_MOUNT, "readOnly": True})
     return volumes, mounts
 
 
-def _trainer_container(adapter: dict, base: dict, mount: str, gpu: int, mounts: list[dict], image: str) -> dict:
-    t = adapter["spec"]["training"]
-    res = t.get("resources") or {}
+def _trainer_container(adapter: AdapterResource, base: BaseModelResource, mount: str, gpu: int, mounts: list[dict],
+                       image: str) -> dict:
+    t = adapter.spec.training
+    res = t.resources
     env = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -228,23 +228,20 @@ def _trainer_container(adapter: dict, base: dict, mount: str, gpu: int, mounts: 
     ]
     return {
         "name": "trainer",
-        "image": t.get("image") or image,
+        "image": t.image or image,
         "args": train_args(adapter, base, mount),  # the image's ENTRYPOINT (tini) stays
         "securityContext": container_security(),
         "env": env,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "resources": {"requests": {"cpu": res.get("cpu", "4"), "memory": res.get("memory", "32Gi")}},
+        "resources": {"requests": {"cpu": res.cpu, "memory": res.memory}},
         "volumeMounts": mounts,
     }
 
 
-def placement_request(adapter: dict, need_mib: int) -> pl.Request:
-    meta = adapter["metadata"]
-    gpu = TrainingGpu.model_validate(adapter["spec"]["training"].get("gpu") or {})
-    method = adapter["spec"]["training"].get("method", "qlora")
-    ns = meta["namespace"]
-    return request_for(gpu, f"{ns}/train-{meta['name']}", f"{ns}/{train_job_name(adapter)}",
-                       ((f"training-{method}", need_mib),))
+def placement_request(adapter: AdapterResource, need_mib: int) -> pl.Request:
+    t, ns = adapter.spec.training, adapter.namespace
+    return request_for(t.gpu, f"{ns}/train-{adapter.name}", f"{ns}/{train_job_name(adapter)}",
+                       ((f"training-{t.method}", need_mib),))
 
 
 def pending_reservation_pod(job: dict) -> dict:
@@ -364,9 +361,9 @@ class TrainPlan:
     events: list[tuple[str, str, str]] = field(default_factory=list)
 
 
-def _status(adapter: dict) -> dict:
-    st = dict(adapter.get("status") or {})
-    gen = adapter["metadata"].get("generation")
+def _status(adapter: AdapterResource) -> dict:
+    st = as_read(adapter.status)
+    gen = adapter.generation
     if st.get("observedGeneration") != gen:  # the spec changed: start over
         st.update(phase="Pending", attempts=0, nextRetry=None, job=None, checksum=None)
         st["training"] = {}
@@ -375,9 +372,9 @@ def _status(adapter: dict) -> dict:
     return st
 
 
-def _set(adapter: dict, st: dict, now: dt.datetime, phase: str, reason: str, message: str, *,
+def _set(adapter: AdapterResource, st: dict, now: dt.datetime, phase: str, reason: str, message: str, *,
          ready=False, progressing=True, degraded=False) -> dict:
-    gen = adapter["metadata"].get("generation")
+    gen = adapter.generation
     st.update(phase=phase, observedGeneration=gen)
     st["conditions"] = triple(st.get("conditions") or [], ready=(ready, reason, message),
                               progressing=(progressing, reason, message),
@@ -386,9 +383,9 @@ def _set(adapter: dict, st: dict, now: dt.datetime, phase: str, reason: str, mes
     return st
 
 
-def plan_training(adapter: dict, base: dict | None, jobs: list[TrainJob], now: dt.datetime) -> TrainPlan:
-    meta = adapter["metadata"]
-    gen = meta.get("generation") or 0
+def plan_training(adapter: AdapterResource, base: BaseModelResource | InvalidObject | None, jobs: list[TrainJob],
+                  now: dt.datetime) -> TrainPlan:
+    gen = adapter.generation or 0
     st = _status(adapter)
     name = train_job_name(adapter)
     plan = TrainPlan(status=st)
@@ -421,24 +418,25 @@ def plan_training(adapter: dict, base: dict | None, jobs: list[TrainJob], now: d
     return plan
 
 
-def _before_job(adapter: dict, base: dict | None, plan: TrainPlan, now: dt.datetime) -> TrainPlan:
+def _before_job(adapter: AdapterResource, base: BaseModelResource | InvalidObject | None, plan: TrainPlan,
+                now: dt.datetime) -> TrainPlan:
     """No Job for this generation yet: wait for the BaseModel, derive the VRAM need, ask for placement."""
-    st, gen = plan.status, adapter["metadata"].get("generation") or 0
+    st, gen, ref = plan.status, adapter.generation or 0, adapter.spec.base_model_ref
     if st.get("phase") == "Failed" and st.get("observedGeneration") == gen:
         return plan  # terminal for this generation (the Job may have been cleaned up by its TTL)
-    if base is None:
-        _set(adapter, st, now, "Pending", "BaseModelMissing",
-             f"BaseModel {adapter['spec']['baseModelRef']} not found in this namespace")
+    if base is None or isinstance(base, InvalidObject):
+        why = "not found in this namespace" if base is None else f"is invalid: {base.message}"
+        _set(adapter, st, now, "Pending", "BaseModelMissing" if base is None else "BaseModelInvalid",
+             f"BaseModel {ref} {why}")
         plan.requeue_after = 15
         return plan
-    if (base.get("status") or {}).get("phase") != "Ready":
-        _set(adapter, st, now, "Pending", "WaitingForBaseModel",
-             f"BaseModel {adapter['spec']['baseModelRef']} is not Ready")
+    if base.status.phase != "Ready":
+        _set(adapter, st, now, "Pending", "WaitingForBaseModel", f"BaseModel {ref} is not Ready")
         plan.requeue_after = 10
         return plan
-    variants = {v["name"]: int(v["vramMiB"]) for v in base["status"].get("variants") or []}
+    variants = {v.name: int(v.vram_mib) for v in base.status.variants}
     try:
-        plan.need = derive_need(adapter["spec"]["training"], variants)
+        plan.need = derive_need(adapter.spec.training, variants)
     except ValueError as e:
         _set(adapter, st, now, "Failed", "NeedUnknown", str(e), progressing=False, degraded=True)
         plan.events.append(("Warning", "NeedUnknown", str(e)))
@@ -464,7 +462,7 @@ def _running_message(name: str, p: dict, job: TrainJob) -> str:
     return msg
 
 
-def placed(adapter: dict, plan: TrainPlan, decision: pl.Decision, now: dt.datetime) -> TrainPlan:
+def placed(adapter: AdapterResource, plan: TrainPlan, decision: pl.Decision, now: dt.datetime) -> TrainPlan:
     """Status after the Job was created on ``decision``'s GPU."""
     st = plan.status
     st["training"].update(job=train_job_name(adapter), node=decision.node, gpu=decision.gpu,
@@ -476,7 +474,7 @@ def placed(adapter: dict, plan: TrainPlan, decision: pl.Decision, now: dt.dateti
     return plan
 
 
-def unplaced(adapter: dict, plan: TrainPlan, decision: pl.Decision, now: dt.datetime) -> TrainPlan:
+def unplaced(adapter: AdapterResource, plan: TrainPlan, decision: pl.Decision, now: dt.datetime) -> TrainPlan:
     st = plan.status
     msg = f"no GPU has room for training ({plan.need.detail}): {decision.message}"
     before = next((c for c in st.get("conditions") or [] if c.get("type") == "Progressing"), {})
@@ -487,13 +485,15 @@ def unplaced(adapter: dict, plan: TrainPlan, decision: pl.Decision, now: dt.date
     return plan
 
 
-def verify_view(adapter: dict) -> dict:
-    """The Adapter as ``resolve_core.plan_adapter`` sees it once trained: a ``source`` Adapter
-    naming the version the trainer published."""
-    spec = {k: v for k, v in adapter["spec"].items() if k != "training"}
-    t = adapter["spec"]["training"]
-    spec["source"] = {"owner": t.get("owner", "default"), "storeName": adapter_store_name(adapter)}
-    return {**adapter, "spec": spec}
+def verify_view(adapter: AdapterResource, status: dict) -> AdapterResource:
+    """The Adapter as ``resolve.plan_adapter`` sees it once trained: a ``source`` Adapter
+    naming the version the trainer published, with the status this pass computed (a null
+    there deletes a key by merge patch; one the Adapter status does not model is dropped)."""
+    source = AdapterSource(owner=adapter.spec.training.owner, storeName=adapter_store_name(adapter))
+    spec = adapter.spec.model_copy(update={"training": None, "source": source})
+    known = {f.alias or n for n, f in AdapterStatus.model_fields.items()}
+    st = AdapterStatus.model_validate({k: v for k, v in status.items() if v is not None or k in known})
+    return adapter.model_copy(update={"spec": spec, "status": st})
 
 
 def describe(args: list[str]) -> str:

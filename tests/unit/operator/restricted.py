@@ -117,7 +117,7 @@ def operator_workloads(namespace: str = "ns", claim: str = "loraplane-store", pu
     """name -> the Pod or Job as the operator builds it, with a PVC store (the
     only store volume ``restricted`` admits) and the installation's pull settings."""
     from loraplane.operator.api.common_types import SecretKeyRef, StoreVolume
-    from loraplane.operator.api.resources import BaseModelResource, WorkerPoolResource
+    from loraplane.operator.api.resources import AdapterResource, BaseModelResource, WorkerPoolResource
     from loraplane.operator.core.manifests import publish_job, verify_job, with_pull_settings, worker_pod
     from loraplane.operator.core.training import training_job
 
@@ -139,7 +139,8 @@ def operator_workloads(namespace: str = "ns", claim: str = "loraplane-store", pu
         "publish-job": publish_job(BaseModelResource.model_validate(base), "bm-m-publish-g1-a0", "default", "tiny",
                                    "v1", "org/repo", "main", SecretKeyRef(name="hf", key="token"), StoreVolume.model_validate(rw_store),
                                    "worker:dev", {}, "apache-2.0"),
-        "training-job": training_job(adapter, base, "adp-a-train-g1-a0", "node-a", 0, 8000, "worker:dev"),
+        "training-job": training_job(AdapterResource.model_validate(adapter), BaseModelResource.model_validate(base),
+                                     "adp-a-train-g1-a0", "node-a", 0, 8000, "worker:dev"),
     }
     return {k: with_pull_settings(v, pull_policy, list(pull_secrets)) for k, v in out.items()}
 

@@ -12,7 +12,7 @@ import json
 from loraplane.operator.api.common_types import StoreVolume
 from loraplane.operator.api.resources import InvalidObject, WorkerPoolResource, parse
 from loraplane.operator.controllers.reconcile import reconcile_pool, reconcile_resolve
-from loraplane.operator.core import manifests, pool, resolve, routing
+from loraplane.operator.core import manifests, pool, resolve, routing, training
 
 
 def raw_pool(**spec):
@@ -77,8 +77,9 @@ def test_the_spec_hash_of_running_pods_is_what_it_was_before_parsing():
     assert manifests.worker_spec_hash(spec, "img", StoreVolume.model_validate(store), "fp16") == before
 
 
-def test_the_pool_and_resolve_paths_take_parsed_objects():
-    """The WorkerPool, BaseModel and source-Adapter entry points of the cores take the parsed types."""
+def test_the_cores_take_parsed_objects():
+    """The entry points of the cores take the parsed types: WorkerPool, BaseModel, Adapter (source and
+    training)."""
     for fn, param in ((pool.plan_pool, "pool"), (pool.compose_desired, "pool"), (routing.plan_routing, "pool"),
                       (routing.adapters_named, "pool"), (routing.needs_metrics, "pool"),
                       (manifests.worker_pod, "pool"), (manifests.service, "pool"),
@@ -89,3 +90,7 @@ def test_the_pool_and_resolve_paths_take_parsed_objects():
     assert inspect.signature(resolve.plan_basemodel).parameters["obj"].annotation == "BaseModelResource"
     assert inspect.signature(resolve.plan_adapter).parameters["obj"].annotation == "AdapterResource"
     assert "BaseModelResource" in inspect.signature(manifests.verify_job).parameters["owner"].annotation
+    for fn in (training.plan_training, training.training_job, training.placement_request, training.verify_view,
+               training.placed, training.unplaced):
+        assert inspect.signature(fn).parameters["adapter"].annotation == "AdapterResource", fn.__name__
+    assert "TrainingSpec" in inspect.signature(training.derive_need).parameters["training"].annotation
