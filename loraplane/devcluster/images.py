@@ -433,8 +433,13 @@ def build_images(names: tuple[str, ...] | list[str] = ("operator", "worker"), *,
         if n not in IMAGES:
             raise ValueError(f"unknown image {n!r}; known: {', '.join(IMAGES)}")
     builder = builder or choose_builder()
-    with _lock("base"):
-        base_ref, base_seconds, base_cached = resolve_base(builder, base)
+    # One build at a time per cache: the store is pruned after each new image.
+    with _lock("store"):
+        return _build_locked(names, base, root, builder)
+
+
+def _build_locked(names, base: str, root: Path, builder: Buildah | Docker) -> dict[str, BuiltImage]:
+    base_ref, base_seconds, base_cached = resolve_base(builder, base)
     base_id = builder.image_id(base_ref) or base_ref
     log(f"base image {base_ref} ({'cached' if base_cached else f'built in {base_seconds:.0f} s'})")
     volumes, pip_args = build_volumes_and_args()
@@ -449,19 +454,21 @@ def build_images(names: tuple[str, ...] | list[str] = ("operator", "worker"), *,
         digest = content_hash(root, dockerfile, base_id, hashed_args)
         tag = f"{REPO_PREFIX}/{name}:{digest[:12]}"
         archive = archive_path(name, digest)
-        with _lock(name):
-            cached = archive.is_file()
-            if not cached:
-                if not builder.image_id(tag):
-                    builder.build(root / dockerfile, tag, {**hashed_args, **pip_args}, volumes, root)
-                tmp = archive.with_name(archive.name + f".tmp{os.getpid()}")
+        cached = archive.is_file()
+        if not cached:
+            if not builder.image_id(tag):
+                builder.build(root / dockerfile, tag, {**hashed_args, **pip_args}, volumes, root)
+                log(f"{name}: built {tag} in {time.monotonic() - t0:.0f} s")
+            t1 = time.monotonic()
+            tmp = archive.with_name(archive.name + f".tmp{os.getpid()}")
+            tmp.unlink(missing_ok=True)
+            try:
+                builder.save(tag, tmp)
+                os.replace(tmp, archive)
+            finally:
                 tmp.unlink(missing_ok=True)
-                try:
-                    builder.save(tag, tmp)
-                    os.replace(tmp, archive)
-                finally:
-                    tmp.unlink(missing_ok=True)
-                _prune(builder, name, tag, archive)
+            log(f"{name}: archive written in {time.monotonic() - t1:.0f} s")
+            _prune(builder, name, tag, archive)
         out[name] = BuiltImage(ref=tag, archive=archive, size_bytes=archive.stat().st_size,
                                seconds=time.monotonic() - t0, cached=cached)
     return out
@@ -476,6 +483,8 @@ def _prune(builder: Buildah | Docker, name: str, keep_tag: str, keep_archive: Pa
         if a != keep_archive:
             log(f"prune {a}")
             a.unlink(missing_ok=True)
+    if isinstance(builder, Buildah):  # its store is ours alone: drop layers no image uses any more
+        subprocess.run(builder.base + ["rmi", "--prune"], capture_output=True)
 
 
 def load_into_containerd(archive: Path, ctr: Path, address: str) -> None:

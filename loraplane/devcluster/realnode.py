@@ -211,7 +211,8 @@ class RealNode:
         if wanted and all(have.get(name) == digest for name, digest in wanted.items()):
             return list(wanted)
         # Unpacked into the CRI snapshotter now, so pod start does not pay for it.
-        self.ctr("images", "import", "--snapshotter", "overlayfs", str(archive))
+        # A multi-GB worker image takes minutes on a loaded machine.
+        self.ctr("images", "import", "--snapshotter", "overlayfs", str(archive), timeout=3600)
         return list(wanted)
 
     @property

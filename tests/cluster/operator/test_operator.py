@@ -91,13 +91,14 @@ def ready(cluster, ns, kind, name):
 def test_samples_reach_ready(dev_cluster, namespace, operator, op_store, gpu_nodes):
     _, label = gpu_nodes(2, gpus=2)
     ns = namespace
-    # The samples' PVC, bound to a hostPath PV holding the test store.
+    # The samples' PVC (the name the chart's modelStore.shared gives it), bound to a
+    # hostPath PV holding the test store.
     pv = f"model-store-{ns}"
     apply(dev_cluster, ns, {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
                             "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
                                      "storageClassName": "", "hostPath": {"path": str(op_store)},
-                                     "claimRef": {"namespace": ns, "name": "model-store"}}},
-          {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "model-store"},
+                                     "claimRef": {"namespace": ns, "name": "loraplane-store"}}},
+          {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "loraplane-store"},
            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
                     "resources": {"requests": {"storage": "1Gi"}}}},
           {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hf-token"}, "stringData": {"token": "x"}})

@@ -112,7 +112,7 @@ def test_dockerfile_facts(name):
               "worker_image", "training_jobs", "perf"):
         assert p in srcs, p
     # pip is not left for run time; the hash args that invalidate buildah's layer cache are declared
-    assert "pip uninstall -y pip setuptools" in text
+    assert "pip uninstall -y pip" in text
     assert "ARG DEPS_HASH" in text and "ARG SOURCE_HASH" in text
 
 
