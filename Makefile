@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 .PHONY: test unit cluster demo venv control-plane crds images dev-cluster-up dev-cluster-down clean
 
-test: venv control-plane node
+test: venv control-plane node prometheus
 	$(PY) -m pytest -m "unit or cluster" $(PYTEST_ARGS)
 
 unit: venv
@@ -40,9 +40,16 @@ crds: venv
 control-plane: venv
 	$(PY) -m loraplane.devcluster.build
 
+# prometheus + promtool from the Go module (loraplane/devcluster/prom_build.py),
+# cached next to the control plane: the alert rule tests and metrics checks.
+.PHONY: prometheus
+prometheus: venv
+	$(PY) -m loraplane.devcluster.prom_build
+
 # The real node (loraplane/devcluster/realnode.py): kubelet, kube-proxy,
 # containerd v2 and the pause program, built from Go modules next to the
 # control plane (node_build.py), plus the host packages it runs with.
+.PHONY: node node-deps
 node: venv control-plane node-deps
 	$(PY) -m loraplane.devcluster.node_build
 

@@ -100,6 +100,7 @@ class GenRequest:
     logprobs: int | None = None  # None: off; k >= 0: the chosen token's logprob and the top k alternatives
     logit_bias: dict[int, float] | None = None  # token id -> added to the logit before sampling
     label: str | None = None  # adapter name for metrics (``adapter`` may be an internal bank key)
+    task: str = "-"  # the task the request was routed for (metrics label)
     id: int = field(default_factory=lambda: next(_ids))
     enqueued: float = field(default_factory=time.monotonic)
     generated: list[int] = field(default_factory=list)

@@ -2,7 +2,10 @@
 
 Why a registry per worker: tests create several workers in one process;
 a private ``CollectorRegistry`` keeps their series apart. Names follow the
-Prometheus conventions (``_seconds``, ``_total``, ``_bytes``).
+Prometheus conventions (``_seconds``, ``_total``, ``_bytes``). Labels follow
+the scheme shared with the operator (docs/operator.md "Metrics"): ``task`` and
+``adapter`` (the Adapter name, i.e. the version) here; ``namespace``, ``pool``,
+``node`` and ``gpu`` are target labels the chart's PodMonitor adds from the pod.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ class WorkerMetrics(StepObserver):
         self.request_duration = Histogram(p + "request_duration_seconds", "End-to-end request latency",
                                           ["task", "adapter", "status"], buckets=LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram(p + "time_to_first_token_seconds", "Queue + prefill time to the first token",
-                              ["adapter"], buckets=LATENCY_BUCKETS, registry=r)
-        self.generated_tokens = Counter(p + "generated_tokens_total", "Tokens generated", ["adapter"], registry=r)
-        self.prompt_tokens = Counter(p + "prompt_tokens_total", "Prompt tokens processed", ["adapter"], registry=r)
+                              ["task", "adapter"], buckets=LATENCY_BUCKETS, registry=r)
+        self.generated_tokens = Counter(p + "generated_tokens_total", "Tokens generated", ["task", "adapter"],
+                                        registry=r)
+        self.prompt_tokens = Counter(p + "prompt_tokens_total", "Prompt tokens processed", ["task", "adapter"],
+                                     registry=r)
         self.requests = Counter(p + "requests_total", "Requests by outcome", ["task", "adapter", "status"], registry=r)
         self.queue_depth_g = Gauge(p + "queue_depth", "Requests waiting to join the batch", registry=r)
         self.batch_size = Histogram(p + "batch_size", "Rows per forward pass", ["phase"],
@@ -32,6 +37,11 @@ class WorkerMetrics(StepObserver):
                                       buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
         self.adapter_load_failures = Counter(p + "adapter_load_failures_total", "Adapters refused or failed",
                                              ["adapter", "reason"], registry=r)
+        self.adapter_swap_failures = Counter(p + "adapter_swap_failures_total",
+                                             "Hot swaps refused: new content for a served adapter name failed",
+                                             ["adapter"], registry=r)
+        self.base_load_failures = Counter(p + "base_load_failures_total", "Base model verify/load failures",
+                                          ["reason"], registry=r)
         self.adapters_loaded = Gauge(p + "adapters_loaded", "Adapters resident", registry=r)
         self.adapter_bytes = Gauge(p + "adapter_memory_bytes", "Bytes held by resident adapters", registry=r)
         self.gpu_memory = Gauge(p + "gpu_memory_bytes", "CUDA memory", ["kind"], registry=r)
@@ -44,11 +54,11 @@ class WorkerMetrics(StepObserver):
         self.batch_size.labels(kind).observe(size)
 
     def first_token(self, req: GenRequest, seconds: float) -> None:
-        self.ttft.labels(req.metric_label).observe(seconds)
-        self.prompt_tokens.labels(req.metric_label).inc(len(req.prompt_ids))
+        self.ttft.labels(req.task, req.metric_label).observe(seconds)
+        self.prompt_tokens.labels(req.task, req.metric_label).inc(len(req.prompt_ids))
 
     def tokens(self, req: GenRequest, n: int) -> None:
-        self.generated_tokens.labels(req.metric_label).inc(n)
+        self.generated_tokens.labels(req.task, req.metric_label).inc(n)
 
     def oom(self) -> None:
         self.oom_total.inc()

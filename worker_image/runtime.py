@@ -180,6 +180,7 @@ class Worker:
                 self.failed.pop(BASE_ADAPTER, None)
             except Exception as e:  # noqa: BLE001
                 self.failed[BASE_ADAPTER] = f"base {desired.base.name}@{desired.base.version}: {e}"
+                self.metrics.base_load_failures.labels(type(e).__name__).inc()
                 log.error("%s", self.failed[BASE_ADAPTER])
                 return False
         elif (desired.base.owner, desired.base.name, desired.base.version, self._requested(desired)) != (
@@ -215,6 +216,7 @@ class Worker:
             reason = f"{key}: {e}"
             self.failed[name] = reason
             if self.served.pop(name, None) is not None:  # the desired content is refused: stop serving the name
+                self.metrics.adapter_swap_failures.labels(name).inc()
                 self.checksums.pop(name, None)
                 self.loaded_at.pop(name, None)
                 self._unload_later(self.bank_keys.pop(name))

@@ -432,7 +432,8 @@ async def _serve(request, w: Worker, o: Outcome, body: dict, *, prompt=None, mes
             except RuntimeError:  # the event loop is closed: nobody is listening any more
                 req.cancelled = True
 
-        req = GenRequest(prompt_ids=ids, adapter=bank_key, label=choice.adapter, sink=sink, **params)
+        req = GenRequest(prompt_ids=ids, adapter=bank_key, label=choice.adapter, task=o.task, sink=sink,
+                         **params)
         w.engine.submit(req, held=True)
         submitted = True
     finally:

@@ -122,7 +122,10 @@ class RealNode:
 
     # ---- lifecycle ---------------------------------------------------------------
     def start(self, timeout: float = 240.0) -> "RealNode":
-        t0 = time.monotonic()
+        """Start and wait for Ready (``timeout`` counts from when the lock is
+        held; waiting for another session's node is ``lock_timeout``).
+        ``timings``: seconds waited for the lock, then seconds from holding it
+        to containerd up, Node Ready and GPUs advertised."""
         missing = node_build.missing_node_binaries(self.bin_dir)
         if missing:
             raise RuntimeError(f"node binaries missing in {self.bin_dir}: {missing}; run "
@@ -130,9 +133,17 @@ class RealNode:
         tools = missing_host_tools()
         if tools:
             raise RuntimeError(f"host tools missing: {tools}; run `make node-deps`")
+        waited = time.monotonic()
         self._lock()
+        t0 = time.monotonic()
+        self.timings = {"lock_wait": round(t0 - waited, 1)}
         try:
+            # Before the try below: a refusal here must not stop someone's node.
             self._undo_stale_run()
+        except BaseException:
+            self._unlock()
+            raise
+        try:
             self.node_ip = primary_ipv4()
             host_state.write_state(self.paths.state_file, {
                 "name": self.name, "sysctls": host_state.record_sysctls(), "pids": {}, "bin_dir": str(self.bin_dir),
@@ -178,10 +189,11 @@ class RealNode:
 
     @classmethod
     def attach(cls, cluster: DevCluster, paths: NodePaths | None = None) -> "RealNode | None":
-        """The node a detached ``dev-cluster up --real-node`` left running."""
+        """The node a detached ``dev-cluster up --real-node`` left running
+        (None when there is none, or the recorded one belongs to a test run)."""
         paths = paths or NodePaths(containerd_root=build.cache_root() / "containerd-root")
         state = host_state.read_state(paths.state_file)
-        if state is None:
+        if state is None or not state.get("detached"):
             return None
         node = cls(cluster, name=state.get("name", "loraplane-node-0"), detached=True, paths=paths)
         node.pids = {k: int(v) for k, v in (state.get("pids") or {}).items()}

@@ -13,6 +13,7 @@ KWOK_VERSION = "v0.8.0"
 CONTAINERD_VERSION = "v2.4.2"
 # Not part of the control plane: renders and lints the chart in tests.
 HELM_VERSION = "v3.22.0"
+PROMETHEUS_MODULE_VERSION = "v0.316.0"  # Prometheus 3.16.0: prometheus + promtool (prom_build.py)
 
 
 def staging_version(kubernetes_version: str = KUBERNETES_VERSION) -> str:

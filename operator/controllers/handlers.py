@@ -16,6 +16,7 @@ import functools
 
 import kopf
 
+from . import metrics
 from ..api.common_types import GROUP, VERSION
 from ..core.inventory import node_info
 from .state import State, wake as _wake
@@ -69,6 +70,7 @@ async def pool_changed(name, namespace, body, type, **_):
     seen = (meta.get("generation"), meta.get("deletionTimestamp"), str(meta.get("annotations")))
     if type == "DELETED":
         State.generations.pop(key, None)
+        metrics.forget_pool(namespace, name)
     elif State.generations.get(key) != seen:
         State.generations[key] = seen
         _wake("WorkerPool", namespace, name)
@@ -82,7 +84,9 @@ async def base_changed(name, namespace, **_):
 
 
 @kopf.on.event(GROUP, VERSION, "adapters")
-async def adapter_changed(name, namespace, **_):
+async def adapter_changed(name, namespace, type=None, **_):
+    if type == "DELETED":
+        metrics.forget_adapter(namespace, name)
     _wake("Adapter", namespace, name)
     _wake("WorkerPool", namespace)
 

@@ -152,6 +152,7 @@ def reconcile_pool(kube: Kube, cfg: Config, ledger: LedgerCache, applied: Applie
                    name: str) -> float | None:
     raw = kube.get_custom("WorkerPool", ns, name)
     if raw is None:
+        metrics.forget_pool(ns, name)
         return None
     pool = parse(WorkerPoolResource, raw)
     if isinstance(pool, InvalidObject):
@@ -176,13 +177,12 @@ def reconcile_pool(kube: Kube, cfg: Config, ledger: LedgerCache, applied: Applie
     applied.apply(kube, service(pool))
     for pod_name in plan.delete:
         kube.delete_pod(ns, pod_name)
-    _pool_metrics(pool, plan.status)
+    variant = plan.status.get("variant") or ""
     _merge_routing(pool, plan, routing)
     _apply_status(kube, raw, plan.status)
     for e in plan.events:
         kube.event(raw, *e)
-    for task, reason in routing.transitions:
-        metrics.ROLLOUT_TRANSITIONS.labels(ns, name, task, reason).inc()
+    metrics.observe_pool(ns, name, variant, plan.status, plan.events, routing.transitions)
     return plan.requeue_after
 
 
@@ -216,17 +216,9 @@ def _create_pods(kube: Kube, cfg: Config, ledger: LedgerCache, pool: WorkerPoolR
         variant = json.loads(pod["metadata"]["annotations"]["loraplane.io/reservation"])["variant"]
         if created:
             ledger.created(created)  # write-through: the next placement sees it
-            metrics.PLACEMENTS.labels(pool.namespace, pool.name, variant).inc()
+            metrics.placed(pool.namespace, pool.name, variant)
         if cfg.create_delay_seconds:
             time.sleep(cfg.create_delay_seconds)
-
-
-def _pool_metrics(pool: WorkerPoolResource, status: dict) -> None:
-    ns, name, variant = pool.namespace, pool.name, status.get("variant") or ""
-    metrics.POOL_UNPLACED.labels(ns, name, variant).set(status.get("unplaced", 0))
-    metrics.POOL_READY.labels(ns, name, variant).set(status.get("readyReplicas", 0))
-    if status.get("unplaced"):
-        metrics.PLACEMENT_FAILURES.labels(ns, name, variant).inc(status["unplaced"])
 
 
 #: (pool uid, annotation value) of malformed rollout commands already reported

@@ -15,6 +15,7 @@ import logging
 
 import kopf
 
+from . import metrics
 from ..core import placement as pl
 from ..core import workload_identity
 from ..api.common_types import GROUP
@@ -45,6 +46,7 @@ def _delete_job(kube: Kube, ns: str, name: str) -> None:
 def reconcile_adapter(kube: Kube, cfg, ledger, ns: str, name: str) -> float | None:
     obj = kube.get_custom("Adapter", ns, name)
     if obj is None:
+        metrics.forget_adapter(ns, name)
         return None
     parsed = parse(AdapterResource, obj)
     if isinstance(parsed, InvalidObject):
@@ -69,6 +71,7 @@ def reconcile_adapter(kube: Kube, cfg, ledger, ns: str, name: str) -> float | No
     _apply_status(kube, obj, status)
     for e in events:
         kube.event(obj, *e)
+    metrics.observe_training(ns, name, status.get("training"), events)
     return requeue
 
 

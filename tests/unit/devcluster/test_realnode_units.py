@@ -282,3 +282,25 @@ def test_containerfile_is_from_scratch():
     from loraplane.devcluster import node_images
 
     assert node_images.containerfile("pause") == 'FROM scratch\nCOPY pause /pause\nENTRYPOINT ["/pause"]\n'
+
+
+def test_start_refuses_a_live_detached_node_without_touching_it(tmp_path, paths, monkeypatch):
+    class FakeCluster:
+        bin_dir = tmp_path / "bin"
+        workdir = tmp_path / "cluster"
+    monkeypatch.setattr(realnode.node_build, "missing_node_binaries", lambda d: [])
+    monkeypatch.setattr(realnode, "missing_host_tools", lambda: [])
+    monkeypatch.setattr(realnode, "LOCK_FILE", tmp_path / "lock")
+    node = realnode.RealNode(FakeCluster(), paths=paths)
+    torn = []
+    monkeypatch.setattr(node, "_teardown", lambda *a, **kw: torn.append(a))
+    exe = Path(os.readlink("/proc/self/exe"))
+    host_state.write_state(paths.state_file, {"pids": {exe.name: os.getpid()}, "detached": True,
+                                              "bin_dir": str(exe.parent)})
+    with pytest.raises(RuntimeError, match="detached real node is running"):
+        node.start()
+    assert torn == [] and node._lock_fd is None and paths.state_file.exists()
+    # `down` finds it; a node a test run started (not detached) it leaves alone.
+    assert realnode.RealNode.attach(FakeCluster(), paths=paths).pids == {exe.name: os.getpid()}
+    host_state.write_state(paths.state_file, {"pids": {exe.name: os.getpid()}, "bin_dir": str(exe.parent)})
+    assert realnode.RealNode.attach(FakeCluster(), paths=paths) is None

@@ -184,8 +184,8 @@ def test_metrics_follow_the_ledger():
     from loraplane.operator.controllers import metrics
     nodes_ = [pl.NodeInfo("mx", {}, 2, 24576)]
     metrics.observe_ledger(nodes_, [pl.Reservation("mx", 1, 10000, "ns/p-0")])
-    assert REGISTRY.get_sample_value("loraplane_gpu_vram_allocated_mebibytes", {"node": "mx", "gpu": "1"}) == 10000
-    assert REGISTRY.get_sample_value("loraplane_gpu_vram_free_mebibytes", {"node": "mx", "gpu": "0"}) == 24576
+    assert REGISTRY.get_sample_value("loraplane_gpu_vram_allocated_bytes", {"node": "mx", "gpu": "1"}) == 10000 * 2**20
+    assert REGISTRY.get_sample_value("loraplane_gpu_vram_free_bytes", {"node": "mx", "gpu": "0"}) == 24576 * 2**20
 
 
 def test_need_reserves_room_for_adapters_not_verified_yet():
