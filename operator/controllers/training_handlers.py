@@ -1,5 +1,5 @@
 """Thin edge for Adapters with ``spec.training``: read the world, call
-``training_core``, apply. The Adapter daemon calls ``reconcile_adapter`` for
+``core.training``, apply. The Adapter daemon calls ``reconcile_adapter`` for
 every Adapter; one without ``training`` goes to ``reconcile_resolve`` as before.
 
 Placement runs under ``reconcile.PLACEMENT_LOCK`` on the same ledger view the

@@ -4,7 +4,7 @@ need, and the Adapter's phase from what the Job and its pods report.
 Flow: Pending (BaseModel not Ready, or no GPU has room) -> Training (Job
 placed on one GPU, progress copied from the pod's
 ``loraplane.io/training-progress`` annotation) -> the published adapter is
-verified exactly like a ``source`` Adapter (``resolve_core.plan_adapter``
+verified exactly like a ``source`` Adapter (``resolve.plan_adapter``
 runs the verify Job) -> Ready, or Failed with the pod's own reason.
 
 Why place the Job ourselves: training and serving share the fleet, so the
