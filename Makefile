@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 .PHONY: test unit cluster demo venv control-plane crds images dev-cluster-up dev-cluster-down clean
 
-test: venv control-plane node prometheus
+test: venv control-plane node prometheus s3-server
 	$(PY) -m pytest -m "unit or cluster" $(PYTEST_ARGS)
 
 unit: venv
@@ -45,6 +45,12 @@ control-plane: venv
 .PHONY: prometheus
 prometheus: venv
 	$(PY) -m loraplane.devcluster.prom_build
+
+# A real S3 server (versitygw) from its Go module (loraplane/devcluster/s3_build.py),
+# cached next to the control plane: the ModelStore's S3 backend tests.
+.PHONY: s3-server
+s3-server: venv
+	$(PY) -m loraplane.devcluster.s3_build
 
 # The real node (loraplane/devcluster/realnode.py): kubelet, kube-proxy,
 # containerd v2 and the pause program, built from Go modules next to the

@@ -71,15 +71,58 @@ def build_tokenizer():
     return fast
 
 
-def build_base(out_dir: str | Path, seed: int = 0, **overrides) -> Path:
-    """Save a random-weight Mistral and its tokenizer to ``out_dir``."""
+def build_bpe_tokenizer(vocab_size: int = 512):
+    """A byte-level BPE tokenizer (every byte is a token, as in GPT-2/Llama 3)
+    trained offline on synthetic words and JSON up to ``vocab_size`` entries,
+    with the same chat template and special tokens as ``build_tokenizer``.
+
+    Why: the word-level tokenizer cannot spell arbitrary text (no ``{``), so
+    structured output (JSON grammars) needs a vocabulary that can; 512 keeps
+    it inside the tiny model's embedding, 32000 is Mistral's size
+    (perf/grammar_compare.py)."""
+    import json
+    import random
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    rnd = random.Random(0)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+
+    def word():
+        return "".join(rnd.choice(letters) for _ in range(rnd.randint(2, 9)))
+
+    def lines():
+        for _ in range(60000 if vocab_size > 4096 else 2000):
+            ws = [rnd.choice(_CORPUS) if rnd.random() < 0.5 else word() for _ in range(12)]
+            yield " ".join(ws)
+            yield json.dumps({word(): rnd.randint(0, 10**6), word(): ws[:3], "name": ws[0], "ok": rnd.random() < .5})
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|system|>", "<|tool|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(lines(), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", additional_special_tokens=specials[4:])
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"
+    return fast
+
+
+def build_base(out_dir: str | Path, seed: int = 0, tokenizer: str = "words", **overrides) -> Path:
+    """Save a random-weight Mistral and its tokenizer to ``out_dir``.
+    ``tokenizer``: ``"words"`` (``build_tokenizer``) or ``"bpe"``
+    (``build_bpe_tokenizer``, for structured output)."""
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer()
+    tokenizer = build_bpe_tokenizer(TINY_CONFIG["vocab_size"]) if tokenizer == "bpe" else build_tokenizer()
     config = MistralConfig(
         **(TINY_CONFIG | overrides),
         pad_token_id=tokenizer.pad_token_id,

@@ -86,11 +86,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("schema", help="print the manifest JSON schema")
 
+    p = sub.add_parser("backup", help="snapshot the store to s3://bucket/prefix (incremental by sha256, rotated)")
+    _common(p)
+    p.add_argument("--to", required=True, metavar="S3_URL", help="s3://bucket/prefix (credentials: AWS_* env)")
+    p.add_argument("--keep-daily", type=int, default=7, help="newest snapshot of each of the last N days (default 7)")
+    p.add_argument("--keep-weekly", type=int, default=4, help="newest snapshot of each of the last M ISO weeks (default 4)")
+    p.add_argument("--only-owner", default=None, help="back up one owner (default: every owner)")
+
+    p = sub.add_parser("restore", help="restore a snapshot from s3://bucket/prefix into the store")
+    _common(p)
+    p.add_argument("--from", dest="from_url", required=True, metavar="S3_URL")
+    p.add_argument("--snapshot", default="latest", help="snapshot id (default: latest)")
+
+    p = sub.add_parser("snapshots", help="list the snapshots at s3://bucket/prefix")
+    _common(p)
+    p.add_argument("--at", required=True, metavar="S3_URL")
+
 
 def _store(args):
-    from .store import ModelStore
+    from .s3 import open_store
 
-    return ModelStore(args.root)
+    return open_store(args.root)  # a directory, or s3://bucket/prefix (publish/list/show/verify/set-current)
 
 
 def _progress():
@@ -125,7 +141,18 @@ def _dispatch(args) -> int:
 
         print(json.dumps(manifest_json_schema(), indent=2))
         return EXIT_OK
+    if cmd == "snapshots":
+        from .backup import list_snapshots
+        from .s3 import S3ModelStore
+
+        ids = list_snapshots(S3ModelStore(args.at))
+        _emit(args, ids, "\n".join(ids) or "(none)")
+        return EXIT_OK
     store = _store(args)
+    from .s3 import S3ModelStore
+
+    if isinstance(store, S3ModelStore) and cmd in ("check", "gc", "backup", "restore"):
+        raise StoreError(f"{cmd} works on a local store root; {args.root or 'the root'} is an S3 store")
     action = _ACTIONS.get(cmd)
     if action is None:
         raise StoreError(f"unknown action {cmd!r}")
@@ -165,7 +192,31 @@ def _cmd_check(args, store) -> int:
     return EXIT_OK if rep.ok else EXIT_FAILED
 
 
+def _cmd_backup(args, store) -> int:
+    from .backup import backup
+
+    rep = backup(store, args.to, keep_daily=args.keep_daily, keep_weekly=args.keep_weekly, owner=args.only_owner)
+    _emit(args, rep.to_dict(), rep.summary())
+    return EXIT_OK
+
+
+def _cmd_restore(args, store) -> int:
+    from .backup import restore
+
+    rep = restore(store, args.from_url, snapshot=args.snapshot)
+    _emit(args, rep.to_dict(), rep.summary())
+    return EXIT_OK
+
+
 def _cmd_list(args, store) -> int:
+    from .s3 import S3ModelStore
+
+    if isinstance(store, S3ModelStore):
+        rows = store.list(owner=None if args.all_owners else args.owner, kind=args.kind, name=args.name)
+        text = "\n".join(f"{'*' if r['current'] else ' '} {r['owner']}/{r['kind']}/{r['name']}@{r['version']}  "
+                         f"{r['total_size']} bytes  {r['checksum'][:12]}" for r in rows) or "(empty)"
+        _emit(args, rows, text)
+        return EXIT_OK
     rows = store.list(owner=None if args.all_owners else args.owner, kind=args.kind, name=args.name)
     text = "\n".join(
         f"{'*' if r.current else ' '} {r.owner}/{r.kind}/{r.name}@{r.version}  "
@@ -203,4 +254,5 @@ def _cmd_set_current(args, store) -> int:
 
 #: ``loraplane modelstore ACTION`` -> its handler (``schema`` needs no store and is handled first)
 _ACTIONS = {"publish": _cmd_publish, "verify": _cmd_verify, "check": _cmd_check, "list": _cmd_list,
-            "show": _cmd_show, "gc": _cmd_gc, "set-current": _cmd_set_current}
+            "show": _cmd_show, "gc": _cmd_gc, "set-current": _cmd_set_current, "backup": _cmd_backup,
+            "restore": _cmd_restore}

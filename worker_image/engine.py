@@ -99,6 +99,7 @@ class GenRequest:
     seed: int | None = None  # own random stream: same seed + same request -> same sample draws
     logprobs: int | None = None  # None: off; k >= 0: the chosen token's logprob and the top k alternatives
     logit_bias: dict[int, float] | None = None  # token id -> added to the logit before sampling
+    grammar: Any = None  # an llguidance.LLMatcher (grammar.py): this row's tokens are constrained by it
     label: str | None = None  # adapter name for metrics (``adapter`` may be an internal bank key)
     task: str = "-"  # the task the request was routed for (metrics label)
     id: int = field(default_factory=lambda: next(_ids))
@@ -113,6 +114,7 @@ class GenRequest:
     lp: list[dict] = field(default_factory=list)  # logprob entries (when ``logprobs`` is set)
     lp_sent: int = 0
     generator: torch.Generator | None = None
+    grammar_error: str | None = None
 
     @property
     def metric_label(self) -> str:
@@ -433,6 +435,10 @@ class Engine:
                 ids = torch.tensor(list(r.logit_bias), dtype=torch.long, device=logits.device)
                 vals = torch.tensor(list(r.logit_bias.values()), dtype=torch.float32, device=logits.device)
                 logits[i].index_add_(0, ids, vals)
+        raw = logits
+        constrained = [i for i, r in enumerate(rows) if r.grammar is not None]
+        if constrained:
+            logits = self._constrain(logits, rows, constrained)
         temps = torch.tensor([r.temperature for r in rows], dtype=torch.float32, device=logits.device)
         top_p = torch.tensor([r.top_p for r in rows], dtype=torch.float32, device=logits.device)
         uniforms = None
@@ -450,7 +456,7 @@ class Engine:
         want = [i for i, r in enumerate(rows) if r.logprobs is not None]
         if want:
             idx = torch.tensor(want, device=logits.device)
-            lp = torch.log_softmax(logits.index_select(0, idx), dim=-1)
+            lp = torch.log_softmax(raw.index_select(0, idx), dim=-1)  # the model's, before any grammar
             k = max(rows[i].logprobs for i in want)
             top_v, top_i = lp.topk(k, dim=-1) if k > 0 else (None, None)
             chosen = lp.gather(-1, toks.index_select(0, idx)[:, None]).squeeze(-1).tolist()
@@ -459,7 +465,32 @@ class Engine:
                 kk = r.logprobs
                 top = list(zip(top_i[j, :kk].tolist(), top_v[j, :kk].tolist())) if kk else []
                 r.lp.append({"id": int(toks[i]), "logprob": chosen[j], "top": top})
+        for i in constrained:
+            r = rows[i]
+            if r.grammar_error is None and not r.grammar.consume_token(int(toks[i])):
+                r.grammar_error = f"grammar refused token {int(toks[i])}: {r.grammar.get_error()}"
         return toks
+
+    def _constrain(self, logits: torch.Tensor, rows: list[GenRequest], constrained: list[int]) -> torch.Tensor:
+        """Mask each constrained row with its own grammar (CPU bitmask, applied
+        on the logits' device); rows without a grammar are untouched. A row
+        whose grammar allows no token is failed after this step."""
+        from llguidance.torch import allocate_token_bitmask, apply_token_bitmask_inplace, fill_next_token_bitmask
+
+        V = logits.shape[-1]
+        bm = allocate_token_bitmask(len(constrained), V)
+        for j, i in enumerate(constrained):
+            fill_next_token_bitmask(rows[i].grammar, bm, j)
+            if rows[i].grammar.is_error():
+                rows[i].grammar_error = f"grammar failed: {rows[i].grammar.get_error()}"
+            elif not bool(bm[j].any()):
+                rows[i].grammar_error = "the grammar allows no next token"
+        logits = logits.clone()
+        idx = torch.tensor(constrained, device=logits.device)
+        sub = logits.index_select(0, idx)
+        apply_token_bitmask_inplace(sub, bm.to(logits.device, non_blocking=True))
+        logits.index_copy_(0, idx, sub)
+        return logits
 
     def _after_tokens(self, rows: list[GenRequest], toks: torch.Tensor) -> list[int]:
         """Record one new token per row; emit text; return the rows that continue."""
@@ -468,8 +499,11 @@ class Engine:
             if r.cancelled:
                 self._finish(r, "cancelled")
                 continue
+            if r.grammar_error is not None:
+                self._finish(r, "error", error=r.grammar_error, code="grammar_error")
+                continue
             reason = None
-            if t in self.eos_ids and not r.ignore_eos:
+            if t in self.eos_ids and (not r.ignore_eos or r.grammar is not None):
                 reason = "stop"
                 if r.lp:
                     r.lp.pop()  # the EOS token is not part of the completion
@@ -478,6 +512,8 @@ class Engine:
                 self.obs.tokens(r, 1)
                 if len(r.generated) >= r.max_tokens:
                     reason = "length"
+                elif r.grammar is not None and r.grammar.is_stopped():
+                    reason = "stop"  # the grammar is complete and allows nothing more
             text = self.tokenizer.decode(r.generated, skip_special_tokens=True)
             if len(r.offsets) < len(r.generated):
                 r.offsets.append(r.text_len)

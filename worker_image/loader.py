@@ -54,6 +54,25 @@ def plan_variant(requested: str, device_type: str, bnb_issue: str | None) -> Var
     return VariantPlan(requested, requested, None)
 
 
+MODEL_CACHE_ENV = "LORAPLANE_MODEL_CACHE"
+
+
+def open_model_store(root: str | None):
+    """The store a worker reads: a directory (hostPath/PVC) as it is, or
+    ``s3://bucket/prefix`` materialised into the node-local cache
+    ``$LORAPLANE_MODEL_CACHE`` (an emptyDir or hostPath; default under the
+    temp dir), keyed by manifest checksum so workers on one node share it."""
+    from loraplane.modelstore import ModelStore
+    from loraplane.modelstore.s3 import CachingS3Store, is_s3_url
+
+    if is_s3_url(root):
+        import tempfile
+
+        cache = os.environ.get(MODEL_CACHE_ENV) or os.path.join(tempfile.gettempdir(), "loraplane-model-cache")
+        return CachingS3Store(root, cache)
+    return ModelStore(root)
+
+
 def count_parameters(path: Path) -> int:
     """Parameters of the checkpoint in ``path``, from the safetensors headers
     (no tensor is read); ``*.bin`` checkpoints are estimated at 2 bytes a

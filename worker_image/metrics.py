@@ -49,6 +49,22 @@ class WorkerMetrics(StepObserver):
         self.ready = Gauge(p + "ready", "1 when base and desired adapters are loaded", registry=r)
         self.base_load = Gauge(p + "base_load_seconds", "Time the base model took to verify and load", registry=r)
 
+    def forget_adapter(self, adapter: str) -> None:
+        """Remove every series labelled with ``adapter`` (it is no longer served: no stale series)."""
+        for metric in (self.request_duration, self.ttft, self.generated_tokens, self.prompt_tokens, self.requests,
+                       self.adapter_load_failures, self.adapter_swap_failures):
+            names = metric._labelnames
+            seen = set()
+            for family in metric.collect():
+                for sample in family.samples:
+                    if sample.labels.get("adapter") == adapter:
+                        seen.add(tuple(sample.labels[n] for n in names))
+            for values in seen:
+                try:
+                    metric.remove(*values)
+                except KeyError:
+                    pass
+
     # StepObserver hooks (engine thread)
     def batch(self, size: int, kind: str) -> None:
         self.batch_size.labels(kind).observe(size)

@@ -18,16 +18,22 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import itertools
+import json
 import logging
 import os
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Awaitable, Callable
 
 from loraplane.contracts.desired import ADVERTISE_URL_ENV, AdapterRef, DesiredState, WorkerStatus
 from .routing import BASE_ADAPTER, Choice, RouteError, choose
+
+#: An adapter version's output contract stored with it in the ModelStore (a JSON schema).
+OUTPUT_SCHEMA_FILE = "output_schema.json"
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +105,7 @@ class Worker:
         self.variant_reason: str | None = None
         self.served: dict[str, AdapterRef] = {}  # loaded and routable
         self.checksums: dict[str, str] = {}
+        self.contracts: dict[str, dict] = {}  # served name -> its output contract (a JSON schema), if any
         self.failed: dict[str, str] = {}
         self.applied: DesiredState | None = None
         self.routes: dict[str, list[tuple[str, int]]] = {}
@@ -157,17 +164,20 @@ class Worker:
         for name in list(self.failed):
             if name != BASE_ADAPTER and name not in wanted:
                 self.failed.pop(name)
+                self.metrics.forget_adapter(name)
         # 2. switch routes (atomic on the event loop: no await between these lines)
         self.applied = desired
         self.routes = {t: [(b.adapter, b.weight) for b in bs] for t, bs in desired.routes.items()}
         removed = [n for n in self.served if n not in wanted]
         for n in removed:
             self.served.pop(n)
+            self.contracts.pop(n, None)
             self.checksums.pop(n, None)
             self.loaded_at.pop(n, None)
         # 3. drain and free removed versions in the background
         for n in removed:
             self._unload_later(self.bank_keys.pop(n))
+            self.metrics.forget_adapter(n)
         self.reconciled = True
         self._update_adapter_gauges()
 
@@ -197,12 +207,14 @@ class Worker:
 
     async def _load_adapter(self, name: str, ref: AdapterRef) -> None:
         """Serve ``ref`` under ``name`` unless it is already served or was refused as it is."""
+        loop = asyncio.get_running_loop()
         key = f"{ref.owner}/{ref.store_name}@{ref.version}#{ref.checksum}"
+        if ref.output_json_schema is not None:
+            key += "~" + hashlib.sha256(json.dumps(ref.output_json_schema, sort_keys=True).encode()).hexdigest()[:12]
         if name in self.served and self.checksums.get(name) == key:
             return
         if name in self.failed and self.failed[name].startswith(key + ": "):
             return
-        loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         # Same name, new content: the new content is stacked under its own bank key next to the
         # old one, then the name switches to it (no await in between), and the old content is
@@ -211,6 +223,7 @@ class Worker:
         bank_key = name if old_key is None and name not in self.bank.adapters else f"{name}#{next(self._key_serial)}"
         try:
             lora = await loop.run_in_executor(None, self._read_adapter, ref, bank_key)
+            contract = await self.run_tokenizer(self._output_contract, ref)
             await asyncio.wrap_future(self.engine.call(lambda lora=lora: self.bank.install(lora)))
         except Exception as e:  # noqa: BLE001 - refused, reported, never served
             reason = f"{key}: {e}"
@@ -218,6 +231,7 @@ class Worker:
             if self.served.pop(name, None) is not None:  # the desired content is refused: stop serving the name
                 self.metrics.adapter_swap_failures.labels(name).inc()
                 self.checksums.pop(name, None)
+                self.contracts.pop(name, None)
                 self.loaded_at.pop(name, None)
                 self._unload_later(self.bank_keys.pop(name))
             self.metrics.adapter_load_failures.labels(name, type(e).__name__).inc()
@@ -226,6 +240,10 @@ class Worker:
         self.metrics.adapter_load.observe(time.perf_counter() - t0)
         self.failed.pop(name, None)
         self.served[name] = ref
+        if contract is None:
+            self.contracts.pop(name, None)
+        else:
+            self.contracts[name] = contract
         self.bank_keys[name] = bank_key
         self.checksums[name] = key
         self.loaded_at[name] = int(time.time())
@@ -253,16 +271,16 @@ class Worker:
     def _load_base(self, desired: DesiredState) -> None:
         import torch
 
-        from loraplane.modelstore import ModelStore, verify_dir
+        from loraplane.modelstore import verify_dir
 
         from .engine import Engine
-        from .loader import bnb_problem, compute_dtype, count_parameters, load_base, plan_variant
+        from .loader import bnb_problem, compute_dtype, count_parameters, load_base, open_model_store, plan_variant
         from .lora import LoraBank
 
         t0 = time.perf_counter()
         ref = desired.base
         self.base_refusal = None
-        store = ModelStore(self.cfg.store_root)
+        store = open_model_store(self.cfg.store_root)
         sv = store.resolve(ref.owner, "base", ref.name, ref.version)
         if ref.checksum and sv.manifest.checksum != ref.checksum:
             raise AdapterRefused(f"store checksum {sv.manifest.checksum[:12]} != desired {ref.checksum[:12]}")
@@ -299,9 +317,11 @@ class Worker:
         return self.cfg.variant or desired.base.variant
 
     def _read_adapter(self, ref: AdapterRef, bank_key: str | None = None):
-        from loraplane.modelstore import ModelStore, verify_dir
+        from loraplane.modelstore import verify_dir
 
-        store = ModelStore(self.cfg.store_root)
+        from .loader import open_model_store
+
+        store = open_model_store(self.cfg.store_root)
         sv = store.resolve(ref.owner, "adapter", ref.store_name, ref.version)
         if ref.checksum and sv.manifest.checksum != ref.checksum:
             raise AdapterRefused(f"store checksum {sv.manifest.checksum[:12]} != desired {ref.checksum[:12]}")
@@ -313,6 +333,33 @@ class Worker:
                 and info.base_checksum != self.base_manifest.checksum:
             raise AdapterRefused(f"trained on base {info.base_name}@{info.base_version}, not the loaded base")
         return self.bank.read(bank_key or ref.name, sv.path)
+
+    def _output_contract(self, ref: AdapterRef) -> dict | None:
+        """Tokenizer thread: the version's output contract (the desired state's,
+        else ``output_schema.json`` stored with the version), compiled once for
+        this tokenizer so a contract that cannot be enforced refuses the version."""
+        from . import grammar
+        from .loader import open_model_store
+
+        schema = ref.output_json_schema
+        if schema is None:
+            sv = open_model_store(self.cfg.store_root).resolve(ref.owner, "adapter", ref.store_name, ref.version)
+            f = Path(sv.path) / OUTPUT_SCHEMA_FILE
+            if not f.is_file():
+                return None
+            try:
+                schema = json.loads(f.read_text())
+            except ValueError as e:
+                raise AdapterRefused(f"output contract {OUTPUT_SCHEMA_FILE} is not JSON: {e}") from None
+        if not isinstance(schema, dict):
+            raise AdapterRefused("output contract must be a JSON schema object")
+        try:
+            grammar.compile_matcher(grammar.Constraint("output", json_schema=schema), self.tokenizer,
+                                    getattr(self.engine.model.config, "vocab_size", None) or len(self.tokenizer),
+                                    self.engine.eos_ids)
+        except grammar.GrammarRequestError as e:
+            raise AdapterRefused(f"output contract cannot be enforced: {e.message}") from None
+        return schema
 
     # -------------------------------------------------------------- routing
     def route(self, model: str, key: str | None = None) -> Choice:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from . import grammar
 from .engine import GenRequest
 from .routing import BASE_ADAPTER, RouteError
 from .runtime import Worker
@@ -150,7 +151,7 @@ COMMON = {"model", "stream", "stream_options", "max_tokens", "temperature", "top
           "route_key", "ignore_eos"}  # the last two: loraplane extensions
 CHAT_ONLY = {"messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice", "response_format",
              "parallel_tool_calls", "functions", "function_call"}
-COMPLETION_ONLY = {"prompt", "echo", "best_of", "suffix"}
+COMPLETION_ONLY = {"prompt", "echo", "best_of", "suffix", "response_format"}  # response_format: as in vLLM
 
 
 def _refuse(param: str, why: str) -> ApiError:
@@ -182,51 +183,19 @@ def _int(body: dict, key: str):
 def _params(body: dict, w: Worker, chat: bool) -> dict:
     """Validate every field: implemented ones are converted for the engine,
     the rest are refused with a 400 naming the parameter."""
-    _refuse_unsupported(body, chat)
-    max_tokens = _max_tokens(body, w, chat)
-    stop = body.get("stop") or []
-    if isinstance(stop, str):
-        stop = [stop]
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
-        raise _invalid("stop", "must be a string or a list of at most 4 strings")
-    stream, include_usage = _stream_options(body)
-    seed = _int(body, "seed")
-    logit_bias = _logit_bias(body, w)
-    logprobs = _logprobs(body, chat)
-    ignore_eos = body.get("ignore_eos", False)
-    if not isinstance(ignore_eos, bool):
-        raise _invalid("ignore_eos", "must be a boolean")
-    return dict(
-        max_tokens=max_tokens,
-        temperature=_num(body, "temperature", 1.0, 0.0, 2.0),
-        top_p=_num(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
-        stop=stop,
-        ignore_eos=ignore_eos,  # extension (as in vLLM), for benchmarks
-        seed=seed,
-        logit_bias=logit_bias,
-        logprobs=logprobs,
-    ), stream, include_usage
-
-
-def _refuse_unsupported(body: dict, chat: bool) -> None:
-    """Unknown keys, and accepted keys this worker does not implement unless they ask for the default."""
     allowed = COMMON | (CHAT_ONLY if chat else COMPLETION_ONLY)
     for k in body:
         if k not in allowed:
             raise ApiError(400, f"Unrecognized request argument supplied: {k} (not supported by this worker)",
                            "invalid_request_error", k, "unsupported_parameter")
+    # accepted keys that this worker does not implement: refused unless they ask for the default
     if chat:
-        if body.get("tools"):
-            raise _refuse("tools", "tool (function) calling is not supported by this worker")
-        if body.get("tool_choice") not in (None, "none"):
-            raise _refuse("tool_choice", "tool (function) calling is not supported by this worker")
         for k in ("functions", "function_call"):
             if body.get(k) is not None:
-                raise _refuse(k, "function calling is not supported by this worker")
-        rf = body.get("response_format")
-        if rf is not None and rf != {"type": "text"}:
-            raise _refuse("response_format", "only {\"type\": \"text\"} is supported (no JSON mode or structured "
-                                             "output yet)")
+                raise _refuse(k, "the deprecated functions API is not supported; use tools")
+        ptc = body.get("parallel_tool_calls")
+        if ptc not in (None, True, False):
+            raise _invalid("parallel_tool_calls", "must be a boolean")
     else:
         if body.get("echo"):
             raise _refuse("echo", "echoing the prompt is not supported by this worker")
@@ -242,8 +211,6 @@ def _refuse_unsupported(body: dict, chat: bool) -> None:
         raise ApiError(400, f"n: only n=1 is supported, got {n!r} (send concurrent requests)",
                        "invalid_request_error", "n", "unsupported_value")
 
-
-def _max_tokens(body: dict, w: Worker, chat: bool) -> int | None:
     if chat and body.get("max_completion_tokens") is not None:
         mt_key = "max_completion_tokens"
     else:
@@ -255,11 +222,13 @@ def _max_tokens(body: dict, w: Worker, chat: bool) -> int | None:
         raise _invalid(mt_key, f"must be a positive integer, got {max_tokens!r}")
     elif max_tokens > w.cfg.max_tokens_limit:
         raise _invalid(mt_key, f"{max_tokens} exceeds this worker's limit of {w.cfg.max_tokens_limit}")
-    return max_tokens
 
+    stop = body.get("stop") or []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
+        raise _invalid("stop", "must be a string or a list of at most 4 strings")
 
-def _stream_options(body: dict) -> tuple[bool, bool]:
-    """(stream, include_usage)."""
     stream = body.get("stream")
     if stream not in (None, True, False):
         raise _invalid("stream", "must be a boolean")
@@ -271,32 +240,28 @@ def _stream_options(body: dict) -> tuple[bool, bool]:
         if not isinstance(so, dict) or set(so) - {"include_usage"}:
             raise _invalid("stream_options", "only {\"include_usage\": bool} is supported")
         include_usage = bool(so.get("include_usage"))
-    return bool(stream), include_usage
 
+    seed = _int(body, "seed")
 
-def _logit_bias(body: dict, w: Worker) -> dict[int, float] | None:
     vocab = getattr(w.engine.model.config, "vocab_size", None) if w.engine is not None else None  # logits' width
     bias = body.get("logit_bias")
-    if bias is None:
-        return None
-    if not isinstance(bias, dict):
-        raise _invalid("logit_bias", "must be an object mapping token ids to a bias in [-100, 100]")
-    logit_bias = {}
-    for k, v in bias.items():
-        try:
-            tid = int(k)
-        except (TypeError, ValueError):
-            raise _invalid("logit_bias", f"key {k!r} is not a token id") from None
-        if tid < 0 or (vocab is not None and tid >= vocab):
-            raise _invalid("logit_bias", f"token id {tid} is outside the vocabulary (0..{vocab})")
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not -100 <= v <= 100:
-            raise _invalid("logit_bias", f"bias for {k} must be a number in [-100, 100], got {v!r}")
-        logit_bias[tid] = float(v)
-    return logit_bias or None
+    logit_bias = None
+    if bias is not None:
+        if not isinstance(bias, dict):
+            raise _invalid("logit_bias", "must be an object mapping token ids to a bias in [-100, 100]")
+        logit_bias = {}
+        for k, v in bias.items():
+            try:
+                tid = int(k)
+            except (TypeError, ValueError):
+                raise _invalid("logit_bias", f"key {k!r} is not a token id") from None
+            if tid < 0 or (vocab is not None and tid >= vocab):
+                raise _invalid("logit_bias", f"token id {tid} is outside the vocabulary (0..{vocab})")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not -100 <= v <= 100:
+                raise _invalid("logit_bias", f"bias for {k} must be a number in [-100, 100], got {v!r}")
+            logit_bias[tid] = float(v)
+        logit_bias = logit_bias or None
 
-
-def _logprobs(body: dict, chat: bool) -> int | None:
-    """Chat: ``logprobs`` (bool) with ``top_logprobs`` 0..20; completions: ``logprobs`` 0..5."""
     if chat:
         lp = body.get("logprobs")
         if lp not in (None, True, False):
@@ -306,11 +271,26 @@ def _logprobs(body: dict, chat: bool) -> int | None:
             raise _invalid("top_logprobs", f"{top} is out of range [0, 20]")
         if top is not None and not lp:
             raise _invalid("top_logprobs", "requires logprobs to be true")
-        return (top or 0) if lp else None
-    lp = _int(body, "logprobs")
-    if lp is not None and not 0 <= lp <= 5:
-        raise _invalid("logprobs", f"{lp} is out of range [0, 5]")
-    return lp
+        logprobs = (top or 0) if lp else None
+    else:
+        lp = _int(body, "logprobs")
+        if lp is not None and not 0 <= lp <= 5:
+            raise _invalid("logprobs", f"{lp} is out of range [0, 5]")
+        logprobs = lp
+
+    ignore_eos = body.get("ignore_eos", False)
+    if not isinstance(ignore_eos, bool):
+        raise _invalid("ignore_eos", "must be a boolean")
+    return dict(
+        max_tokens=max_tokens,
+        temperature=_num(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_num(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
+        stop=stop,
+        ignore_eos=ignore_eos,  # extension (as in vLLM), for benchmarks
+        seed=seed,
+        logit_bias=logit_bias,
+        logprobs=logprobs,
+    ), bool(stream), include_usage
 
 
 async def _json(request) -> dict:
@@ -368,14 +348,68 @@ def _messages(body: dict) -> list[dict]:
     return out
 
 
-def _prompt_ids(tok, prompt: str | None, messages: list | None) -> list[int]:
+def _constraint(body: dict, chat: bool):
+    """response_format / tools + tool_choice -> (grammar.Constraint or None, tools for the template)."""
+    try:
+        rf = grammar.from_response_format(body.get("response_format"))
+        if not chat:
+            return rf, None
+        tc, tools = grammar.from_tools(body.get("tools"), body.get("tool_choice"))
+    except grammar.GrammarRequestError as e:
+        raise ApiError(400, e.message, "invalid_request_error", e.param, e.code) from None
+    if rf is not None and tc is not None:
+        raise _refuse("response_format", "response_format together with tools (tool_choice other than none) is "
+                                         "not supported by this worker")
+    return rf or tc, tools
+
+
+def _template_messages(messages: list[dict]) -> list[dict]:
+    """Chat templates (Mistral's, Llama's) expect tool call arguments as
+    objects; OpenAI sends them as JSON strings."""
+    out = []
+    for m in messages:
+        calls = m.get("tool_calls")
+        if isinstance(calls, list):
+            fixed = []
+            for c in calls:
+                fn = c.get("function") if isinstance(c, dict) else None
+                if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                    try:
+                        c = {**c, "function": {**fn, "arguments": json.loads(fn["arguments"])}}
+                    except ValueError:
+                        pass
+                fixed.append(c)
+            m = {**m, "tool_calls": fixed}
+        out.append(m)
+    return out
+
+
+def _prepare(w: Worker, prompt: str | None, messages: list | None, tools, constraint):
+    """Tokenizer thread: the prompt's ids and this request's grammar matcher."""
+    ids = _prompt_ids(w.tokenizer, prompt, messages, tools)
+    matcher = None
+    if constraint is not None:
+        try:
+            matcher = grammar.compile_matcher(constraint, w.tokenizer, _vocab(w), w.engine.eos_ids)
+        except grammar.GrammarRequestError as e:
+            raise ApiError(400, e.message, "invalid_request_error", e.param, e.code) from None
+    return ids, matcher
+
+
+def _vocab(w: Worker) -> int:
+    return getattr(w.engine.model.config, "vocab_size", None) or len(w.tokenizer)
+
+
+def _prompt_ids(tok, prompt: str | None, messages: list | None, tools=None) -> list[int]:
     """Tokenizer thread: prompt or rendered chat -> ids. A template that
     cannot render these messages is the request's fault (400)."""
     if messages is not None:
         import jinja2
 
         try:
-            out = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            kw = {"tools": tools} if tools else {}
+            out = tok.apply_chat_template(_template_messages(messages), add_generation_prompt=True, tokenize=True,
+                                          **kw)
         except (jinja2.TemplateError, TypeError, ValueError, KeyError) as e:
             raise ApiError(400, f"the model's chat template cannot render these messages: {e}",
                            "invalid_request_error", "messages") from None
@@ -408,17 +442,22 @@ async def chat_completions(request: web.Request, o: Outcome) -> web.StreamRespon
 async def _serve(request, w: Worker, o: Outcome, body: dict, *, prompt=None, messages=None, chat: bool):
     t0 = time.monotonic()
     params, stream, include_usage = _params(body, w, chat)
+    constraint, tools = _constraint(body, chat)
     key = request.headers.get(ROUTE_KEY_HEADER) or body.get("route_key")
     if key is not None and not isinstance(key, str):
         raise _invalid("route_key", f"must be a string, got {type(key).__name__}")
     choice = w.route(body["model"], key=key)  # 404/503 via RouteError
     o.task, o.adapter = choice.task or "-", choice.adapter
+    contract = w.contracts.get(choice.adapter)
+    if constraint is None and contract is not None and body.get("response_format") is None and not tools:
+        # the version's output contract, unless the request asked for a format (text included) or tools
+        constraint = grammar.Constraint("response_format", json_schema=contract)
     bank_key = w.bank_key(choice.adapter)
     # no await since route(): hold the chosen version's content so it cannot be freed while we tokenise
     w.engine.hold(bank_key)
     submitted = False
     try:
-        ids = await w.run_tokenizer(_prompt_ids, w.tokenizer, prompt, messages)
+        ids, matcher = await w.run_tokenizer(_prepare, w, prompt, messages, tools, constraint)
         _check_length(w, ids, params, chat)
         delay, inject = w.fault_for(choice.adapter)
         if inject:
@@ -433,7 +472,7 @@ async def _serve(request, w: Worker, o: Outcome, body: dict, *, prompt=None, mes
                 req.cancelled = True
 
         req = GenRequest(prompt_ids=ids, adapter=bank_key, label=choice.adapter, task=o.task, sink=sink,
-                         **params)
+                         grammar=matcher, **params)
         w.engine.submit(req, held=True)
         submitted = True
     finally:
@@ -444,10 +483,47 @@ async def _serve(request, w: Worker, o: Outcome, body: dict, *, prompt=None, mes
             "task": choice.task}
     deadline = t0 + w.cfg.request_timeout_s
     watcher = asyncio.create_task(_watch_client(request, req, q))
+    calls = grammar.ToolCallParser(constraint.tool_names) if constraint is not None and constraint.tool_names \
+        else None
     try:
         if stream:
-            return await _stream(request, o, q, req, meta, chat, deadline, delay, include_usage, w)
-        return await _complete(q, req, meta, chat, deadline, delay, len(ids))
+            return await _stream(request, o, q, req, meta, chat, deadline, delay, include_usage, w, calls)
+        text, entries, done = [], [], None
+        while done is None:
+            kind, payload = await _next(q, req, deadline)
+            if kind == "token":
+                text.append(payload["text"])
+                entries += payload.get("logprobs", [])
+            elif kind == "error":
+                raise _engine_error(payload)
+            else:
+                entries += payload.get("logprobs", [])
+                done = payload
+        if delay:
+            await asyncio.sleep(delay)
+        content = "".join(text)
+        lp = _logprobs_body(entries, chat, req.logprobs) if req.logprobs is not None else None
+        finish = done["finish_reason"]
+        if chat:
+            message = {"role": "assistant", "content": content, "refusal": None}
+            if calls is not None:
+                events = calls.feed(content)
+                more, closed = calls.finish()
+                events += more
+                if calls.call is not None:
+                    args = "".join(e[1] for e in events if e[0] == "args")
+                    message["content"] = None
+                    message["tool_calls"] = [{"id": calls.call[0], "type": "function",
+                                              "function": {"name": calls.call[1], "arguments": args}}]
+                    if closed and finish == "stop":
+                        finish = "tool_calls"
+            choice_body = {"index": 0, "message": message, "logprobs": lp}
+        else:
+            choice_body = {"index": 0, "text": content, "logprobs": lp}
+        choice_body["finish_reason"] = finish
+        resp = {**meta, "object": "chat.completion" if chat else "text_completion",
+                "choices": [choice_body], "usage": _usage(len(ids), done["completion_tokens"])}
+        return web.json_response(resp, headers={ADAPTER_HEADER: choice.adapter})
     except ClientGone:
         o.status = CLIENT_GONE
         return web.Response(status=499)  # nobody reads it; the outcome is counted as a disconnect
@@ -458,35 +534,6 @@ async def _serve(request, w: Worker, o: Outcome, body: dict, *, prompt=None, mes
         watcher.cancel()
         if not req.finished:
             req.cancelled = True
-
-
-async def _complete(q: asyncio.Queue, req: GenRequest, meta: dict, chat: bool, deadline: float, delay: float,
-                    prompt_tokens: int) -> web.Response:
-    """A non-streaming response: collect the whole generation, then answer in OpenAI's shape."""
-    text, entries, done = [], [], None
-    while done is None:
-        kind, payload = await _next(q, req, deadline)
-        if kind == "token":
-            text.append(payload["text"])
-            entries += payload.get("logprobs", [])
-        elif kind == "error":
-            raise _engine_error(payload)
-        else:
-            entries += payload.get("logprobs", [])
-            done = payload
-    if delay:
-        await asyncio.sleep(delay)
-    content = "".join(text)
-    lp = _logprobs_body(entries, chat, req.logprobs) if req.logprobs is not None else None
-    if chat:
-        choice_body = {"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
-                       "logprobs": lp}
-    else:
-        choice_body = {"index": 0, "text": content, "logprobs": lp}
-    choice_body["finish_reason"] = done["finish_reason"]
-    resp = {**meta, "object": "chat.completion" if chat else "text_completion",
-            "choices": [choice_body], "usage": _usage(prompt_tokens, done["completion_tokens"])}
-    return web.json_response(resp, headers={ADAPTER_HEADER: meta["adapter"]})
 
 
 def _check_length(w: Worker, ids: list[int], params: dict, chat: bool) -> None:
@@ -558,18 +605,21 @@ async def _next(q: asyncio.Queue, req: GenRequest, deadline: float):
     return item
 
 
-async def _stream(request, o: Outcome, q, req, meta, chat, deadline, delay, include_usage, w) -> web.StreamResponse:
+async def _stream(request, o: Outcome, q, req, meta, chat, deadline, delay, include_usage, w,
+                  calls: grammar.ToolCallParser | None = None) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                        ADAPTER_HEADER: meta["adapter"]})
     obj = "chat.completion.chunk" if chat else "text_completion"
     extra = {"usage": None} if include_usage else {}
 
-    def chunk(text: str | None, finish: str | None, first: bool = False, entries=None) -> bytes:
+    def chunk(text: str | None, finish: str | None, first: bool = False, entries=None, tool_calls=None) -> bytes:
         lp = _logprobs_body(entries or [], chat, req.logprobs) if req.logprobs is not None and entries else None
         if chat:
             delta = {"role": "assistant", "content": ""} if first else {}
             if text:
                 delta["content"] = text
+            if tool_calls:
+                delta["tool_calls"] = tool_calls
             c = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
         else:
             c = {"index": 0, "text": text or "", "logprobs": lp, "finish_reason": finish}
@@ -590,7 +640,11 @@ async def _stream(request, o: Outcome, q, req, meta, chat, deadline, delay, incl
                 await resp.write(error_event(e))
                 break
             if kind == "token":
-                await resp.write(chunk(payload["text"], None, entries=payload.get("logprobs")))
+                if calls is None:
+                    await resp.write(chunk(payload["text"], None, entries=payload.get("logprobs")))
+                else:
+                    for data in _call_chunks(calls.feed(payload["text"]), chunk):
+                        await resp.write(data)
                 if fail_midway:  # test-only: a canary that fails streamed traffic only
                     req.cancelled = True
                     e = ApiError(500, f"injected stream fault for adapter {meta['adapter']} (test setting)",
@@ -606,7 +660,14 @@ async def _stream(request, o: Outcome, q, req, meta, chat, deadline, delay, incl
             else:
                 if delay:
                     await asyncio.sleep(delay)
-                await resp.write(chunk(None, payload["finish_reason"], entries=payload.get("logprobs")))
+                finish = payload["finish_reason"]
+                if calls is not None:
+                    events, closed = calls.finish()
+                    for data in _call_chunks(events, chunk):
+                        await resp.write(data)
+                    if calls.call is not None and closed and finish == "stop":
+                        finish = "tool_calls"
+                await resp.write(chunk(None, finish, entries=payload.get("logprobs")))
                 if include_usage:
                     usage = _usage(len(req.prompt_ids), payload["completion_tokens"])
                     await resp.write(b"data: " + json.dumps({**meta, "object": obj, "choices": [],
@@ -618,6 +679,22 @@ async def _stream(request, o: Outcome, q, req, meta, chat, deadline, delay, incl
         req.cancelled = True
         o.status = CLIENT_GONE
     return resp
+
+
+def _call_chunks(events: list[tuple], chunk) -> list[bytes]:
+    """ToolCallParser events -> OpenAI chunks: content deltas, then one tool
+    call delta with id, type and name, then argument deltas (index 0)."""
+    out = []
+    for e in events:
+        if e[0] == "content":
+            if e[1]:
+                out.append(chunk(e[1], None))
+        elif e[0] == "call":
+            out.append(chunk(None, None, tool_calls=[{"index": 0, "id": e[1], "type": "function",
+                                                      "function": {"name": e[2], "arguments": ""}}]))
+        elif e[1]:
+            out.append(chunk(None, None, tool_calls=[{"index": 0, "function": {"arguments": e[1]}}]))
+    return out
 
 
 # ------------------------------------------------------------------ models

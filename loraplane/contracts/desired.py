@@ -55,6 +55,10 @@ class AdapterRef(_Strict):
     version: str
     checksum: str = ""
     task: str
+    output_json_schema: dict | None = Field(
+        default=None, alias="outputJsonSchema", exclude_if=lambda v: v is None,
+        description="the version's output contract (Adapter spec.output.jsonSchema): applied to requests routed "
+                    "to it that ask for no response_format or tools; else output_schema.json in the store, if any")
 
 
 class RouteBackend(_Strict):

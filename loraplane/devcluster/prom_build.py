@@ -17,6 +17,7 @@ Standard library only.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -84,6 +85,15 @@ def build_prometheus(force: bool = False, quiet: bool = False) -> Path:
         if not quiet:
             print(f"prometheus and promtool cached in {out} (nothing to build)", flush=True)
         return out
+    prom_dir().mkdir(parents=True, exist_ok=True)
+    with open(prom_dir() / ".build.lock", "w") as lock:  # one build at a time (parallel test runs)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force and not missing(out):  # another process built it while we waited
+            return out
+        return _build(out)
+
+
+def _build(out: Path) -> Path:
     if shutil.which("go") is None:
         raise SystemExit("go is not on PATH: it is needed to build prometheus and promtool")
     out.mkdir(parents=True, exist_ok=True)

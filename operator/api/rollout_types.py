@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from enum import Enum
+from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
@@ -39,9 +40,33 @@ class Backend(ApiModel):
     weight: int = Field(ge=0, le=100)
 
 
+class PrometheusAnalysis(ApiModel):
+    """Where the analysis reads the workers' counters when ``provider`` is ``prometheus``
+    (``operator/prom_source.py``): instant queries of
+    ``loraplane_worker_requests_total<selector>`` and
+    ``loraplane_worker_request_duration_seconds_{bucket,sum}<selector>`` at each
+    analysis pass, grouped by the ``pod`` label; the judgment (windows, reset
+    rule, thresholds) is the same as for the direct scrape."""
+
+    address: str = Field(pattern=r"^https?://", max_length=2048,
+                         description="Base URL of the Prometheus HTTP API, e.g. http://prometheus.monitoring:9090.")
+    selector: str = Field(
+        default='{namespace="$namespace",pool="$pool"}', max_length=1024,
+        description="PromQL label matchers selecting this pool's workers; $namespace and $pool are replaced.")
+
+
 class AnalysisThresholds(ApiModel):
     """When a canary step counts as healthy, compared with the stable version(s)
     of the same task over the window since the step's weights took effect."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("self.provider != 'prometheus' || has(self.prometheus)",
+            "analysis.provider prometheus needs analysis.prometheus.address")]})
+
+    provider: Literal["direct", "prometheus"] = Field(
+        default="direct",
+        description="direct: the operator scrapes the ready workers' /metrics; prometheus: it queries Prometheus.")
+    prometheus: PrometheusAnalysis | None = Field(default=None, description="Used when provider is prometheus.")
 
     max_p95_regression_percent: float = Field(
         default=20.0, alias="maxP95RegressionPercent", ge=0,

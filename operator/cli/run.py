@@ -14,6 +14,7 @@ def run_operator(args) -> int:
 
     from ..controllers import handlers, metrics, training_handlers  # noqa: F401 - registers the training pod handler
     from ..controllers.daemon_finalizers import drop_daemon_finalizers
+    from ..controllers.in_cluster import login_with_service_account
     from ..controllers.kube import Kube
     from ..controllers.ledger_cache import LedgerCache
     from ..controllers.reconcile import Applied
@@ -37,7 +38,7 @@ def run_operator(args) -> int:
     def login(**kwargs):
         if cfg.kubeconfig:
             return kopf.login_with_kubeconfig(**kwargs)
-        return kopf.login_with_service_account(**kwargs)
+        return login_with_service_account(**kwargs)
 
     kwargs = {"standalone": cfg.peering is None, "peering_name": cfg.peering,
               "liveness_endpoint": cfg.liveness_endpoint}

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import metrics
+from . import metrics, prom_source
 from ..core import analysis, inventory, routing as pool_routing, workload_identity
 from ..api.conditions import get_condition, set_condition
 from .config import Config
@@ -233,10 +233,18 @@ def _plan_routing(pool: WorkerPoolResource, pods: list[dict]) -> pool_routing.Ro
     loaded = pool_routing.ready_loaded(list(reports.values()))
     snap = None
     if pool_routing.needs_metrics(pool):
-        port = pool.spec.port
-        targets = {p["metadata"]["name"]: url for p in live if reports[p["metadata"]["name"]].get("ready")
-                   for url in [endpoint_of(p, reports[p["metadata"]["name"]], port)] if url}
-        snap = analysis.snapshot(scrape(targets))
+        src = pool_routing.prometheus_source(pool)
+        if src is not None:  # analysis.provider: prometheus; unreachable -> this pass scrapes directly
+            try:
+                snap = prom_source.snapshot(src.address, src.selector, pool.namespace, pool.name)
+            except Exception as e:  # noqa: BLE001
+                log.warning("prometheus %s for %s/%s failed (%s); scraping the workers directly",
+                            src.address, pool.namespace, pool.name, e)
+        if snap is None:
+            port = pool.spec.port
+            targets = {p["metadata"]["name"]: url for p in live if reports[p["metadata"]["name"]].get("ready")
+                       for url in [endpoint_of(p, reports[p["metadata"]["name"]], port)] if url}
+            snap = analysis.snapshot(scrape(targets))
     return pool_routing.plan_routing(pool, loaded, snap, _now())
 
 

@@ -4,8 +4,8 @@ handler scrapes each ready worker's ``/metrics`` and passes the texts in.
 Why scrape the workers directly rather than query a Prometheus server: the
 operator already knows every ready pod, the worker exposes exactly the two
 series needed, and a rollout must not depend on a monitoring stack being
-installed and correctly configured. (A Prometheus source would only have to
-produce the same ``Snapshot``; not built.)
+installed and correctly configured. With ``analysis.provider: prometheus``
+``prom_source.py`` builds the same ``Snapshot`` from Prometheus queries.
 
 Series read (``loraplane.worker.metrics``), labels ``task``, ``adapter``, ``status``:
 

@@ -76,6 +76,19 @@ def needs_metrics(pool: WorkerPoolResource) -> bool:
     return any(s.phase == Phase.progressing for s in pool.status.rollouts.values())
 
 
+def prometheus_source(pool: WorkerPoolResource):
+    """The ``analysis.prometheus`` block of the first progressing rollout whose
+    ``analysis.provider`` is ``prometheus`` (None: scrape the workers directly).
+    One source serves the pass: both read the same worker counters."""
+    for task, spec in sorted(pool.spec.rollouts.items()):
+        st = pool.status.rollouts.get(task)
+        if st is None or st.phase != Phase.progressing:
+            continue
+        if spec.analysis.provider == "prometheus" and spec.analysis.prometheus is not None:
+            return spec.analysis.prometheus
+    return None
+
+
 def adapters_named(pool: WorkerPoolResource) -> set[str]:
     """Every adapter this pass may need an AdapterRef for: the spec's routes,
     the rollouts' canaries, and what status still holds (effective, draining,

@@ -17,7 +17,11 @@ LoraplaneCanaryRolledBack; its latency: LoraplaneHighP95Latency for
 adapter ``sum-slow`` only); the operator is not reported down; and every
 dashboard panel's PromQL returns data, except the panels whose events this
 scenario does not produce (training; hot-swap/preload/verify failures),
-which must still be valid PromQL.
+which must still be valid PromQL (the last test fills the failures panel;
+test_training_metrics.py the training panels).
+Then canary analysis with
+``analysis.provider: prometheus`` against that Prometheus promotes a good
+version (``sum-v2``) and rolls back the slow one (``sum-slow``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ import subprocess
 import threading
 import time
 import urllib.parse
-import urllib.request
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,10 +40,12 @@ import pytest
 import yaml
 from kubernetes import client, config
 
-from loraplane.demo import ADAPTER_STORE_NAME, BASE_NAME, BASE_VERSION, TASK, OperatorProcess, manifests, wait_for
-from loraplane.devcluster import build, prom_build
+from loraplane.demo import (ADAPTER_STORE_NAME, BASE_NAME, BASE_VERSION, TASK, OperatorProcess, effective, manifests,
+                            wait_for)
+from loraplane.devcluster import build
 from loraplane.devcluster.cluster import free_port
 from loraplane.devcluster.hostrunner import HostRunner
+from loraplane.devcluster.promserver import PrometheusServer
 from loraplane.modelstore import ModelStore
 from loraplane.traffic import Traffic
 
@@ -48,13 +53,13 @@ pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[3]
 POOL = "obs"
-ADAPTERS = {"sum-v1": "v1", "sum-slow": "v2"}
+ADAPTERS = {"sum-v1": "v1", "sum-v2": "v2", "sum-slow": "v2"}
 FAULTS = {"LORAPLANE_FAULT_ADAPTER_DELAY_MS": "sum-slow=1500"}
 OPERATOR_JOB = "lp-loraplane-metrics"  # what the chart's ServiceMonitor (release lp) scrapes as
 THRESHOLDS = ["metrics.prometheusRule.thresholds.p95LatencySeconds=1",
               "metrics.prometheusRule.thresholds.latencyFor=0s"]
 # Panels fed by events this scenario does not produce.
-NO_EVENTS_HERE = {"Hot-swap, preload and verify failures", "Training progress", "Training loss"}
+NO_EVENTS_HERE = {"Hot-swap, preload and verify failures (since worker start)", "Training progress", "Training loss"}
 
 
 def rendered(*sets: str) -> list[dict]:
@@ -64,53 +69,6 @@ def rendered(*sets: str) -> list[dict]:
         args += ["--set", s]
     return [d for d in yaml.safe_load_all(subprocess.run(args, capture_output=True, text=True, check=True,
                                                           timeout=120).stdout) if d]
-
-
-class Prom:
-    def __init__(self, work: Path, operator_port: int, rules: dict):
-        self.work, self.port = work, free_port()
-        (work / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
-        self.targets = work / "targets.json"
-        self.targets.write_text("[]")
-        (work / "prometheus.yml").write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
-            "rule_files": [str(work / "rules.yaml")],
-            "scrape_configs": [
-                {"job_name": OPERATOR_JOB, "static_configs": [{"targets": [f"127.0.0.1:{operator_port}"]}]},
-                {"job_name": "loraplane-workers", "file_sd_configs": [{"files": [str(self.targets)],
-                                                                       "refresh_interval": "1s"}]}]}))
-        self.log = open(work / "prometheus.log", "a")
-        self.proc = subprocess.Popen(
-            [str(prom_build.prometheus()), f"--config.file={work / 'prometheus.yml'}",
-             f"--storage.tsdb.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def api(self, path: str, **params) -> dict:
-        url = f"http://127.0.0.1:{self.port}/api/v1/{path}"
-        if params:
-            url += "?" + urllib.parse.urlencode(params)
-        body = json.loads(urllib.request.urlopen(url, timeout=10).read())
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def ready(self) -> bool:
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=5).status == 200
-        except OSError:
-            return False
-
-    def firing(self, name: str) -> list[dict]:
-        return [a["labels"] for a in self.api("alerts")["alerts"]
-                if a["labels"]["alertname"] == name and a["state"] == "firing"]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
 
 
 def write_targets(core: client.CoreV1Api, ns: str, path: Path) -> int:
@@ -140,6 +98,14 @@ def observed(dev_cluster, tiny_base_dir, make_tiny_adapter, tmp_path_factory):
     for i, v in enumerate(("v1", "v2")):
         store.publish(make_tiny_adapter(seed=11 + i, r=8), kind="adapter", name=ADAPTER_STORE_NAME, version=v,
                       task=TASK, base_name=BASE_NAME, base_version=BASE_VERSION)
+    # v3: published fine, then a byte flipped on disk (the workers' full verify refuses it)
+    store.publish(make_tiny_adapter(seed=13, r=8), kind="adapter", name=ADAPTER_STORE_NAME, version="v3",
+                  task=TASK, base_name=BASE_NAME, base_version=BASE_VERSION)
+    f = store.resolve("default", "adapter", ADAPTER_STORE_NAME, "v3").path / "adapter_model.safetensors"
+    f.chmod(0o644)
+    data = bytearray(f.read_bytes())
+    data[-10] ^= 0xFF
+    f.write_bytes(bytes(data))
     ns = f"obs-{uuid.uuid4().hex[:6]}"
     dev_cluster.kubectl("create", "namespace", ns)
     wait_for(lambda: dev_cluster.kubectl("get", "sa", "default", "-n", ns, check=False).returncode == 0,
@@ -161,14 +127,17 @@ def observed(dev_cluster, tiny_base_dir, make_tiny_adapter, tmp_path_factory):
     runner = HostRunner(dev_cluster.kubeconfig, ns, work / "pods", selector=f"loraplane.io/pool={POOL}",
                         extra_env={"LORAPLANE_THREADS": "1", "OMP_NUM_THREADS": "1", **FAULTS},
                         grace_seconds=5).start()
-    (work / "prom").mkdir()
-    prom = Prom(work / "prom", op_port, rule["spec"])
+    targets = work / "targets.json"
+    targets.write_text("[]")
+    prom = PrometheusServer(work / "prom", rule["spec"], [
+        {"job_name": OPERATOR_JOB, "static_configs": [{"targets": [f"127.0.0.1:{op_port}"]}]},
+        {"job_name": "loraplane-workers", "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "1s"}]}])
     stop = threading.Event()
 
     def sd_loop():
         while not stop.is_set():
             try:
-                write_targets(core, ns, prom.targets)
+                write_targets(core, ns, targets)
             except Exception:  # noqa: BLE001 - retried every second
                 pass
             stop.wait(1.0)
@@ -178,16 +147,18 @@ def observed(dev_cluster, tiny_base_dir, make_tiny_adapter, tmp_path_factory):
         dev_cluster.kubectl("apply", "-n", ns, "-f", "-", input="\n---\n".join(
             json.dumps(d) for d in manifests(work / "store", label, replicas=2, adapters=ADAPTERS, pool=POOL)))
         wait_for(prom.ready, timeout=60, what="prometheus ready")
-        wait_for(lambda: write_targets(core, ns, prom.targets) == 2, timeout=180, what="2 advertised workers")
+        wait_for(lambda: write_targets(core, ns, targets) == 2, timeout=180, what="2 advertised workers")
         yield SimpleNamespace(
-            ns=ns, prom=prom, dashboard=dashboard, rules=rule["spec"], kubeconfig=dev_cluster.kubeconfig,
+            ns=ns, prom=prom, dashboard=dashboard, operator=operator, rules=rule["spec"], kubeconfig=dev_cluster.kubeconfig,
+            patch_adapter=lambda name, body: custom.patch_namespaced_custom_object(
+                "loraplane.io", "v1alpha1", ns, "adapters", name, body),
             patch=lambda body: custom.patch_namespaced_custom_object("loraplane.io", "v1alpha1", ns, "workerpools",
                                                                      POOL, body),
             pool=lambda: custom.get_namespaced_custom_object("loraplane.io", "v1alpha1", ns, "workerpools", POOL))
     finally:
         stop.set()
         print(operator.tail(40))
-        print((work / "prom" / "prometheus.log").read_text()[-3000:])
+        print(prom.log_path.read_text()[-3000:])
         prom.stop()
         runner.stop()
         operator.stop()
@@ -232,3 +203,52 @@ def test_prometheus_loads_the_rules_fires_on_real_faults_and_feeds_every_panel(o
             if not result:
                 empty.append(panel["title"])
     assert set(empty) == NO_EVENTS_HERE, empty
+
+
+def rollout_state(env) -> dict:
+    return ((env.pool().get("status") or {}).get("rollouts") or {}).get(TASK) or {}
+
+
+def reset(env) -> None:
+    env.patch({"spec": {"routes": {TASK: [{"adapter": "sum-v1", "weight": 100}]}, "rollouts": None}})
+    wait_for(lambda: effective(env.pool()) == {"sum-v1": 100} and not rollout_state(env), timeout=60,
+             what="reset to sum-v1 100%")
+
+
+def test_prometheus_analysis_promotes_a_good_canary_and_rolls_back_a_slow_one(observed):
+    env, prom = observed, observed.prom
+    analysis = {"provider": "prometheus", "prometheus": {"address": f"http://127.0.0.1:{prom.port}"},
+                "minRequests": 5, "maxP95RegressionPercent": 300, "maxErrorRatePercent": 5}
+    reset(env)
+    with Traffic(env.kubeconfig, env.ns, POOL, TASK, concurrency=2, max_tokens=2):
+        env.patch({"spec": {"rollouts": {TASK: {"canary": "sum-v2", "steps": [50, 100], "intervalSeconds": 4,
+                                                "analysis": analysis}}}})
+        wait_for(lambda: rollout_state(env).get("phase") == "Promoted", timeout=180, what="sum-v2 promoted")
+    assert effective(env.pool()) == {"sum-v2": 100}
+    reset(env)
+    with Traffic(env.kubeconfig, env.ns, POOL, TASK, concurrency=2, max_tokens=2):
+        env.patch({"spec": {"rollouts": {TASK: {"canary": "sum-slow", "steps": [50, 100], "intervalSeconds": 30,
+                                                "analysis": analysis}}}})
+        wait_for(lambda: rollout_state(env).get("phase") == "RolledBack", timeout=120, what="sum-slow rolled back")
+    assert rollout_state(env)["reason"] == "LatencyRegression", rollout_state(env)
+    wait_for(lambda: effective(env.pool()) == {"sum-v1": 100}, what="stable weights back")
+    # the verdicts came from Prometheus: the operator queried it, and never fell back to a direct scrape
+    queries = prom.queries_logged()
+    assert f'loraplane_worker_requests_total{{namespace=\\"{env.ns}\\",pool=\\"{POOL}\\"}}' in queries
+    assert "scraping the workers directly" not in env.operator.log.read_text()
+
+
+def test_a_corrupt_hot_swap_fires_the_swap_and_load_alerts_and_fills_the_failures_panel(observed):
+    """Last (it leaves sum-v1 refused): the served sum-v1 is pointed at a store version whose
+    file was corrupted after publishing; the workers' verify refuses the swap."""
+    env, prom = observed, observed.prom
+    env.patch_adapter("sum-v1", {"spec": {"version": "v3"}})
+    wait_for(lambda: prom.firing("LoraplaneAdapterHotSwapFailed"), timeout=120, what="LoraplaneAdapterHotSwapFailed")
+    wait_for(lambda: prom.firing("LoraplaneAdapterLoadFailed"), timeout=30, what="LoraplaneAdapterLoadFailed")
+    assert {(a["namespace"], a["pool"], a["adapter"]) for a in prom.firing("LoraplaneAdapterHotSwapFailed")} \
+        == {(env.ns, POOL, "sum-v1")}
+    assert {(a["adapter"], a["reason"]) for a in prom.firing("LoraplaneAdapterLoadFailed")} \
+        == {("sum-v1", "AdapterRefused")}
+    panel = next(p for p in env.dashboard["panels"] if p["title"].startswith("Hot-swap, preload and verify failures"))
+    got = [bool(prom.api("query", query=t["expr"])["result"]) for t in panel["targets"]]
+    assert got == [True, True, False], got  # adapter load/verify, hot swap: data; base load: none happened

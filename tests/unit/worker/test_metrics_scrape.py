@@ -58,3 +58,22 @@ def test_base_load_failure_is_counted(tmp_path, run, helpers):
     text = run(go())
     line = next(ln for ln in text.splitlines() if ln.startswith("loraplane_worker_base_load_failures_total{"))
     assert line.endswith(" 1.0"), line
+
+
+def test_an_adapter_no_longer_wanted_leaves_no_series(worker_store, run, helpers):
+    desired, running_worker = helpers.desired, helpers.running_worker
+    both = [("synth-v1", "synth", "v1", "synthesizer"), ("synth-v2", "synth", "v2", "synthesizer")]
+
+    async def go():
+        doc = desired({"synthesizer": [("synth-v1", 50), ("synth-v2", 50)]}, adapters=both)
+        async with running_worker(worker_store, doc) as (w, c):
+            for model in ("synth-v1", "synth-v2"):
+                r = await c.post("/v1/completions", json={"model": model, "prompt": "hi", "max_tokens": 1})
+                assert r.status == 200, await r.text()
+            before = await (await c.get("/metrics")).text()
+            await w.apply(desired({"synthesizer": [("synth-v1", 100)]}, adapters=both[:1], generation=2))
+            return before, await (await c.get("/metrics")).text()
+    before, after = run(go())
+    assert 'adapter="synth-v2"' in before
+    assert 'adapter="synth-v2"' not in after
+    assert 'adapter="synth-v1"' in after  # the one still served keeps its series
