@@ -151,7 +151,15 @@ def _dispatch(args) -> int:
     store = _store(args)
     from .s3 import S3ModelStore
 
-    if isinstance(store, S3ModelStore) and cmd in ("check", "gc", "backup", "restore"):
+    if isinstance(store, S3ModelStore) and cmd == "gc":
+        if args.keep != 3 or args.protect:
+            raise StoreError("gc on an S3 store only sweeps stale staging uploads (--keep/--protect are local-only)")
+        swept = store.sweep_staging(dry_run=args.dry_run)
+        _emit(args, {"staging_removed": swept, "dry_run": args.dry_run},
+              "\n".join(f"{'would remove' if args.dry_run else 'removed'} stale staging: {s}" for s in swept)
+              or "(nothing)")
+        return EXIT_OK
+    if isinstance(store, S3ModelStore) and cmd in ("check", "backup", "restore"):
         raise StoreError(f"{cmd} works on a local store root; {args.root or 'the root'} is an S3 store")
     action = _ACTIONS.get(cmd)
     if action is None:

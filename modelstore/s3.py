@@ -168,9 +168,9 @@ class Materialised:
 
 @dataclass
 class TransferStats:
-    """What one operation sent: counted by this client, per request kind."""
+    """What this store object sent and received, counted on the client side (the tests count on the server)."""
 
-    puts: int = 0          # PutObject + UploadPart + CopyObject requests issued by the store's own calls
+    puts: int = 0  # PutObject + UploadPart + CopyObject requests
     bytes_up: int = 0
     bytes_down: int = 0
 
@@ -429,29 +429,33 @@ class S3ModelStore:
                     done[0] += n
                     progress("upload", done[0], total)
 
-        # 1. stream every file to staging, hashing as it is read
-        def up(rel: str):
-            sha, size, etag = self.upload_file(files[rel], f"{staging}/{rel}", on_chunk)
-            if delay:
-                time.sleep(delay)
-            return rel, sha, size, etag
+        try:
+            # 1. stream every file to staging, hashing as it is read
+            def up(rel: str):
+                sha, size, etag = self.upload_file(files[rel], f"{staging}/{rel}", on_chunk)
+                if delay:
+                    time.sleep(delay)
+                return rel, sha, size, etag
 
-        order = sorted(files, key=lambda r: -files[r].stat().st_size)
-        n = 1 if delay else (workers or min(self.workers, 4))
-        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="s3put") as pool:
-            sent = list(pool.map(up, order))
-        entries = {rel: FileEntry(sha256=sha, size=size) for rel, sha, size, _ in sent}
-        # 2. verify: the server holds exactly what was sent (size and ETag)
-        for rel, _sha, size, etag in sent:
-            st = self._stat(f"{staging}/{rel}")
-            got = (st.etag or "").strip('"') if st else None
-            if st is None or st.size != size or (got and got != etag and _md5_like(got)):
-                raise StoreError(f"staged {rel} does not match what was sent (size {getattr(st, 'size', None)} "
-                                 f"vs {size}, etag {got} vs {etag}); nothing was committed")
-        manifest = Manifest(kind=kind, owner=owner, name=name, version=version,
-                            checksum=total_checksum(entries), files=entries,
-                            total_size=sum(e.size for e in entries.values()), created=now(),
-                            source=source or f"local:{src.resolve()}", license=license, **extra)
+            order = sorted(files, key=lambda r: -files[r].stat().st_size)
+            n = 1 if delay else (workers or min(self.workers, 4))
+            with ThreadPoolExecutor(max_workers=n, thread_name_prefix="s3put") as pool:
+                sent = list(pool.map(up, order))
+            entries = {rel: FileEntry(sha256=sha, size=size) for rel, sha, size, _ in sent}
+            # 2. verify: the server holds exactly what was sent (size and ETag)
+            for rel, _sha, size, etag in sent:
+                st = self._stat(f"{staging}/{rel}")
+                got = (st.etag or "").strip('"') if st else None
+                if st is None or st.size != size or (got and got != etag and _md5_like(got)):
+                    raise StoreError(f"staged {rel} does not match what was sent (size {getattr(st, 'size', None)} "
+                                     f"vs {size}, etag {got} vs {etag}); nothing was committed")
+            manifest = Manifest(kind=kind, owner=owner, name=name, version=version,
+                                checksum=total_checksum(entries), files=entries,
+                                total_size=sum(e.size for e in entries.values()), created=now(),
+                                source=source or f"local:{src.resolve()}", license=license, **extra)
+        except BaseException:
+            self._cleanup(staging + "/")  # nothing was claimed: only our staging objects exist
+            raise
         # 3. claim the version: one publisher wins
         claim = json.dumps({"publisher": publisher, "claimed": now().isoformat(), "staging": staging}).encode()
         if not self._put_bytes(f"{vkey}/{CLAIM}", claim, if_none_match=True):
@@ -463,15 +467,33 @@ class S3ModelStore:
             raise StoreError(f"{owner}/{kind}/{name} version {version!r} is being published by another publisher "
                              f"(claim {self.url_of(vkey + '/' + CLAIM)}: {held}); if that publisher died, delete "
                              f"the claim object and publish again")
-        # 4. server-side copy into the version prefix, manifest last
-        self._copy_all([(f"{staging}/{rel}", f"{vkey}/{rel}", entries[rel].size) for rel in entries])
-        body = (json.dumps(manifest.model_dump(mode="json", exclude_none=True), indent=2, sort_keys=True) + "\n").encode()
-        if not self._put_bytes(f"{vkey}/{MANIFEST}", body, if_none_match=True):
-            raise StoreError(f"{self.url_of(vkey)}: manifest appeared while we held the claim; refusing to overwrite")
+        try:
+            # 4. server-side copy into the version prefix, manifest last
+            self._copy_all([(f"{staging}/{rel}", f"{vkey}/{rel}", entries[rel].size) for rel in entries])
+            body = (json.dumps(manifest.model_dump(mode="json", exclude_none=True), indent=2, sort_keys=True) + "\n").encode()
+            if not self._put_bytes(f"{vkey}/{MANIFEST}", body, if_none_match=True):
+                raise StoreError(f"{self.url_of(vkey)}: manifest appeared while we held the claim; refusing to overwrite")
+        except BaseException:
+            # we hold the claim and no manifest exists: nobody else writes under the version,
+            # so removing what we copied and the claim leaves the version publishable again
+            try:
+                committed = self._stat(f"{vkey}/{MANIFEST}") is not None
+            except Exception:  # noqa: BLE001 - unknown: leave the version prefix alone
+                committed = True
+            self._cleanup(*([staging + "/"] if committed else [vkey + "/", staging + "/"]))
+            raise
         self._delete_prefix(staging + "/")
         if set_current:
             self.set_current(owner, kind, name, version)
         return manifest
+
+    def _cleanup(self, *prefixes: str) -> None:
+        """Best effort after a failed publish; a failure here must not hide the original error."""
+        for prefix in prefixes:
+            try:
+                self._delete_prefix(prefix)
+            except Exception:  # noqa: BLE001 - gc of staging is the fallback
+                pass
 
     def _copy_all(self, pairs: list[tuple[str, str, int]]) -> None:
         from minio.commonconfig import ComposeSource, CopySource
@@ -487,6 +509,30 @@ class S3ModelStore:
 
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="s3copy") as pool:
             list(pool.map(one, pairs))
+
+    def sweep_staging(self, stale_after_s: float = 86400.0, dry_run: bool = False) -> list[str]:
+        """Delete staging uploads (left by killed publishers) whose newest object is older
+        than ``stale_after_s``; returns their URLs. Committed versions are never touched."""
+        from datetime import timedelta
+
+        cutoff = now() - timedelta(seconds=stale_after_s)
+        removed = []
+        for o in self.owners():
+            for k in KIND_DIRS:
+                for n in self.names(o, k):
+                    prefix = f"{self.name_key(o, k, n)}/{STAGING_DIR}/"
+                    newest: dict[str, object] = {}
+                    for obj in self._list(prefix, True):
+                        upload = obj.object_name[len(prefix):].split("/", 1)[0]
+                        t = obj.last_modified
+                        if upload not in newest or (t and t > newest[upload]):
+                            newest[upload] = t
+                    for upload, t in sorted(newest.items()):
+                        if t is None or t <= cutoff:
+                            removed.append(self.url_of(prefix + upload))
+                            if not dry_run:
+                                self._delete_prefix(f"{prefix}{upload}/")
+        return removed
 
     def set_current(self, owner: str, kind: str, name: str, version: str) -> None:
         """Point ``current`` at an existing version: one PUT replaces the pointer object atomically."""
@@ -597,6 +643,10 @@ class CachingS3Store:
     into the node-local ``cache_dir`` (see ``S3ModelStore.materialise``) and
     returns a ``StoredVersion`` whose ``path`` is that local, verified copy,
     so code written for the directory store loads it unchanged."""
+
+    # ``resolve`` returns content whose sha256 was checked when it entered the
+    # cache (a cache hit is checked by size): callers need not hash it again.
+    verifies_content = True
 
     def __init__(self, url: str, cache_dir: str | Path, client=None):
         self.remote = S3ModelStore(url, client=client)

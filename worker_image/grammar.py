@@ -96,7 +96,7 @@ def from_response_format(rf) -> Constraint | None:
 
 def from_tools(tools, tool_choice) -> tuple[Constraint | None, list[dict] | None]:
     """``tools`` + ``tool_choice`` -> (constraint or None, the tools for the chat template)."""
-    if tools is None:
+    if tools is None or tools == []:  # some clients send an empty list for "no tools"
         if tool_choice not in (None, "none"):
             raise _bad("tool_choice", "needs tools")
         return None, None

@@ -50,9 +50,10 @@ class WorkerMetrics(StepObserver):
         self.base_load = Gauge(p + "base_load_seconds", "Time the base model took to verify and load", registry=r)
 
     def forget_adapter(self, adapter: str) -> None:
-        """Remove every series labelled with ``adapter`` (it is no longer served: no stale series)."""
-        for metric in (self.request_duration, self.ttft, self.generated_tokens, self.prompt_tokens, self.requests,
-                       self.adapter_load_failures, self.adapter_swap_failures):
+        """Remove the per-request series labelled with ``adapter`` (it is no longer served: no stale
+        series). The failure counters stay until the worker restarts: they are the evidence the
+        alerts read, and a refused adapter usually leaves the desired state right after refusing."""
+        for metric in (self.request_duration, self.ttft, self.generated_tokens, self.prompt_tokens, self.requests):
             names = metric._labelnames
             seen = set()
             for family in metric.collect():

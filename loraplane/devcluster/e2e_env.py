@@ -152,12 +152,22 @@ def local_env(workdir: Path) -> Iterator[LocalEnv]:
 
     built = build_images(("operator", "worker"))
     with DevCluster(workdir=workdir / "cluster") as cluster, RealNode(cluster) as node:
+        _remove_stale_images(node, {b.ref for b in built.values()})  # first: disk for the new ones
         for image in built.values():
             node.import_image(image.archive)
         store = workdir / "store"
         yield LocalEnv(kubeconfig=cluster.kubeconfig, images={n: b.ref for n, b in built.items()},
                        store_dir=store, store_node_path=str(store), gpu_node=node.name,
                        pull_policy="Never", node=node)
+
+
+def _remove_stale_images(node, keep: set[str]) -> None:
+    """Older builds of the project's images leave the node's containerd
+    (several GB each for the worker); its garbage collector frees the blobs."""
+    repos = {ref.rsplit(":", 1)[0] for ref in keep}  # only these images' older tags; never pause/base
+    stale = [ref for ref in node.images() if ref.rsplit(":", 1)[0] in repos and ref not in keep]
+    if stale:
+        node.ctr("images", "rm", *stale, check=False)
 
 
 @contextlib.contextmanager

@@ -109,6 +109,12 @@ def test_publisher_killed_mid_upload_leaves_nothing_visible(s3_server, s3_url, t
     assert st.current_version("default", "base", "mistral") == "v1"
     with pytest.raises(StoreError, match="not found"):
         st.resolve("default", "base", "mistral", "v2")
+    # The leftover staging upload is swept once stale (fresh ones are kept).
+    assert st.sweep_staging() == []
+    (swept,) = st.sweep_staging(stale_after_s=0)
+    assert swept.startswith(f"{s3_url}/default/base_models/mistral/.staging/v2.")
+    assert not any(True for _ in st._list(staging_prefix, True))
+    assert st.verify("default", "base", "mistral", "v1").ok
     # A later publish of v2 succeeds (nothing was claimed).
     st.publish(tiny_base_dir, kind="base", name="mistral", version="v2")
     assert st.versions("default", "base", "mistral") == ["v1", "v2"]
@@ -193,3 +199,47 @@ def test_big_file_streams_multipart_in_bounded_memory(s3_url, tmp_path):
     mb = size / 1e6
     print(f"\nS3 upload {mb / r['up_s']:.0f} MB/s, download {mb / r['down_s']:.0f} MB/s "
           f"({mb:.0f} MB, 5 MiB parts, 4 in flight), RSS growth {r['rss_growth_kib'] / 1024:.1f} MiB")
+
+
+def test_cli_on_an_s3_root(s3_url, tiny_base_dir):
+    import json
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "loraplane.cli", "modelstore", *args, "--root", s3_url],
+                              capture_output=True, text=True, timeout=300, env=os.environ)
+
+    out = cli("publish", str(tiny_base_dir), "--kind", "base", "--name", "mistral", "--version", "v1", "--json")
+    assert out.returncode == 0, out.stderr
+    checksum = json.loads(out.stdout)["checksum"]
+    rows = json.loads(cli("list", "--json").stdout)
+    assert [(r["name"], r["version"], r["current"], r["checksum"]) for r in rows] == [("mistral", "v1", True, checksum)]
+    shown = json.loads(cli("show", "base", "mistral", "--json").stdout)
+    assert shown["path"].startswith(s3_url) and shown["manifest"]["checksum"] == checksum
+    assert cli("verify", "base", "mistral").returncode == 0
+    again = cli("publish", str(tiny_base_dir), "--kind", "base", "--name", "mistral", "--version", "v1")
+    assert again.returncode == 2 and "already exists" in again.stderr
+    gc = cli("gc", "--keep", "1")
+    assert gc.returncode == 2 and "local-only" in gc.stderr
+    gc = cli("gc", "--json")
+    assert gc.returncode == 0 and json.loads(gc.stdout)["staging_removed"] == []
+    assert cli("check").returncode == 2
+
+
+def test_a_failed_publish_releases_its_claim_and_cleans_up(s3_url, tiny_base_dir, monkeypatch):
+    """An error after the claim (here: the server-side copy fails half-way) leaves
+    no claim, no partial version and no staging: the version can be published again."""
+    st = S3ModelStore(s3_url)
+    real = S3ModelStore._copy_all
+
+    def half_then_fail(self, pairs):
+        real(self, pairs[:1])
+        raise StoreError("injected: copy failed")
+
+    monkeypatch.setattr(S3ModelStore, "_copy_all", half_then_fail)
+    with pytest.raises(StoreError, match="injected"):
+        st.publish(tiny_base_dir, kind="base", name="mistral", version="v1")
+    left = [o.object_name for o in st._list("store/", True)]
+    assert left == [], left
+    monkeypatch.setattr(S3ModelStore, "_copy_all", real)
+    st.publish(tiny_base_dir, kind="base", name="mistral", version="v1")
+    assert st.verify("default", "base", "mistral", "v1").ok

@@ -96,3 +96,48 @@ def test_worker_loads_from_s3_through_the_node_cache(s3_server, s3_url, tiny_bas
     weight_gets = [ln for ln in warm_log if " s3_GetObject " in ln and ".safetensors" in ln]
     assert weight_gets == []  # the second worker read manifests and pointers only
     print(f"\nworker ready from S3: cold download {cold:.1f} s, cache hit {warm:.1f} s")
+
+
+def test_cache_hit_is_not_rehashed_by_the_worker(s3_url, tiny_base_dir, make_tiny_adapter, tmp_path, monkeypatch):
+    """A worker reading through the node cache loads a verified entry without
+    hashing it again; a cold one hashes each file once (in materialise)."""
+    import asyncio
+
+    from loraplane.modelstore import hashing
+    from loraplane.modelstore import s3 as s3mod
+    from loraplane.worker.runtime import Worker, WorkerConfig
+
+    st = S3ModelStore(s3_url)
+    base = st.publish(tiny_base_dir, kind="base", name="tiny", version="v1")
+    st.publish(make_tiny_adapter(seed=1), kind="adapter", name="synth", version="v1", base_name="tiny",
+               task="synthesizer")
+    doc = DesiredState.model_validate({
+        "pool": "p", "generation": 1, "base": {"name": "tiny", "version": "v1", "variant": "fp32"},
+        "adapters": [{"name": "synth-v1", "storeName": "synth", "version": "v1", "task": "synthesizer"}],
+        "routes": {"synthesizer": [{"adapter": "synth-v1", "weight": 100}]}})
+    monkeypatch.setenv("LORAPLANE_MODEL_CACHE", str(tmp_path / "cache"))
+    hashed: list[str] = []
+    real = hashing.sha256_file
+
+    def counting(path, *a, **kw):
+        hashed.append(str(path))
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(hashing, "sha256_file", counting)  # verify_dir's hashing (hash_files)
+    monkeypatch.setattr(s3mod, "sha256_file", counting)    # materialise's hashing
+
+    def start() -> list[str]:
+        hashed.clear()
+        w = Worker(WorkerConfig(store_root=s3_url))
+        try:
+            asyncio.run(w.apply(doc))
+            assert w.ready, w.status() if hasattr(w, "status") else None
+        finally:
+            w.close()
+        return list(hashed)
+
+    cold = start()
+    n_files = len(base.files)
+    assert sum(1 for p in cold if base.checksum[:16] in p) == n_files  # each base file hashed once, not twice
+    warm = start()
+    assert warm == []

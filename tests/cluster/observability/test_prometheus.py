@@ -11,7 +11,8 @@ discovery: the operator's metrics address, and each worker pod's advertised
 endpoint (its ``loraplane.io/worker-status`` annotation) with the labels the
 chart's PodMonitor would add (namespace, pool, pod, node, gpu, variant).
 
-The test proves: every rule loads and evaluates; real faults fire alerts
+The test proves: `promtool check metrics` passes on the real operator's and a
+real worker's /metrics; every rule loads and evaluates; real faults fire alerts
 (an automated canary of ``sum-slow`` is rolled back by the operator:
 LoraplaneCanaryRolledBack; its latency: LoraplaneHighP95Latency for
 adapter ``sum-slow`` only); the operator is not reported down; and every
@@ -32,6 +33,7 @@ import subprocess
 import threading
 import time
 import urllib.parse
+import urllib.request
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,7 +44,7 @@ from kubernetes import client, config
 
 from loraplane.demo import (ADAPTER_STORE_NAME, BASE_NAME, BASE_VERSION, TASK, OperatorProcess, effective, manifests,
                             wait_for)
-from loraplane.devcluster import build
+from loraplane.devcluster import build, prom_build
 from loraplane.devcluster.cluster import free_port
 from loraplane.devcluster.hostrunner import HostRunner
 from loraplane.devcluster.promserver import PrometheusServer
@@ -149,7 +151,7 @@ def observed(dev_cluster, tiny_base_dir, make_tiny_adapter, tmp_path_factory):
         wait_for(prom.ready, timeout=60, what="prometheus ready")
         wait_for(lambda: write_targets(core, ns, targets) == 2, timeout=180, what="2 advertised workers")
         yield SimpleNamespace(
-            ns=ns, prom=prom, dashboard=dashboard, operator=operator, rules=rule["spec"], kubeconfig=dev_cluster.kubeconfig,
+            ns=ns, cluster=dev_cluster, prom=prom, dashboard=dashboard, operator=operator, operator_port=op_port, targets=targets, rules=rule["spec"], kubeconfig=dev_cluster.kubeconfig,
             patch_adapter=lambda name, body: custom.patch_namespaced_custom_object(
                 "loraplane.io", "v1alpha1", ns, "adapters", name, body),
             patch=lambda body: custom.patch_namespaced_custom_object("loraplane.io", "v1alpha1", ns, "workerpools",
@@ -194,6 +196,14 @@ def test_prometheus_loads_the_rules_fires_on_real_faults_and_feeds_every_panel(o
     slow = prom.firing("LoraplaneHighP95Latency")
     assert {a["adapter"] for a in slow} == {"sum-slow"}, slow  # 1.5 s injected; sum-v1 stays under 1 s
     assert prom.firing("LoraplaneOperatorDown") == []
+
+    # promtool check metrics on the real operator process and a real worker process, as scraped
+    worker = json.loads(env.targets.read_text())[0]["targets"][0]
+    for url in (f"http://127.0.0.1:{env.operator_port}/metrics", f"http://{worker}/metrics"):
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        out = subprocess.run([str(prom_build.promtool()), "check", "metrics"], input=text, text=True,
+                             capture_output=True, timeout=120)
+        assert out.returncode == 0, (url, out.stdout + out.stderr)
 
     # 3. every dashboard panel's PromQL returns data (those fed by absent events: valid, empty)
     empty = []
@@ -243,7 +253,16 @@ def test_a_corrupt_hot_swap_fires_the_swap_and_load_alerts_and_fills_the_failure
     file was corrupted after publishing; the workers' verify refuses the swap."""
     env, prom = observed, observed.prom
     env.patch_adapter("sum-v1", {"spec": {"version": "v3"}})
-    wait_for(lambda: prom.firing("LoraplaneAdapterHotSwapFailed"), timeout=120, what="LoraplaneAdapterHotSwapFailed")
+    try:
+        wait_for(lambda: prom.firing("LoraplaneAdapterHotSwapFailed"), timeout=180,
+                 what="LoraplaneAdapterHotSwapFailed")
+    finally:
+        print("adapter:", env.cluster.kubectl("get", "adapter", "sum-v1", "-n", env.ns, "-o", "json").stdout[-1500:])
+        print("workers:", env.cluster.kubectl("get", "pods", "-n", env.ns, "-o",
+                                              "jsonpath={.items[*].metadata.annotations.loraplane\\.io/worker-status}",
+                                              check=False).stdout[-3000:])
+        print("swap series:", prom.query("loraplane_worker_adapter_swap_failures_total"),
+              prom.query("loraplane_worker_adapter_load_failures_total"))
     wait_for(lambda: prom.firing("LoraplaneAdapterLoadFailed"), timeout=30, what="LoraplaneAdapterLoadFailed")
     assert {(a["namespace"], a["pool"], a["adapter"]) for a in prom.firing("LoraplaneAdapterHotSwapFailed")} \
         == {(env.ns, POOL, "sum-v1")}

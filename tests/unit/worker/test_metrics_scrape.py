@@ -77,3 +77,19 @@ def test_an_adapter_no_longer_wanted_leaves_no_series(worker_store, run, helpers
     assert 'adapter="synth-v2"' in before
     assert 'adapter="synth-v2"' not in after
     assert 'adapter="synth-v1"' in after  # the one still served keeps its series
+
+
+def test_a_refused_adapter_that_leaves_keeps_its_failure_count(worker_store, run, helpers):
+    """The alerts read the failure counters: they outlive the refused name's removal."""
+    desired, running_worker = helpers.desired, helpers.running_worker
+
+    async def go():
+        doc = desired({"synthesizer": [("synth-v1", 100)]},
+                      adapters=[("synth-v1", "synth", "v1", "synthesizer"), ("bad-v1", "broken", "v1", "synthesizer")])
+        async with running_worker(worker_store, doc) as (w, c):
+            await w.apply(desired({"synthesizer": [("synth-v1", 100)]},
+                                  adapters=[("synth-v1", "synth", "v1", "synthesizer")], generation=2))
+            return w.status(), await (await c.get("/metrics")).text()
+    st, text = run(go())
+    assert "bad-v1" not in st.failed
+    assert 'loraplane_worker_adapter_load_failures_total{adapter="bad-v1",reason="AdapterRefused"} 1.0' in text

@@ -345,6 +345,14 @@ def test_bad_tools_are_400s(client, kwargs, param):
     assert e.value.param == param, e.value.message
 
 
+def test_empty_tools_list_means_no_tools(client):
+    r = client.chat.completions.create(model="extract", messages=CHAT, max_tokens=4, tools=[], tool_choice="none")
+    assert r.choices[0].message.tool_calls is None and r.choices[0].finish_reason in ("stop", "length")
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="extract", messages=CHAT, max_tokens=4, tools=[], tool_choice="auto")
+    assert e.value.param == "tool_choice"
+
+
 def test_word_level_tokenizer_refuses_structured_output(worker_store):
     """The word-level tiny base cannot spell JSON: a 400, not garbage."""
     from loraplane.worker.grammar import Constraint, GrammarRequestError, compile_matcher
@@ -391,3 +399,58 @@ def test_invalid_contract_refuses_the_version(server):
     w = server["w"]
     assert "badcon-v1" not in w.served and "con-v1" in w.served
     assert "output contract" in w.failed["badcon-v1"] and "nosuchtype" in w.failed["badcon-v1"].lower()
+
+
+def test_grammar_dead_end_fails_only_that_row(server):
+    """A grammar that allows no next token (cannot happen with a byte-complete
+    tokenizer; a fake stands in) fails its own row with code grammar_error;
+    a constrained row in the same batch finishes with valid JSON."""
+    import ctypes
+
+    from loraplane.worker import grammar
+    from loraplane.worker.engine import GenRequest
+
+    class DeadEnd:
+        def __init__(self):
+            self.consumed = 0
+
+        def unsafe_compute_mask_ptr(self, ptr, size):
+            if self.consumed >= 2:
+                ctypes.memset(ptr, 0, size)
+
+        def is_error(self):
+            return False
+
+        def consume_token(self, t):
+            self.consumed += 1
+            return True
+
+        def is_stopped(self):
+            return False
+
+    w = server["w"]
+    eng = w.engine
+    prompt = w.tokenizer("the cat").input_ids
+    events: dict[int, list] = {0: [], 1: []}
+    done = threading.Semaphore(0)
+
+    def sink(i):
+        def s(kind, payload):
+            events[i].append((kind, payload))
+            if kind in ("done", "error"):
+                done.release()
+        return s
+
+    good = grammar.compile_matcher(grammar.Constraint("response_format", json_schema=PERSON), w.tokenizer,
+                                   eng.model.config.vocab_size, eng.eos_ids)
+    reqs = [GenRequest(prompt_ids=prompt, adapter=None, max_tokens=LIMIT, sink=sink(0), grammar=DeadEnd()),
+            GenRequest(prompt_ids=prompt, adapter=None, max_tokens=LIMIT, sink=sink(1), grammar=good)]
+    for r in reqs:
+        eng.submit(r)
+    assert done.acquire(timeout=60) and done.acquire(timeout=60)
+    kind, payload = events[0][-1]
+    assert kind == "error" and payload["code"] == "grammar_error" and "allows no next token" in payload["message"]
+    assert payload["completion_tokens"] == 2
+    kind, payload = events[1][-1]
+    assert kind == "done" and payload["finish_reason"] == "stop"
+    check(json.loads("".join(p["text"] for k, p in events[1] if k == "token")), PERSON)
