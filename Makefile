@@ -39,8 +39,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 crds: venv
-	$(PY) -m loraplane.operator.crdgen
-	$(PY) -m loraplane.operator.crdgen charts/loraplane/crds
+	$(PY) -m loraplane.operator.api.crdgen
+	$(PY) -m loraplane.operator.api.crdgen charts/loraplane/crds
 
 control-plane: venv
 	$(PY) -m loraplane.devcluster.build

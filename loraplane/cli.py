@@ -18,7 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "dev-cluster": ("loraplane.devcluster.cli", "start, stop or locate the local control plane"),
     "images": ("loraplane.devcluster.images", "build the operator and worker images (buildah or docker), cached by content hash"),
     "modelstore": ("loraplane.modelstore.cli", "publish, verify, check, list, show, gc, backup and restore the ModelStore"),
-    "operator": ("loraplane.operator.cli", "run the operator; generate CRDs"),
+    "operator": ("loraplane.operator.cli.command", "run the operator; generate CRDs"),
     "train": ("loraplane.training.cli", "train a LoRA/QLoRA adapter and publish it"),
     "worker": ("loraplane.worker.cli", "run an inference worker"),
 }

@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from loraplane.worker.desired import STATUS_ANNOTATION
+from loraplane.contracts.desired import STATUS_ANNOTATION
 
 log = logging.getLogger(__name__)
 

@@ -80,61 +80,77 @@ def check_model_store(store, dry_run: bool | None = None, owner: str | None = No
     for o in [owner] if owner else store.owners():
         for kind, kdir in KIND_DIRS.items():
             for name in store.names(o, kind):
-                where_name = f"{o}/{kdir}/{name}"
-                try:
-                    validate_part("name", name)
-                except StoreError as e:
-                    rep.add(where_name, str(e))
-                    continue
-                versions = store.versions(o, kind, name)
-                try:
-                    cur = read_current(store.layout.current_link(o, kind, name))
-                    if cur is not None and cur not in versions:
-                        rep.add(where_name, f"current points to missing version {cur!r}")
-                except StoreError as e:
-                    rep.add(where_name, str(e))
-                if not versions:
-                    rep.add(where_name, "no versions")
-                for v in versions:
-                    where = f"{where_name}/{VERSIONS}/{v}"
-                    rep.versions_checked += 1
-                    try:
-                        validate_part("version", v)
-                        path = store.layout.checked(store.layout.versions_dir(o, kind, name) / v)
-                        m = load_manifest(path)
-                    except StoreError as e:
-                        rep.add(where, str(e))
-                        continue
-                    if (m.owner, m.kind, m.name, m.version) != (o, kind, name, v):
-                        rep.add(where, f"manifest describes {m.owner}/{m.kind}/{m.name}@{m.version}")
-                        continue
+                for where, v, path, m in _check_name(store, rep, o, kind, kdir, name):
                     vr = verify_dir(path, full=not dry, workers=workers, manifest=m)
                     if not vr.ok:
                         rep.add(where, vr.summary().replace("\n", ";"))
                     if kind == "base":
-                        for why in base_problems(m):
-                            rep.add(where, why)
-                        if not dry and vr.ok:
-                            try:
-                                n, how = count_parameters(path)
-                                if how == "safetensors-header" and n != m.parameters:
-                                    rep.add(where, f"manifest says {m.parameters} parameters, safetensors headers hold {n}")
-                            except StoreError as e:
-                                rep.add(where, str(e))
+                        _check_base(rep, where, path, m, verified=not dry and vr.ok)
                         bases[(o, name, v)] = m
                     else:
                         adapters.append((where, m))
     for where, m in adapters:
-        a = m.adapter
-        key = (a.base_owner or m.owner, a.base_name, a.base_version)
-        base = bases.get(key)
-        if base is None:
-            try:
-                base = store.resolve(key[0], "base", a.base_name, a.base_version).manifest
-            except StoreError as e:
-                rep.add(where, f"base {a.base_name}@{a.base_version} unusable: {e}")
-                continue
-        if base.checksum != a.base_checksum:
-            rep.add(where, f"base {a.base_name}@{a.base_version} checksum {base.checksum[:12]}... does not match "
-                           f"the checksum the adapter was trained against ({a.base_checksum[:12]}...)")
+        _check_adapter_base(store, rep, where, m, bases)
     return rep
+
+
+def _check_name(store, rep: CheckReport, o: str, kind: str, kdir: str, name: str):
+    """The versions of one name whose manifest loads and describes them: (where, version, path, manifest)."""
+    where_name = f"{o}/{kdir}/{name}"
+    try:
+        validate_part("name", name)
+    except StoreError as e:
+        rep.add(where_name, str(e))
+        return
+    versions = store.versions(o, kind, name)
+    try:
+        cur = read_current(store.layout.current_link(o, kind, name))
+        if cur is not None and cur not in versions:
+            rep.add(where_name, f"current points to missing version {cur!r}")
+    except StoreError as e:
+        rep.add(where_name, str(e))
+    if not versions:
+        rep.add(where_name, "no versions")
+    for v in versions:
+        where = f"{where_name}/{VERSIONS}/{v}"
+        rep.versions_checked += 1
+        try:
+            validate_part("version", v)
+            path = store.layout.checked(store.layout.versions_dir(o, kind, name) / v)
+            m = load_manifest(path)
+        except StoreError as e:
+            rep.add(where, str(e))
+            continue
+        if (m.owner, m.kind, m.name, m.version) != (o, kind, name, v):
+            rep.add(where, f"manifest describes {m.owner}/{m.kind}/{m.name}@{m.version}")
+            continue
+        yield where, v, path, m
+
+
+def _check_base(rep: CheckReport, where: str, path, m: Manifest, verified: bool) -> None:
+    for why in base_problems(m):
+        rep.add(where, why)
+    if verified:
+        try:
+            n, how = count_parameters(path)
+            if how == "safetensors-header" and n != m.parameters:
+                rep.add(where, f"manifest says {m.parameters} parameters, safetensors headers hold {n}")
+        except StoreError as e:
+            rep.add(where, str(e))
+
+
+def _check_adapter_base(store, rep: CheckReport, where: str, m: Manifest,
+                        bases: dict[tuple[str, str, str], Manifest]) -> None:
+    """The adapter's base is in the store and has the checksum it was trained against."""
+    a = m.adapter
+    key = (a.base_owner or m.owner, a.base_name, a.base_version)
+    base = bases.get(key)
+    if base is None:
+        try:
+            base = store.resolve(key[0], "base", a.base_name, a.base_version).manifest
+        except StoreError as e:
+            rep.add(where, f"base {a.base_name}@{a.base_version} unusable: {e}")
+            return
+    if base.checksum != a.base_checksum:
+        rep.add(where, f"base {a.base_name}@{a.base_version} checksum {base.checksum[:12]}... does not match "
+                       f"the checksum the adapter was trained against ({a.base_checksum[:12]}...)")

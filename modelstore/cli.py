@@ -161,77 +161,106 @@ def _dispatch(args) -> int:
         return EXIT_OK
     if isinstance(store, S3ModelStore) and cmd in ("check", "backup", "restore"):
         raise StoreError(f"{cmd} works on a local store root; {args.root or 'the root'} is an S3 store")
-    if cmd == "backup":
-        from .backup import backup
+    action = _ACTIONS.get(cmd)
+    if action is None:
+        raise StoreError(f"unknown action {cmd!r}")
+    return action(args, store)
 
-        rep = backup(store, args.to, keep_daily=args.keep_daily, keep_weekly=args.keep_weekly, owner=args.only_owner)
-        _emit(args, rep.to_dict(), rep.summary())
-        return EXIT_OK
-    if cmd == "restore":
-        from .backup import restore
 
-        rep = restore(store, args.from_url, snapshot=args.snapshot)
-        _emit(args, rep.to_dict(), rep.summary())
-        return EXIT_OK
-    if cmd == "publish":
-        kw = dict(owner=args.owner, kind=args.kind, name=args.name, version=args.version, force=args.force,
-                  license=args.license, task=args.task, base_name=args.base_name,
-                  base_version=args.base_version, set_current=not args.no_set_current,
-                  workers=args.workers, progress=_progress())
-        if args.hf_repo:
-            if args.src:
-                raise StoreError("give either SRC or --hf-repo, not both")
-            from .hub import publish_from_hub
+def _cmd_publish(args, store) -> int:
+    kw = dict(owner=args.owner, kind=args.kind, name=args.name, version=args.version, force=args.force,
+              license=args.license, task=args.task, base_name=args.base_name,
+              base_version=args.base_version, set_current=not args.no_set_current,
+              workers=args.workers, progress=_progress())
+    if args.hf_repo:
+        if args.src:
+            raise StoreError("give either SRC or --hf-repo, not both")
+        from .hub import publish_from_hub
 
-            m = publish_from_hub(store, args.hf_repo, args.revision, os.environ.get(args.token_env), **kw)
-        else:
-            if not args.src:
-                raise StoreError("publish needs SRC (a local directory) or --hf-repo")
-            m = store.publish(args.src, **kw)
-        _emit(args, m.model_dump(mode="json", exclude_none=True),
-              f"published {m.owner}/{m.kind}/{m.name}@{m.version} checksum {m.checksum} ({m.total_size} bytes)")
-        return EXIT_OK
-    if cmd == "verify":
-        rep = store.verify(args.owner, args.kind, args.name, args.version, full=not args.quick,
-                           workers=args.workers, progress=_progress())
-        _emit(args, rep.to_dict(), rep.summary())
-        return EXIT_OK if rep.ok else EXIT_FAILED
-    if cmd == "check":
-        rep = store.check(dry_run=args.dry_run, owner=None if args.all_owners else args.owner, workers=args.workers)
-        _emit(args, rep.to_dict(), rep.summary())
-        return EXIT_OK if rep.ok else EXIT_FAILED
-    if cmd == "list" and isinstance(store, S3ModelStore):
+        m = publish_from_hub(store, args.hf_repo, args.revision, os.environ.get(args.token_env), **kw)
+    else:
+        if not args.src:
+            raise StoreError("publish needs SRC (a local directory) or --hf-repo")
+        m = store.publish(args.src, **kw)
+    _emit(args, m.model_dump(mode="json", exclude_none=True),
+          f"published {m.owner}/{m.kind}/{m.name}@{m.version} checksum {m.checksum} ({m.total_size} bytes)")
+    return EXIT_OK
+
+
+def _cmd_verify(args, store) -> int:
+    rep = store.verify(args.owner, args.kind, args.name, args.version, full=not args.quick,
+                       workers=args.workers, progress=_progress())
+    _emit(args, rep.to_dict(), rep.summary())
+    return EXIT_OK if rep.ok else EXIT_FAILED
+
+
+def _cmd_check(args, store) -> int:
+    rep = store.check(dry_run=args.dry_run, owner=None if args.all_owners else args.owner, workers=args.workers)
+    _emit(args, rep.to_dict(), rep.summary())
+    return EXIT_OK if rep.ok else EXIT_FAILED
+
+
+def _cmd_backup(args, store) -> int:
+    from .backup import backup
+
+    rep = backup(store, args.to, keep_daily=args.keep_daily, keep_weekly=args.keep_weekly, owner=args.only_owner)
+    _emit(args, rep.to_dict(), rep.summary())
+    return EXIT_OK
+
+
+def _cmd_restore(args, store) -> int:
+    from .backup import restore
+
+    rep = restore(store, args.from_url, snapshot=args.snapshot)
+    _emit(args, rep.to_dict(), rep.summary())
+    return EXIT_OK
+
+
+def _cmd_list(args, store) -> int:
+    from .s3 import S3ModelStore
+
+    if isinstance(store, S3ModelStore):
         rows = store.list(owner=None if args.all_owners else args.owner, kind=args.kind, name=args.name)
         text = "\n".join(f"{'*' if r['current'] else ' '} {r['owner']}/{r['kind']}/{r['name']}@{r['version']}  "
                          f"{r['total_size']} bytes  {r['checksum'][:12]}" for r in rows) or "(empty)"
         _emit(args, rows, text)
         return EXIT_OK
-    if cmd == "list":
-        rows = store.list(owner=None if args.all_owners else args.owner, kind=args.kind, name=args.name)
-        text = "\n".join(
-            f"{'*' if r.current else ' '} {r.owner}/{r.kind}/{r.name}@{r.version}  "
-            + (f"{r.manifest.total_size} bytes  {r.manifest.checksum[:12]}  {r.manifest.created:%Y-%m-%d %H:%M}"
-               if r.manifest else f"ERROR {r.error}")
-            for r in rows
-        ) or "(empty)"
-        _emit(args, [r.to_dict() for r in rows], text)
-        return EXIT_OK
-    if cmd == "show":
-        sv = store.resolve(args.owner, args.kind, args.name, args.version)
-        data = {"path": str(sv.path), "manifest": sv.manifest.model_dump(mode="json", exclude_none=True)}
-        _emit(args, data, json.dumps(data, indent=2))
-        return EXIT_OK
-    if cmd == "gc":
-        rep = store.gc(keep=args.keep, protect=args.protect or None, dry_run=args.dry_run, owner=args.owner)
-        text = "\n".join([f"{'would delete' if rep.dry_run else 'deleted'}: {d}" for d in rep.deleted]
-                         + [f"kept: {k}" for k in rep.kept]
-                         + [f"removed stale staging: {s}" for s in rep.staging_removed]) or "(nothing)"
-        _emit(args, rep.to_dict(), text)
-        return EXIT_OK
-    if cmd == "set-current":
-        if not args.version:
-            raise StoreError("set-current needs --version")
-        store.set_current(args.owner, args.kind, args.name, args.version)
-        print(f"current of {args.owner}/{args.kind}/{args.name} -> {args.version}")
-        return EXIT_OK
-    raise StoreError(f"unknown action {cmd!r}")
+    rows = store.list(owner=None if args.all_owners else args.owner, kind=args.kind, name=args.name)
+    text = "\n".join(
+        f"{'*' if r.current else ' '} {r.owner}/{r.kind}/{r.name}@{r.version}  "
+        + (f"{r.manifest.total_size} bytes  {r.manifest.checksum[:12]}  {r.manifest.created:%Y-%m-%d %H:%M}"
+           if r.manifest else f"ERROR {r.error}")
+        for r in rows
+    ) or "(empty)"
+    _emit(args, [r.to_dict() for r in rows], text)
+    return EXIT_OK
+
+
+def _cmd_show(args, store) -> int:
+    sv = store.resolve(args.owner, args.kind, args.name, args.version)
+    data = {"path": str(sv.path), "manifest": sv.manifest.model_dump(mode="json", exclude_none=True)}
+    _emit(args, data, json.dumps(data, indent=2))
+    return EXIT_OK
+
+
+def _cmd_gc(args, store) -> int:
+    rep = store.gc(keep=args.keep, protect=args.protect or None, dry_run=args.dry_run, owner=args.owner)
+    text = "\n".join([f"{'would delete' if rep.dry_run else 'deleted'}: {d}" for d in rep.deleted]
+                     + [f"kept: {k}" for k in rep.kept]
+                     + [f"removed stale staging: {s}" for s in rep.staging_removed]) or "(nothing)"
+    _emit(args, rep.to_dict(), text)
+    return EXIT_OK
+
+
+def _cmd_set_current(args, store) -> int:
+    if not args.version:
+        raise StoreError("set-current needs --version")
+    store.set_current(args.owner, args.kind, args.name, args.version)
+    print(f"current of {args.owner}/{args.kind}/{args.name} -> {args.version}")
+    return EXIT_OK
+
+
+#: ``loraplane modelstore ACTION`` -> its handler (``schema`` needs no store and is handled first)
+_ACTIONS = {"publish": _cmd_publish, "verify": _cmd_verify, "check": _cmd_check, "list": _cmd_list,
+            "show": _cmd_show, "gc": _cmd_gc, "set-current": _cmd_set_current, "backup": _cmd_backup,
+            "restore": _cmd_restore}

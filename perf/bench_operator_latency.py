@@ -102,82 +102,20 @@ def main(argv=None) -> int:
     cluster = DevCluster.attach(Path(existing)) if existing else DevCluster(workdir=work / "cluster").start()
     op = None
     try:
-        root = Path(__file__).resolve().parents[1]
-        cluster.kubectl("apply", "-f", str(root / "crds"))
-        cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         tag = f"b{int(time.time()) % 100000}"
         label = {"loraplane.io/bench": tag}
-        t = time.monotonic()
-        for start in range(0, args.nodes, 50):
-            cluster.create_gpu_nodes(min(50, args.nodes - start), gpus_per_node=2, prefix=f"bench-{tag}-{start}",
-                                     labels=label)
-        print(f"{args.nodes} KWOK nodes in {time.monotonic() - t:.1f}s", flush=True)
-        ns = f"bench-{tag}"
-        cluster.kubectl("create", "namespace", ns)
-        time.sleep(2)
-        # A BaseModel that is Ready without a store: the operator is given a summary through --store-root.
-        store = work / "store"
-        vd = store / "default/base_models/mistral/versions/v1"
-        vd.mkdir(parents=True)
-        from loraplane.modelstore.manifest import Manifest, total_checksum
-        import datetime as dt
-        man = Manifest(kind="base", owner="default", name="mistral", version="v1", checksum=total_checksum({}),
-                       files={}, total_size=0, created=dt.datetime.now(dt.timezone.utc), source="bench",
-                       parameters=7_250_000_000, variants={"bnb-int8": {"vram_mib": 7680}})
-        (vd / "manifest.json").write_text(man.model_dump_json())
-        log = open(work / "operator.log", "w")
-        op = subprocess.Popen([sys.executable, "-m", "loraplane.cli", "operator", "run", "--kubeconfig",
-                               str(cluster.kubeconfig), "--store-root", str(store), "--metrics-port", "0",
-                               "--job-pod-annotations", json.dumps({"loraplane.io/kwok-result": "Succeeded"})],
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        ns = _prepare_cluster(cluster, args.nodes, tag, label)
+        store = _ready_base_store(work)
+        op = _start_operator(cluster, store, work)
         kubectl_apply(cluster, ns, {"apiVersion": "loraplane.io/v1alpha1", "kind": "BaseModel",
                                     "metadata": {"name": "m"},
                                     "spec": {"storeName": "mistral", "version": "v1",
                                              "store": {"hostPath": {"path": str(store)}}}})
         cluster.kubectl("wait", "--for=condition=Ready", "bm/m", "-n", ns, "--timeout=120s")
         watcher = BoundWatch(cluster.api_client(), ns)
-
-        def pool(name):
-            return {"apiVersion": "loraplane.io/v1alpha1", "kind": "WorkerPool", "metadata": {"name": name},
-                    "spec": {"baseModelRef": "m", "replicas": args.replicas, "variants": ["bnb-int8"],
-                             "gpu": {"nodeSelector": label}}}
-
-        def deployment(name):
-            sel = {"app": name}
-            return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-                    "spec": {"replicas": args.replicas, "selector": {"matchLabels": sel},
-                             "template": {"metadata": {"labels": sel},
-                                          "spec": {"nodeSelector": label,
-                                                   "containers": [{"name": "w", "image": "worker"}]}}}}
-
-        results = {}
-        for round_name, rate in (("paced", args.rate), ("burst", 0.0)):
-            for kind, make in (("deployment", deployment), ("workerpool", pool)):
-                prefix = f"{kind[:2]}{round_name[0]}"
-                docs = [make(f"{prefix}-{i}") for i in range(args.pools)]
-                if kind == "workerpool":
-                    names = lambda n: [f"{n}-{r}" for r in range(args.replicas)]  # noqa: E731
-                else:
-                    def names(n):
-                        mine = [p for p in list(watcher.bound)
-                                if p.startswith(n + "-") and p.count("-") == n.count("-") + 2]
-                        return mine if len(mine) >= args.replicas else [f"{n}-missing"]
-                lat = run_round(cluster, ns, docs, names, rate, watcher)
-                results[f"{kind} {round_name}"] = lat
-                print(f"{kind:10} {round_name:5} ({'%.0f/s' % rate if rate else 'all at once'}): "
-                      f"p50 {pct(lat, 50):.3f}s p99 {pct(lat, 99):.3f}s max {max(lat):.3f}s", flush=True)
+        results = _rounds(cluster, ns, watcher, args, label)
         watcher.stop = True
-        print()
-        for round_name in ("paced", "burst"):
-            d, w = results[f"deployment {round_name}"], results[f"workerpool {round_name}"]
-            print(f"{round_name}: workerpool p50 {pct(w, 50) / pct(d, 50):.2f}x, p99 {pct(w, 99) / pct(d, 99):.2f}x "
-                  f"the Deployment baseline; goal p99 < 2 s: {'MET' if pct(w, 99) < 2 else 'NOT MET'} "
-                  f"({pct(w, 99):.2f}s)")
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "nodes": args.nodes, "pools": args.pools, "replicas": args.replicas, "rate": args.rate,
-            "summary": {k: {"p50": pct(v, 50), "p99": pct(v, 99), "max": max(v), "mean": statistics.mean(v)}
-                        for k, v in results.items()}}, indent=2))
+        _report(results, args)
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
         cluster.kubectl("delete", "nodes", "-l", f"loraplane.io/bench={tag}", "--wait=false", check=False)
     finally:
@@ -187,6 +125,92 @@ def main(argv=None) -> int:
         if not existing:
             cluster.stop()
     return 0
+
+
+def _prepare_cluster(cluster, nodes: int, tag: str, label: dict) -> str:
+    """CRDs, ``nodes`` KWOK GPU nodes carrying ``label``, and the bench namespace (returned)."""
+    root = Path(__file__).resolve().parents[1]
+    cluster.kubectl("apply", "-f", str(root / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    t = time.monotonic()
+    for start in range(0, nodes, 50):
+        cluster.create_gpu_nodes(min(50, nodes - start), gpus_per_node=2, prefix=f"bench-{tag}-{start}",
+                                 labels=label)
+    print(f"{nodes} KWOK nodes in {time.monotonic() - t:.1f}s", flush=True)
+    ns = f"bench-{tag}"
+    cluster.kubectl("create", "namespace", ns)
+    time.sleep(2)
+    return ns
+
+
+def _ready_base_store(work: Path) -> Path:
+    """A BaseModel that is Ready without a store: the operator is given a summary through --store-root."""
+    store = work / "store"
+    vd = store / "default/base_models/mistral/versions/v1"
+    vd.mkdir(parents=True)
+    from loraplane.modelstore.manifest import Manifest, total_checksum
+    import datetime as dt
+    man = Manifest(kind="base", owner="default", name="mistral", version="v1", checksum=total_checksum({}),
+                   files={}, total_size=0, created=dt.datetime.now(dt.timezone.utc), source="bench",
+                   parameters=7_250_000_000, variants={"bnb-int8": {"vram_mib": 7680}})
+    (vd / "manifest.json").write_text(man.model_dump_json())
+    return store
+
+
+def _start_operator(cluster, store: Path, work: Path) -> subprocess.Popen:
+    log = open(work / "operator.log", "w")
+    return subprocess.Popen([sys.executable, "-m", "loraplane.cli", "operator", "run", "--kubeconfig",
+                             str(cluster.kubeconfig), "--store-root", str(store), "--metrics-port", "0",
+                             "--job-pod-annotations", json.dumps({"loraplane.io/kwok-result": "Succeeded"})],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _rounds(cluster, ns: str, watcher: BoundWatch, args, label: dict) -> dict[str, list[float]]:
+    """Paced and burst rounds of Deployments (the baseline) and WorkerPools: latencies per round."""
+    def pool(name):
+        return {"apiVersion": "loraplane.io/v1alpha1", "kind": "WorkerPool", "metadata": {"name": name},
+                "spec": {"baseModelRef": "m", "replicas": args.replicas, "variants": ["bnb-int8"],
+                         "gpu": {"nodeSelector": label}}}
+
+    def deployment(name):
+        sel = {"app": name}
+        return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+                "spec": {"replicas": args.replicas, "selector": {"matchLabels": sel},
+                         "template": {"metadata": {"labels": sel},
+                                      "spec": {"nodeSelector": label,
+                                               "containers": [{"name": "w", "image": "worker"}]}}}}
+
+    results = {}
+    for round_name, rate in (("paced", args.rate), ("burst", 0.0)):
+        for kind, make in (("deployment", deployment), ("workerpool", pool)):
+            prefix = f"{kind[:2]}{round_name[0]}"
+            docs = [make(f"{prefix}-{i}") for i in range(args.pools)]
+            if kind == "workerpool":
+                names = lambda n: [f"{n}-{r}" for r in range(args.replicas)]  # noqa: E731
+            else:
+                def names(n):
+                    mine = [p for p in list(watcher.bound)
+                            if p.startswith(n + "-") and p.count("-") == n.count("-") + 2]
+                    return mine if len(mine) >= args.replicas else [f"{n}-missing"]
+            lat = run_round(cluster, ns, docs, names, rate, watcher)
+            results[f"{kind} {round_name}"] = lat
+            print(f"{kind:10} {round_name:5} ({'%.0f/s' % rate if rate else 'all at once'}): "
+                  f"p50 {pct(lat, 50):.3f}s p99 {pct(lat, 99):.3f}s max {max(lat):.3f}s", flush=True)
+    return results
+
+
+def _report(results: dict[str, list[float]], args) -> None:
+    print()
+    for round_name in ("paced", "burst"):
+        d, w = results[f"deployment {round_name}"], results[f"workerpool {round_name}"]
+        print(f"{round_name}: workerpool p50 {pct(w, 50) / pct(d, 50):.2f}x, p99 {pct(w, 99) / pct(d, 99):.2f}x "
+              f"the Deployment baseline; goal p99 < 2 s: {'MET' if pct(w, 99) < 2 else 'NOT MET'} "
+              f"({pct(w, 99):.2f}s)")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({
+        "nodes": args.nodes, "pools": args.pools, "replicas": args.replicas, "rate": args.rate,
+        "summary": {k: {"p50": pct(v, 50), "p99": pct(v, 99), "max": max(v), "mean": statistics.mean(v)}
+                    for k, v in results.items()}}, indent=2))
 
 
 if __name__ == "__main__":

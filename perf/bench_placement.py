@@ -27,7 +27,7 @@ import platform
 import time
 from pathlib import Path
 
-from loraplane.operator.placement import (
+from loraplane.operator.core.placement import (
     GPU_PRODUCT, NodeInfo, Request, Reservation, integral_lower_bound, place, vram_lower_bound,
 )
 

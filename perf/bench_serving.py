@@ -53,7 +53,7 @@ def build_store(root: Path, n_adapters: int, overrides: dict, rank: int) -> None
 
 
 def desired(n: int, generation: int = 1, swap_first: bool = False):
-    from loraplane.worker.desired import DesiredState
+    from loraplane.contracts.desired import DesiredState
 
     adapters, routes = [], {}
     for i in range(1, n + 1):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
@@ -150,9 +150,66 @@ def train(cfg: TrainConfig, *, store=None, annotator: PodAnnotator | None = None
         raise
 
 
+@dataclass
+class _Run:
+    """Everything one run carries from setup through the loop to the summary."""
+
+    cfg: TrainConfig
+    data: Any
+    base: Any
+    out_dir: Path
+    loaded: Any
+    train_set: list
+    eval_set: list
+    dropped: int
+    total: int
+    params: list
+    optimizer: Any
+    scheduler: Any
+    hyper: dict
+    fingerprint: str
+    ckpt_root: Path
+    t_start: float
+    started: str
+    start: int = 0
+    resumed_from: int | None = None
+    history: list = field(default_factory=list)
+    eval_history: list = field(default_factory=list)
+    eval_initial: float | None = None
+    prior_tokens: int = 0
+    prior_seconds: float = 0.0
+    tokens: int = 0
+    window_loss: float = 0.0
+    window_n: int = 0
+    t_loop: float = 0.0
+    step: int = 0
+
+    @property
+    def model(self):
+        return self.loaded.model
+
+    def train_seconds(self) -> float:
+        return self.prior_seconds + (time.monotonic() - self.t_loop)
+
+
 def _train(cfg: TrainConfig, store, reporter: ProgressReporter, stop: _StopFlag) -> TrainResult:
+    run, store = _setup(cfg, store)
+    cfg = run.cfg
+    reporter.total_steps = run.total
+    _resume_or_start(run)
+    if run.resumed_from is not None:
+        reporter.report(run.start, "training", resumedFrom=run.resumed_from)
+    _loop(run, reporter, stop)
+    if run.step < run.total:  # stopped on request or by a signal: leave a checkpoint, publish nothing
+        _save_checkpoint(run)
+        reporter.report(run.step, "stopped", final=True, signal=stop.signal)
+        return TrainResult(None, None, None, run.step, run.total, True, stop.signal)
+    return _finish(run, store, reporter)
+
+
+def _setup(cfg: TrainConfig, store) -> tuple[_Run, Any]:
+    """Validate, resolve and load: everything cheap that can fail first, then the model."""
     import torch
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     started, t_start = _utc(), time.monotonic()
     data = load_dataset(cfg.dataset)  # every line validated before anything heavy
@@ -168,127 +225,128 @@ def _train(cfg: TrainConfig, store, reporter: ProgressReporter, stop: _StopFlag)
 
     torch.manual_seed(cfg.seed)
     loaded = load_for_training(cfg, base.path)
-    model, tok, device = loaded.model, loaded.tokenizer, loaded.device
     train_idx, eval_idx = split_eval(len(data.examples), cfg.eval_split, cfg.seed)
-    train_set, dropped_t = tokenize_all(tok, [data.examples[i] for i in train_idx], cfg.seq_len)
-    eval_set, dropped_e = tokenize_all(tok, [data.examples[i] for i in eval_idx], cfg.seq_len)
+    train_set, dropped_t = tokenize_all(loaded.tokenizer, [data.examples[i] for i in train_idx], cfg.seq_len)
+    eval_set, dropped_e = tokenize_all(loaded.tokenizer, [data.examples[i] for i in eval_idx], cfg.seq_len)
     if not train_set:
         raise TrainingError(f"no training example keeps any response token within seq_len={cfg.seq_len}")
-    pad_id = tok.pad_token_id
     total = plan.total_steps(len(train_set), cfg.batch_size, cfg.grad_accum, cfg.epochs, cfg.max_steps)
-    reporter.total_steps = total
-
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in loaded.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: plan.lr_factor(s, total, cfg.warmup_steps, cfg.lr_scheduler))
-
     hyper = hyperparameters(cfg)
-    fp = ckpt.fingerprint(data.sha256, hyper, base.checksum)
-    ckpt_root = out_dir / "checkpoints"
-    start, history, eval_history, prior_tokens, prior_seconds = 0, [], [], 0, 0.0
-    resumed_from = None
-    eval_initial = None
-    if cfg.resume:
-        found = ckpt.load_latest(ckpt_root, fp)
+    run = _Run(cfg=cfg, data=data, base=base, out_dir=out_dir, loaded=loaded, train_set=train_set,
+               eval_set=eval_set, dropped=dropped_t + dropped_e, total=total, params=params, optimizer=optimizer,
+               scheduler=scheduler, hyper=hyper, fingerprint=ckpt.fingerprint(data.sha256, hyper, base.checksum),
+               ckpt_root=out_dir / "checkpoints", t_start=t_start, started=started)
+    return run, store
+
+
+def _evaluate(run: _Run) -> float | None:
+    return evaluate(run.model, run.eval_set, run.cfg.batch_size, run.loaded.tokenizer.pad_token_id,
+                    run.loaded.device)
+
+
+def _resume_or_start(run: _Run) -> None:
+    """Continue from the latest matching checkpoint (``--resume``), else start clean."""
+    from peft import set_peft_model_state_dict
+
+    if run.cfg.resume:
+        found = ckpt.load_latest(run.ckpt_root, run.fingerprint)
         if found is not None:
-            set_peft_model_state_dict(model, found.adapter_state)
-            optimizer.load_state_dict(found.state["optimizer"])
-            scheduler.load_state_dict(found.state["scheduler"])
+            set_peft_model_state_dict(run.model, found.adapter_state)
+            run.optimizer.load_state_dict(found.state["optimizer"])
+            run.scheduler.load_state_dict(found.state["scheduler"])
             ckpt.set_rng_state(found.state["rng"])
-            start = resumed_from = found.step
-            history, eval_history = found.meta.get("train_loss_history", []), found.meta.get("eval_loss_history", [])
-            prior_tokens, prior_seconds = found.meta.get("tokens_trained", 0), found.meta.get("train_seconds", 0.0)
-            eval_initial = found.meta.get("eval_loss_initial")
+            run.start = run.resumed_from = found.step
+            run.history = found.meta.get("train_loss_history", [])
+            run.eval_history = found.meta.get("eval_loss_history", [])
+            run.prior_tokens, run.prior_seconds = found.meta.get("tokens_trained", 0), found.meta.get(
+                "train_seconds", 0.0)
+            run.eval_initial = found.meta.get("eval_loss_initial")
+            # the unlogged steps before the stop still count in the next line
+            run.window_loss, run.window_n = found.meta.get("log_window", [0.0, 0])
     else:
-        ckpt.clear(ckpt_root)
-    if start == 0:
-        eval_initial = evaluate(model, eval_set, cfg.batch_size, pad_id, device)
-    if resumed_from is not None:
-        reporter.report(start, "training", resumedFrom=resumed_from)
+        ckpt.clear(run.ckpt_root)
+    if run.start == 0:
+        run.eval_initial = _evaluate(run)
 
-    def save_checkpoint(step: int) -> None:
-        ckpt.save(ckpt_root, step, get_peft_model_state_dict(model), optimizer, scheduler, {
-            "fingerprint": fp, "train_loss_history": history, "eval_loss_history": eval_history,
-            "tokens_trained": prior_tokens + tokens, "train_seconds": prior_seconds + (time.monotonic() - t_loop),
-            "eval_loss_initial": eval_initial, "log_window": [window_loss, window_n],
-        })
 
-    model.train()
-    tokens, window_loss, window_n = 0, 0.0, 0
-    if resumed_from is not None:  # the unlogged steps before the stop still count in the next line
-        window_loss, window_n = found.meta.get("log_window", [0.0, 0])
-    t_loop = time.monotonic()
-    step = start
-    stop_at = min(total, cfg.stop_after_steps) if cfg.stop_after_steps else total
-    while step < stop_at and stop.signal is None:
-        batches = [[train_set[i] for i in idx] for idx in
-                   plan.step_micro_batches(step, cfg.grad_accum, len(train_set), cfg.batch_size, cfg.seed)]
-        tensors = [_batch_tensors(b, pad_id, device) for b in batches]
-        n_labels = sum(int((t["labels"][:, 1:] != IGNORE_INDEX).sum()) for t in tensors)
-        step_loss = 0.0
-        for t in tensors:
-            loss, _ = _loss_sum(model, t)
-            (loss / max(1, n_labels)).backward()
-            step_loss += loss.item()
-            tokens += int(t["attention_mask"].sum())
-        if cfg.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        window_loss += step_loss / max(1, n_labels)
-        window_n += 1
-        if step % cfg.logging_steps == 0 or step == total:
-            mean = window_loss / window_n
-            history.append({"step": step, "loss": round(mean, 6)})
-            tps, eta = rates(step - start, tokens, time.monotonic() - t_loop, total, step)
-            epoch = round(plan.epoch_of(step, cfg.grad_accum, len(train_set), cfg.batch_size), 3)
-            reporter.report(step, "training", loss=mean, tps=tps, eta=eta, epoch=epoch,
-                            lr=scheduler.get_last_lr()[0])
-            window_loss, window_n = 0.0, 0
-        if step % cfg.save_steps == 0 and step < stop_at and stop.signal is None:
-            save_checkpoint(step)
-    train_seconds = prior_seconds + (time.monotonic() - t_loop)
-    if step < total:  # stopped on request or by a signal: leave a checkpoint, publish nothing
-        save_checkpoint(step)
-        reporter.report(step, "stopped", final=True, signal=stop.signal)
-        return TrainResult(None, None, None, step, total, True, stop.signal)
+def _save_checkpoint(run: _Run) -> None:
+    from peft import get_peft_model_state_dict
 
+    ckpt.save(run.ckpt_root, run.step, get_peft_model_state_dict(run.model), run.optimizer, run.scheduler, {
+        "fingerprint": run.fingerprint, "train_loss_history": run.history, "eval_loss_history": run.eval_history,
+        "tokens_trained": run.prior_tokens + run.tokens, "train_seconds": run.train_seconds(),
+        "eval_loss_initial": run.eval_initial, "log_window": [run.window_loss, run.window_n],
+    })
+
+
+def _loop(run: _Run, reporter: ProgressReporter, stop: _StopFlag) -> None:
+    """Optimizer steps until done, ``stop_after_steps`` or a signal; logs and checkpoints on the way."""
+    cfg = run.cfg
+    run.model.train()
+    run.t_loop = time.monotonic()
+    run.step = run.start
+    stop_at = min(run.total, cfg.stop_after_steps) if cfg.stop_after_steps else run.total
+    while run.step < stop_at and stop.signal is None:
+        _optimizer_step(run)
+        if run.step % cfg.logging_steps == 0 or run.step == run.total:
+            mean = run.window_loss / run.window_n
+            run.history.append({"step": run.step, "loss": round(mean, 6)})
+            tps, eta = rates(run.step - run.start, run.tokens, time.monotonic() - run.t_loop, run.total, run.step)
+            epoch = round(plan.epoch_of(run.step, cfg.grad_accum, len(run.train_set), cfg.batch_size), 3)
+            reporter.report(run.step, "training", loss=mean, tps=tps, eta=eta, epoch=epoch,
+                            lr=run.scheduler.get_last_lr()[0])
+            run.window_loss, run.window_n = 0.0, 0
+        if run.step % cfg.save_steps == 0 and run.step < stop_at and stop.signal is None:
+            _save_checkpoint(run)
+
+
+def _optimizer_step(run: _Run) -> None:
+    """One step: gradient accumulation over its micro-batches, token-weighted loss."""
+    import torch
+
+    cfg, pad_id, device = run.cfg, run.loaded.tokenizer.pad_token_id, run.loaded.device
+    batches = [[run.train_set[i] for i in idx] for idx in
+               plan.step_micro_batches(run.step, cfg.grad_accum, len(run.train_set), cfg.batch_size, cfg.seed)]
+    tensors = [_batch_tensors(b, pad_id, device) for b in batches]
+    n_labels = sum(int((t["labels"][:, 1:] != IGNORE_INDEX).sum()) for t in tensors)
+    step_loss = 0.0
+    for t in tensors:
+        loss, _ = _loss_sum(run.model, t)
+        (loss / max(1, n_labels)).backward()
+        step_loss += loss.item()
+        run.tokens += int(t["attention_mask"].sum())
+    if cfg.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(run.params, cfg.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    run.window_loss += step_loss / max(1, n_labels)
+    run.window_n += 1
+
+
+def _finish(run: _Run, store, reporter: ProgressReporter) -> TrainResult:
+    """Final eval, checkpoint, adapter and summary on disk, then publish."""
+    cfg, step, history = run.cfg, run.step, run.history
+    train_seconds = run.train_seconds()
     reporter.report(step, "evaluating", loss=history[-1]["loss"] if history else None)
-    eval_final = evaluate(model, eval_set, cfg.batch_size, pad_id, device)
-    if eval_final is not None and (not eval_history or eval_history[-1]["step"] != step):
-        eval_history.append({"step": step, "loss": round(eval_final, 6)})
-    save_checkpoint(step)  # a crash while saving/publishing resumes here, not from scratch
+    eval_final = _evaluate(run)
+    if eval_final is not None and (not run.eval_history or run.eval_history[-1]["step"] != step):
+        run.eval_history.append({"step": step, "loss": round(eval_final, 6)})
+    _save_checkpoint(run)  # a crash while saving/publishing resumes here, not from scratch
 
     reporter.report(step, "saving", loss=history[-1]["loss"] if history else None, eval_loss=eval_final)
-    adapter_dir = _save_adapter(model, out_dir)
-    summary = build_summary(
-        adapter={"owner": cfg.owner, "name": cfg.name, "version": cfg.version, "task": cfg.task},
-        method=cfg.method,
-        base={"ref": base.ref, "path": str(base.path), "checksum": base.checksum,
-              "checksum_source": base.checksum_source, "name": base.name, "version": base.version},
-        dataset={"sha256": data.sha256, "files": data.files, "records": len(data.examples),
-                 "train_examples": len(train_set), "eval_examples": len(eval_set),
-                 "dropped_no_response_within_seq_len": dropped_t + dropped_e},
-        hyperparameters=hyper,
-        steps={"total": total, "completed": step, "resumed_from": resumed_from},
-        train_loss={"first": history[0]["loss"] if history else None,
-                    "final": history[-1]["loss"] if history else None, "history": history},
-        eval_loss={"initial": eval_initial, "final": eval_final, "history": eval_history},
-        parameters={"trainable": sum(p.numel() for p in params),
-                    "total": sum(p.numel() for p in model.parameters())},
-        tokens_trained=prior_tokens + tokens,
-        tokens_per_second=round((prior_tokens + tokens) / train_seconds, 1) if train_seconds > 0 else None,
-        duration_seconds=round(time.monotonic() - t_start + prior_seconds, 3),
-        train_seconds=round(train_seconds, 3),
-        started=started, finished=_utc(), device=device, dtype=loaded.dtype,
-    )
+    adapter_dir = _save_adapter(run.model, run.out_dir)
+    summary = _summary(run, eval_final, train_seconds)
     write_summary(adapter_dir, summary)
 
     manifest = None
     if cfg.publish:
+        base = run.base
         reporter.report(step, "publishing", loss=summary["train_loss"]["final"], eval_loss=eval_final)
         manifest = store.publish(adapter_dir, owner=cfg.owner, kind="adapter", name=cfg.name, version=cfg.version,
                                  force=cfg.force, source=f"local:{adapter_dir}", task=cfg.task,
@@ -296,7 +354,33 @@ def _train(cfg: TrainConfig, store, reporter: ProgressReporter, stop: _StopFlag)
     reporter.report(step, "succeeded", loss=summary["train_loss"]["final"], eval_loss=eval_final, final=True,
                     adapterDir=str(adapter_dir), published=bool(manifest),
                     checksum=getattr(manifest, "checksum", None))
-    return TrainResult(adapter_dir, summary, manifest, step, total, False)
+    return TrainResult(adapter_dir, summary, manifest, step, run.total, False)
+
+
+def _summary(run: _Run, eval_final: float | None, train_seconds: float) -> dict[str, Any]:
+    cfg, base, data, history = run.cfg, run.base, run.data, run.history
+    tokens = run.prior_tokens + run.tokens
+    return build_summary(
+        adapter={"owner": cfg.owner, "name": cfg.name, "version": cfg.version, "task": cfg.task},
+        method=cfg.method,
+        base={"ref": base.ref, "path": str(base.path), "checksum": base.checksum,
+              "checksum_source": base.checksum_source, "name": base.name, "version": base.version},
+        dataset={"sha256": data.sha256, "files": data.files, "records": len(data.examples),
+                 "train_examples": len(run.train_set), "eval_examples": len(run.eval_set),
+                 "dropped_no_response_within_seq_len": run.dropped},
+        hyperparameters=run.hyper,
+        steps={"total": run.total, "completed": run.step, "resumed_from": run.resumed_from},
+        train_loss={"first": history[0]["loss"] if history else None,
+                    "final": history[-1]["loss"] if history else None, "history": history},
+        eval_loss={"initial": run.eval_initial, "final": eval_final, "history": run.eval_history},
+        parameters={"trainable": sum(p.numel() for p in run.params),
+                    "total": sum(p.numel() for p in run.model.parameters())},
+        tokens_trained=tokens,
+        tokens_per_second=round(tokens / train_seconds, 1) if train_seconds > 0 else None,
+        duration_seconds=round(time.monotonic() - run.t_start + run.prior_seconds, 3),
+        train_seconds=round(train_seconds, 3),
+        started=run.started, finished=_utc(), device=run.loaded.device, dtype=run.loaded.dtype,
+    )
 
 
 def _refuse_taken_version(store, cfg: TrainConfig) -> None:

@@ -17,7 +17,7 @@ import signal
 
 from typing import get_args
 
-from .desired import DESIRED_CONFIGMAP_ENV, Variant
+from loraplane.contracts.desired import DESIRED_CONFIGMAP_ENV, Variant
 
 
 def configure(p: argparse.ArgumentParser) -> None:

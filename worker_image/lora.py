@@ -115,16 +115,8 @@ def _pattern_value(patterns: dict, module_name: str, default):
     return default
 
 
-def read_adapter(path: Path, model: nn.Module, dtype: torch.dtype, device: torch.device | str, name: str) -> LoadedLora:
-    """Read a PEFT LoRA directory into per-module (A, B*scaling) tensors.
-
-    Refuses (AdapterFormatError) what this path cannot serve exactly: non-LoRA
-    PEFT types, DoRA, trained biases, modules_to_save, embedding LoRA, or a
-    target that is not a Linear of the right shape in this base.
-    """
-    from safetensors.torch import load_file
-
-    path = Path(path)
+def _servable_config(path: Path) -> dict:
+    """adapter_config.json, refused unless this path serves it exactly."""
     cfg_file = path / "adapter_config.json"
     weights = path / "adapter_model.safetensors"
     if not cfg_file.is_file():
@@ -140,9 +132,11 @@ def read_adapter(path: Path, model: nn.Module, dtype: torch.dtype, device: torch
         raise AdapterFormatError(f"{path}: adapters with trained biases (bias={cfg['bias']!r}) are not supported")
     if cfg.get("modules_to_save"):
         raise AdapterFormatError(f"{path}: modules_to_save {cfg['modules_to_save']} is not supported")
-    alpha = cfg.get("lora_alpha", 8)
-    rslora = bool(cfg.get("use_rslora", False))
-    tensors = load_file(str(weights))
+    return cfg
+
+
+def _lora_pairs(path: Path, tensors: dict) -> dict[str, dict[str, torch.Tensor]]:
+    """module name -> {"lora_A": tensor, "lora_B": tensor}; anything else is refused."""
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
         k = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
@@ -150,6 +144,23 @@ def read_adapter(path: Path, model: nn.Module, dtype: torch.dtype, device: torch
         if not m:
             raise AdapterFormatError(f"{path}: unsupported tensor {key!r} (only lora_A/lora_B weights)")
         pairs.setdefault(m.group(1), {})[m.group(2)] = t
+    return pairs
+
+
+def read_adapter(path: Path, model: nn.Module, dtype: torch.dtype, device: torch.device | str, name: str) -> LoadedLora:
+    """Read a PEFT LoRA directory into per-module (A, B*scaling) tensors.
+
+    Refuses (AdapterFormatError) what this path cannot serve exactly: non-LoRA
+    PEFT types, DoRA, trained biases, modules_to_save, embedding LoRA, or a
+    target that is not a Linear of the right shape in this base.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg = _servable_config(path)
+    alpha = cfg.get("lora_alpha", 8)
+    rslora = bool(cfg.get("use_rslora", False))
+    pairs = _lora_pairs(path, load_file(str(path / "adapter_model.safetensors")))
     modules = dict(model.named_modules())
     out = LoadedLora(name=name, rank=0)
     for mod_name, ab in sorted(pairs.items()):

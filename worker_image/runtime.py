@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from .desired import ADVERTISE_URL_ENV, AdapterRef, DesiredState, WorkerStatus
+from loraplane.contracts.desired import ADVERTISE_URL_ENV, AdapterRef, DesiredState, WorkerStatus
 from .routing import BASE_ADAPTER, Choice, RouteError, choose
 
 #: An adapter version's output contract stored with it in the ModelStore (a JSON schema).
@@ -154,72 +154,13 @@ class Worker:
         return st
 
     async def _apply(self, desired: DesiredState) -> None:
-        loop = asyncio.get_running_loop()
-        if self.engine is None:
-            try:
-                await loop.run_in_executor(None, self._load_base, desired)
-                self.failed.pop(BASE_ADAPTER, None)
-            except Exception as e:  # noqa: BLE001
-                self.failed[BASE_ADAPTER] = f"base {desired.base.name}@{desired.base.version}: {e}"
-                self.metrics.base_load_failures.labels(type(e).__name__).inc()
-                log.error("%s", self.failed[BASE_ADAPTER])
-                self.applied = desired
-                return
-        elif (desired.base.owner, desired.base.name, desired.base.version, self._requested(desired)) != (
-            self.base_ref.owner, self.base_ref.name, self.base_ref.version, self._requested_variant
-        ):
-            # Changing the base is a new worker, not a swap: report, keep serving the old set.
-            self.failed[BASE_ADAPTER] = (
-                f"desired base {desired.base.name}@{desired.base.version} ({self._requested(desired)}) differs from "
-                f"the loaded {self.base_ref.name}@{self.base_ref.version} ({self._requested_variant}); "
-                "restart the worker"
-            )
+        if not await self._base_ok(desired):
             self.applied = desired
             return
         wanted = {a.name: a for a in desired.adapters}
         # 1. load new names and names whose content changed (a refused one is retried only when its ref changes)
         for name, ref in wanted.items():
-            key = f"{ref.owner}/{ref.store_name}@{ref.version}#{ref.checksum}"
-            if ref.output_json_schema is not None:
-                key += "~" + hashlib.sha256(json.dumps(ref.output_json_schema, sort_keys=True).encode()).hexdigest()[:12]
-            if name in self.served and self.checksums.get(name) == key:
-                continue
-            if name in self.failed and self.failed[name].startswith(key + ": "):
-                continue
-            t0 = time.perf_counter()
-            # Same name, new content: the new content is stacked under its own bank key next to the
-            # old one, then the name switches to it (no await in between), and the old content is
-            # freed once its in-flight requests finish. Requests never see the name missing (no 503).
-            old_key = self.bank_keys.get(name)
-            bank_key = name if old_key is None and name not in self.bank.adapters else f"{name}#{next(self._key_serial)}"
-            try:
-                lora = await loop.run_in_executor(None, self._read_adapter, ref, bank_key)
-                contract = await self.run_tokenizer(self._output_contract, ref)
-                await asyncio.wrap_future(self.engine.call(lambda lora=lora: self.bank.install(lora)))
-            except Exception as e:  # noqa: BLE001 - refused, reported, never served
-                reason = f"{key}: {e}"
-                self.failed[name] = reason
-                if self.served.pop(name, None) is not None:  # the desired content is refused: stop serving the name
-                    self.metrics.adapter_swap_failures.labels(name).inc()
-                    self.checksums.pop(name, None)
-                    self.contracts.pop(name, None)
-                    self.loaded_at.pop(name, None)
-                    self._unload_later(self.bank_keys.pop(name))
-                self.metrics.adapter_load_failures.labels(name, type(e).__name__).inc()
-                log.error("adapter %s refused: %s", name, reason)
-                continue
-            self.metrics.adapter_load.observe(time.perf_counter() - t0)
-            self.failed.pop(name, None)
-            self.served[name] = ref
-            if contract is None:
-                self.contracts.pop(name, None)
-            else:
-                self.contracts[name] = contract
-            self.bank_keys[name] = bank_key
-            self.checksums[name] = key
-            self.loaded_at[name] = int(time.time())
-            if old_key is not None:
-                self._unload_later(old_key)
+            await self._load_adapter(name, ref)
         for name in list(self.failed):
             if name != BASE_ADAPTER and name not in wanted:
                 self.failed.pop(name)
@@ -239,6 +180,75 @@ class Worker:
             self.metrics.forget_adapter(n)
         self.reconciled = True
         self._update_adapter_gauges()
+
+    async def _base_ok(self, desired: DesiredState) -> bool:
+        """Load the base on first use; False (reported in ``failed``) when it
+        cannot load or the document asks for another base than the loaded one."""
+        if self.engine is None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self._load_base, desired)
+                self.failed.pop(BASE_ADAPTER, None)
+            except Exception as e:  # noqa: BLE001
+                self.failed[BASE_ADAPTER] = f"base {desired.base.name}@{desired.base.version}: {e}"
+                self.metrics.base_load_failures.labels(type(e).__name__).inc()
+                log.error("%s", self.failed[BASE_ADAPTER])
+                return False
+        elif (desired.base.owner, desired.base.name, desired.base.version, self._requested(desired)) != (
+            self.base_ref.owner, self.base_ref.name, self.base_ref.version, self._requested_variant
+        ):
+            # Changing the base is a new worker, not a swap: report, keep serving the old set.
+            self.failed[BASE_ADAPTER] = (
+                f"desired base {desired.base.name}@{desired.base.version} ({self._requested(desired)}) differs from "
+                f"the loaded {self.base_ref.name}@{self.base_ref.version} ({self._requested_variant}); "
+                "restart the worker"
+            )
+            return False
+        return True
+
+    async def _load_adapter(self, name: str, ref: AdapterRef) -> None:
+        """Serve ``ref`` under ``name`` unless it is already served or was refused as it is."""
+        loop = asyncio.get_running_loop()
+        key = f"{ref.owner}/{ref.store_name}@{ref.version}#{ref.checksum}"
+        if ref.output_json_schema is not None:
+            key += "~" + hashlib.sha256(json.dumps(ref.output_json_schema, sort_keys=True).encode()).hexdigest()[:12]
+        if name in self.served and self.checksums.get(name) == key:
+            return
+        if name in self.failed and self.failed[name].startswith(key + ": "):
+            return
+        t0 = time.perf_counter()
+        # Same name, new content: the new content is stacked under its own bank key next to the
+        # old one, then the name switches to it (no await in between), and the old content is
+        # freed once its in-flight requests finish. Requests never see the name missing (no 503).
+        old_key = self.bank_keys.get(name)
+        bank_key = name if old_key is None and name not in self.bank.adapters else f"{name}#{next(self._key_serial)}"
+        try:
+            lora = await loop.run_in_executor(None, self._read_adapter, ref, bank_key)
+            contract = await self.run_tokenizer(self._output_contract, ref)
+            await asyncio.wrap_future(self.engine.call(lambda lora=lora: self.bank.install(lora)))
+        except Exception as e:  # noqa: BLE001 - refused, reported, never served
+            reason = f"{key}: {e}"
+            self.failed[name] = reason
+            if self.served.pop(name, None) is not None:  # the desired content is refused: stop serving the name
+                self.metrics.adapter_swap_failures.labels(name).inc()
+                self.checksums.pop(name, None)
+                self.contracts.pop(name, None)
+                self.loaded_at.pop(name, None)
+                self._unload_later(self.bank_keys.pop(name))
+            self.metrics.adapter_load_failures.labels(name, type(e).__name__).inc()
+            log.error("adapter %s refused: %s", name, reason)
+            return
+        self.metrics.adapter_load.observe(time.perf_counter() - t0)
+        self.failed.pop(name, None)
+        self.served[name] = ref
+        if contract is None:
+            self.contracts.pop(name, None)
+        else:
+            self.contracts[name] = contract
+        self.bank_keys[name] = bank_key
+        self.checksums[name] = key
+        self.loaded_at[name] = int(time.time())
+        if old_key is not None:
+            self._unload_later(old_key)
 
     def bank_key(self, adapter: str) -> str | None:
         """The engine's key for a served adapter's current content (None: the base)."""

@@ -24,7 +24,7 @@ from typing import Awaitable, Callable
 
 from pydantic import ValidationError
 
-from .desired import DESIRED_KEY, STATUS_ANNOTATION, DesiredState, WorkerStatus
+from loraplane.contracts.desired import DESIRED_KEY, STATUS_ANNOTATION, DesiredState, WorkerStatus
 
 log = logging.getLogger(__name__)
 

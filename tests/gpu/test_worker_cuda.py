@@ -9,7 +9,7 @@ import asyncio
 import pytest
 import torch
 
-from loraplane.worker.desired import DesiredState
+from loraplane.contracts.desired import DesiredState
 
 PROMPT = "tell me about the cat and the dog"
 

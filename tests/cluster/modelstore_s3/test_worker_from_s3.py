@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 
 from loraplane.modelstore.s3 import S3ModelStore
-from loraplane.worker.desired import DesiredState
+from loraplane.contracts.desired import DesiredState
 
 
 def _free_port() -> int:

@@ -103,7 +103,7 @@ def test_operator_runs_with_only_the_charts_rbac(dev_cluster, namespace, operato
 def test_operator_reads_only_the_hub_token_secrets_the_chart_names(dev_cluster, namespace, tmp_path):
     """No cluster-wide Secret access: `get` on the Secrets listed in hubTokenSecrets,
     in their namespace; the existence check reports a refused read as such."""
-    from loraplane.operator.kube import Kube
+    from loraplane.operator.controllers.kube import Kube
 
     release = f"lp-{namespace}"
     docs = rendered_rbac(release, namespace, f"hubTokenSecrets[0].namespace={namespace}",

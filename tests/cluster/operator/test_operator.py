@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loraplane.operator.placement import vram_lower_bound
+from loraplane.operator.core.placement import vram_lower_bound
 
 BASE_NAME, BASE_VERSION = "mistral-7b-instruct", "v0.3"  # as published by the op_store fixture
 H = None  # the `helpers` fixture, set by the autouse fixture below

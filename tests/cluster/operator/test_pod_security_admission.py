@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from loraplane.operator import workload_identity
+from loraplane.operator.core import workload_identity
 
 _path = Path(__file__).resolve().parents[2] / "unit" / "operator" / "restricted.py"
 _spec = importlib.util.spec_from_file_location("restricted", _path)
@@ -50,11 +50,14 @@ def test_operator_pods_are_admitted_under_restricted(dev_cluster, restricted_ns,
 
 
 def test_a_host_path_store_is_refused_under_restricted(dev_cluster, restricted_ns):
-    from loraplane.operator.manifests import worker_pod
+    from loraplane.operator.api.common_types import StoreVolume
+    from loraplane.operator.api.resources import WorkerPoolResource
+    from loraplane.operator.core.manifests import worker_pod
 
-    pool = {"apiVersion": "loraplane.io/v1alpha1", "kind": "WorkerPool",
-            "metadata": {"name": "p", "namespace": restricted_ns, "uid": "u"}, "spec": {}}
-    pod = worker_pod(pool, 0, "n", 0, 1, "fp16", "img", {"hostPath": {"path": "/srv/store"}})
+    pool = WorkerPoolResource.model_validate({"apiVersion": "loraplane.io/v1alpha1", "kind": "WorkerPool",
+                                              "metadata": {"name": "p", "namespace": restricted_ns, "uid": "u"},
+                                              "spec": {"baseModelRef": "m"}})
+    pod = worker_pod(pool, 0, "n", 0, 1, "fp16", "img", StoreVolume.model_validate({"hostPath": {"path": "/srv/store"}}))
     out = dry_run_create(dev_cluster, pod)
     assert out.returncode != 0
     assert 'violates PodSecurity "restricted:latest"' in out.stderr and "hostPath" in out.stderr, out.stderr

@@ -13,7 +13,7 @@ import yaml
 
 from loraplane.devcluster import build
 from loraplane.devcluster.waiting import wait_for
-from loraplane.operator import workload_identity
+from loraplane.operator.core import workload_identity
 
 ROOT = Path(__file__).resolve().parents[3]
 MESSAGE = "loraplane-workload may modify only its own Pod"

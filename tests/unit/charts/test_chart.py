@@ -30,7 +30,7 @@ def render(*sets: str) -> list[dict]:
 
 
 def test_chart_crds_are_generated_from_the_api_types():
-    from loraplane.operator import crdgen
+    from loraplane.operator.api import crdgen
 
     assert crdgen.stale(CHART / "crds") == [], "charts/loraplane/crds is stale: run `make crds`"
 

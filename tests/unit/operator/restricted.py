@@ -116,11 +116,14 @@ def operator_workloads(namespace: str = "ns", claim: str = "loraplane-store", pu
                        pull_secrets: tuple[str, ...] = ("regcred",)) -> dict[str, dict]:
     """name -> the Pod or Job as the operator builds it, with a PVC store (the
     only store volume ``restricted`` admits) and the installation's pull settings."""
-    from loraplane.operator.manifests import publish_job, verify_job, with_pull_settings, worker_pod
-    from loraplane.operator.training_core import training_job
+    from loraplane.operator.api.common_types import SecretKeyRef, StoreVolume
+    from loraplane.operator.api.resources import AdapterResource, BaseModelResource, WorkerPoolResource
+    from loraplane.operator.core.manifests import publish_job, verify_job, with_pull_settings, worker_pod
+    from loraplane.operator.core.training import training_job
 
-    store = {"persistentVolumeClaim": {"claimName": claim, "readOnly": True}, "mountPath": "/models"}
-    rw_store = {**store, "persistentVolumeClaim": {"claimName": claim, "readOnly": False}}
+    store_raw = {"persistentVolumeClaim": {"claimName": claim, "readOnly": True}, "mountPath": "/models"}
+    rw_store = {**store_raw, "persistentVolumeClaim": {"claimName": claim, "readOnly": False}}
+    store = StoreVolume.model_validate(store_raw)
     base = _obj("BaseModel", "m", {"storeName": "tiny", "version": "v1", "store": rw_store}, namespace)
     base["status"] = {"phase": "Ready"}
     pool = _obj("WorkerPool", "p", {"baseModelRef": "m", "replicas": 1, "port": 8000}, namespace)
@@ -128,14 +131,16 @@ def operator_workloads(namespace: str = "ns", claim: str = "loraplane-store", pu
         "method": "lora", "dataset": {"paths": ["d.jsonl"], "persistentVolumeClaim": {"claimName": "data"}}}},
         namespace)
     out = {
-        "worker": worker_pod(pool, 0, "node-a", 0, 9000, "fp16", "worker:dev", store),
-        "verify-job": verify_job(base, "bm-m-verify-g1-a0", "base", "default", "tiny", "v1",
+        "worker": worker_pod(WorkerPoolResource.model_validate(pool), 0, "node-a", 0, 9000, "fp16", "worker:dev", store),
+        "verify-job": verify_job(BaseModelResource.model_validate(base), "bm-m-verify-g1-a0", "base", "default", "tiny", "v1",
                                  "default/base_models/tiny/versions/v1", True, store, "worker:dev", {}),
-        "verify-job-by-path": verify_job(base, "bm-m-verify-g1-a1", "base", "default", "tiny", "v1", "some/dir",
+        "verify-job-by-path": verify_job(BaseModelResource.model_validate(base), "bm-m-verify-g1-a1", "base", "default", "tiny", "v1", "some/dir",
                                          False, store, "worker:dev", {}),
-        "publish-job": publish_job(base, "bm-m-publish-g1-a0", "default", "tiny", "v1", "org/repo", "main",
-                                   {"name": "hf", "key": "token"}, rw_store, "worker:dev", {}, "apache-2.0"),
-        "training-job": training_job(adapter, base, "adp-a-train-g1-a0", "node-a", 0, 8000, "worker:dev"),
+        "publish-job": publish_job(BaseModelResource.model_validate(base), "bm-m-publish-g1-a0", "default", "tiny",
+                                   "v1", "org/repo", "main", SecretKeyRef(name="hf", key="token"), StoreVolume.model_validate(rw_store),
+                                   "worker:dev", {}, "apache-2.0"),
+        "training-job": training_job(AdapterResource.model_validate(adapter), BaseModelResource.model_validate(base),
+                                     "adp-a-train-g1-a0", "node-a", 0, 8000, "worker:dev"),
     }
     return {k: with_pull_settings(v, pull_policy, list(pull_secrets)) for k, v in out.items()}
 

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from loraplane.operator import config
+from loraplane.operator.controllers import config
 
 
 def parse(monkeypatch, env: dict, argv: list[str] | None = None) -> config.Config:

@@ -3,10 +3,12 @@
 import datetime as dt
 import json
 
-from loraplane.operator import inventory, placement as pl
-from loraplane.operator.pool_core import plan_pool
-from loraplane.operator.resolve_core import JobState, World, plan_adapter, plan_basemodel
-from loraplane.worker.desired import DesiredState
+from loraplane.operator.core import inventory, placement as pl
+from loraplane.operator.api.resources import AdapterResource, BaseModelResource, WorkerPoolResource, parse
+from loraplane.operator.core import pool as pool_core
+from loraplane.operator.core import resolve
+from loraplane.operator.core.resolve import JobState, World
+from loraplane.contracts.desired import DesiredState
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 CK = "a" * 64
@@ -34,6 +36,29 @@ def pool(replicas=6, routes=None, **gpu):
     return obj("WorkerPool", "p", {"baseModelRef": "m", "variants": ["bnb-int8", "fp16"], "replicas": replicas,
                                    "gpu": gpu, "routes": routes if routes is not None else
                                    {"synthesizer": [{"adapter": "syn-v1", "weight": 100}]}})
+
+
+def plan_pool(pool_obj, base, adapters, *args, **kw):
+    """The core on parsed objects, as the controller calls it."""
+    return pool_core.plan_pool(parse(WorkerPoolResource, pool_obj), base and parse(BaseModelResource, base),
+                               {n: parse(AdapterResource, a) for n, a in adapters.items()}, *args, **kw)
+
+
+def stored(obj):
+    """The object as the API server holds it after our merge patches: null means deleted."""
+    if isinstance(obj, dict):
+        return {k: stored(v) for k, v in obj.items() if v is not None}
+    return [stored(v) for v in obj] if isinstance(obj, list) else obj
+
+
+def plan_basemodel(bm, world, backoff_):
+    return resolve.plan_basemodel(parse(BaseModelResource, stored(bm)), world, backoff_)
+
+
+def plan_adapter(a, world, backoff_):
+    if isinstance(world.base, dict):
+        world.base = parse(BaseModelResource, stored(world.base))
+    return resolve.plan_adapter(parse(AdapterResource, stored(a)), world, backoff_)
 
 
 def nodes(n=2, gpus=2):
@@ -156,7 +181,7 @@ def test_inventory_charges_whole_gpus_to_other_pods():
 def test_metrics_follow_the_ledger():
     from prometheus_client import REGISTRY
 
-    from loraplane.operator import metrics
+    from loraplane.operator.controllers import metrics
     nodes_ = [pl.NodeInfo("mx", {}, 2, 24576)]
     metrics.observe_ledger(nodes_, [pl.Reservation("mx", 1, 10000, "ns/p-0")])
     assert REGISTRY.get_sample_value("loraplane_gpu_vram_allocated_bytes", {"node": "mx", "gpu": "1"}) == 10000 * 2**20
@@ -164,7 +189,7 @@ def test_metrics_follow_the_ledger():
 
 
 def test_need_reserves_room_for_adapters_not_verified_yet():
-    from loraplane.operator.pool_core import PENDING_ADAPTER_MIB
+    from loraplane.operator.core.pool import PENDING_ADAPTER_MIB
     pending = {**ADP, "status": {"phase": "Verifying"}}
     plan = plan_pool(pool(1), BASE, {"syn-v1": pending}, [], nodes(), [], "img", NOW)
     assert plan.status["needMiB"] == 7680 + PENDING_ADAPTER_MIB + 2048 + 1024

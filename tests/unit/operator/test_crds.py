@@ -6,10 +6,10 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from loraplane.operator import crdgen
-from loraplane.operator.adapter_types import AdapterSpec
-from loraplane.operator.basemodel_types import BaseModelSpec
-from loraplane.operator.workerpool_types import WorkerPoolSpec
+from loraplane.operator.api import crdgen
+from loraplane.operator.api.adapter_types import AdapterSpec
+from loraplane.operator.api.basemodel_types import BaseModelSpec
+from loraplane.operator.api.workerpool_types import WorkerPoolSpec
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = ROOT / "docs" / "examples"
@@ -17,7 +17,7 @@ EXAMPLES = ROOT / "docs" / "examples"
 
 def test_committed_crds_are_not_stale():
     bad = crdgen.stale(ROOT / "crds")
-    assert not bad, f"crds/ is stale, run `python -m loraplane.operator.crdgen`: {bad}"
+    assert not bad, f"crds/ is stale, run `python -m loraplane.operator.api.crdgen`: {bad}"
 
 
 def test_stale_detects_an_edit(tmp_path):

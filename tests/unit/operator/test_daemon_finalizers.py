@@ -1,11 +1,11 @@
 """kopf's daemons would block namespace deletion once the operator is gone;
-loraplane registers its daemons without a finalizer (operator/daemon_finalizers.py)."""
+loraplane registers its daemons without a finalizer (operator/controllers/daemon_finalizers.py)."""
 
 from __future__ import annotations
 
 import kopf
 
-from loraplane.operator.daemon_finalizers import drop_daemon_finalizers
+from loraplane.operator.controllers.daemon_finalizers import drop_daemon_finalizers
 
 
 def _daemons(registry):
@@ -41,7 +41,7 @@ def test_drop_clears_the_requirement_on_daemons_only():
 
 
 def test_the_operators_own_daemons_need_no_finalizer():
-    from loraplane.operator import handlers  # noqa: F401 - registers the daemons on the default registry
+    from loraplane.operator.controllers import handlers  # noqa: F401 - registers the daemons on the default registry
 
     registry = kopf.get_default_registry()
     drop_daemon_finalizers(registry)

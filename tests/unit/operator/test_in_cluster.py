@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import kopf
 
-from loraplane.operator.in_cluster import in_cluster_server, login_with_service_account
+from loraplane.operator.controllers.in_cluster import in_cluster_server, login_with_service_account
 
 
 def test_server_comes_from_the_kubelets_env():

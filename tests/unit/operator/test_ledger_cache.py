@@ -3,7 +3,7 @@ never drop a same-named successor, resync relists."""
 
 import json
 
-from loraplane.operator.ledger_cache import LedgerCache
+from loraplane.operator.controllers.ledger_cache import LedgerCache
 
 NODE = {"metadata": {"name": "n0", "resourceVersion": "1",
                      "labels": {"nvidia.com/gpu.count": "1", "nvidia.com/gpu.memory": "24576"}},

@@ -8,8 +8,8 @@ import asyncio
 import pytest
 from prometheus_client import REGISTRY
 
-from loraplane.operator import metrics
-from loraplane.operator import placement as pl
+from loraplane.operator.controllers import metrics
+from loraplane.operator.core import placement as pl
 
 pytestmark = pytest.mark.unit
 
@@ -66,8 +66,8 @@ def test_variant_change_and_dropped_route_leave_no_series():
 
 
 def test_pool_deleted_event_and_missing_pool_forget_its_series():
-    from loraplane.operator import handlers
-    from loraplane.operator.reconcile import reconcile_pool
+    from loraplane.operator.controllers import handlers
+    from loraplane.operator.controllers.reconcile import reconcile_pool
 
     metrics.observe_pool("nse", "pe", "bf16", {"unplaced": 1}, [], [])
     asyncio.run(handlers.pool_changed(name="pe", namespace="nse", body={"metadata": {}}, type="DELETED"))
@@ -83,7 +83,7 @@ def test_pool_deleted_event_and_missing_pool_forget_its_series():
 
 
 def test_training_series_follow_the_adapter():
-    from loraplane.operator import handlers
+    from loraplane.operator.controllers import handlers
 
     metrics.observe_training("nst", "tr-v1", {"step": 5, "totalSteps": 20, "loss": 1.25},
                              [("Warning", "TrainingFailed", "Job x failed")])

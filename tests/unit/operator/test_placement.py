@@ -4,7 +4,7 @@ overcommits, always places when a fit exists, deterministic)."""
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loraplane.operator.placement import (
+from loraplane.operator.core.placement import (
     GPU_PRODUCT, Decision, NodeInfo, Request, Requirement, Reservation, Taint, Toleration, choose_removal, place,
     vram_lower_bound,
 )
@@ -162,7 +162,7 @@ def test_deterministic_whatever_the_input_order(nodes, raw, data, seed):
 
 
 def test_integral_lower_bound_examples():
-    from loraplane.operator.placement import integral_lower_bound
+    from loraplane.operator.core.placement import integral_lower_bound
     assert integral_lower_bound([11052] * 6, 24576) == 3  # two per card at most
     assert vram_lower_bound(6 * 11052, 24576) == 3
     assert integral_lower_bound([11052] * 1000, 24576) == 500 > vram_lower_bound(11052 * 1000, 24576)
@@ -172,7 +172,7 @@ def test_integral_lower_bound_examples():
 @settings(max_examples=100, deadline=None)
 @given(needs=st.lists(st.integers(500, 24576), min_size=1, max_size=40))
 def test_integral_lower_bound_never_exceeds_binpack(needs):
-    from loraplane.operator.placement import integral_lower_bound
+    from loraplane.operator.core.placement import integral_lower_bound
     nodes = [NodeInfo(f"n{i:03d}", {}, 1, 24576) for i in range(len(needs))]
     ds = place(nodes, [], [Request(f"p-{i}", (("fp16", n),)) for i, n in enumerate(sorted(needs, reverse=True))])
     assert all(d.placed for d in ds)

@@ -65,11 +65,14 @@ def test_no_pull_settings_leaves_the_cluster_defaults():
 def test_a_host_path_store_is_not_restricted():
     """The checker can fail: a hostPath store (dev clusters) breaks the profile;
     restricted namespaces need the store through a PVC (the chart's modelStore.shared)."""
-    from loraplane.operator.manifests import worker_pod
+    from loraplane.operator.api.common_types import StoreVolume
+    from loraplane.operator.api.resources import WorkerPoolResource
+    from loraplane.operator.core.manifests import worker_pod
 
-    pool = {"apiVersion": "loraplane.io/v1alpha1", "kind": "WorkerPool",
-            "metadata": {"name": "p", "namespace": "ns", "uid": "u"}, "spec": {}}
-    pod = worker_pod(pool, 0, "n", 0, 1, "fp16", "img", {"hostPath": {"path": "/srv/store"}})
+    pool = WorkerPoolResource.model_validate({"apiVersion": "loraplane.io/v1alpha1", "kind": "WorkerPool",
+                                              "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+                                              "spec": {"baseModelRef": "m"}})
+    pod = worker_pod(pool, 0, "n", 0, 1, "fp16", "img", StoreVolume.model_validate({"hostPath": {"path": "/srv/store"}}))
     assert restricted.violations(pod["spec"]) == ["volume model-store: hostPath"]
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from loraplane.operator import workload_identity
-from loraplane.operator.names import WORKLOAD_SERVICE_ACCOUNT
+from loraplane.operator.core import workload_identity
+from loraplane.operator.api.names import WORKLOAD_SERVICE_ACCOUNT
 
 
 def test_service_account_only_without_a_cluster_role():
@@ -22,9 +22,12 @@ def test_role_binding_grants_the_cluster_role_in_this_namespace_only():
 
 
 def test_worker_pods_name_the_workload_service_account():
-    from loraplane.operator.manifests import worker_pod
+    from loraplane.operator.api.common_types import StoreVolume
+    from loraplane.operator.api.resources import WorkerPoolResource
+    from loraplane.operator.core.manifests import worker_pod
 
-    pool = {"metadata": {"name": "p", "namespace": "ml", "uid": "u"}, "spec": {"baseModelRef": "m"},
-            "kind": "WorkerPool"}
-    pod = worker_pod(pool, 0, "n0", 0, 9000, "fp16", "img", {"hostPath": {"path": "/s"}, "mountPath": "/models"})
+    pool = WorkerPoolResource.model_validate({"metadata": {"name": "p", "namespace": "ml", "uid": "u"},
+                                              "spec": {"baseModelRef": "m"}, "kind": "WorkerPool"})
+    store = StoreVolume.model_validate({"hostPath": {"path": "/s"}, "mountPath": "/models"})
+    pod = worker_pod(pool, 0, "n0", 0, 9000, "fp16", "img", store)
     assert pod["spec"]["serviceAccountName"] == WORKLOAD_SERVICE_ACCOUNT

@@ -1,5 +1,5 @@
 """`promtool check metrics` on a real scrape of the operator's /metrics
-endpoint (served by operator/metrics.py serve(), as `loraplane operator run
+endpoint (served by operator/controllers/metrics.py serve(), as `loraplane operator run
 --metrics-port` does), after the operator's metric paths have run."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import urllib.request
 import pytest
 
 from loraplane.devcluster import prom_build
-from loraplane.operator import metrics
-from loraplane.operator import placement as pl
-from loraplane.operator.reconcile import timed
+from loraplane.operator.controllers import metrics
+from loraplane.operator.core import placement as pl
+from loraplane.operator.controllers.reconcile import timed
 
 pytestmark = pytest.mark.unit
 

@@ -3,8 +3,8 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from loraplane.operator import analysis as an
-from loraplane.operator.rollout_types import AnalysisThresholds
+from loraplane.operator.core import analysis as an
+from loraplane.operator.api.rollout_types import AnalysisThresholds
 
 BUCKETS = (0.1, 0.25, 0.5, 1.0)
 

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from loraplane.operator import kubectl_plugin as kp
-from loraplane.operator.rollout_types import CHANGE_CAUSE_ANNOTATION, COMMAND_ANNOTATION, RolloutCommand
+from loraplane.operator.cli import kubectl_plugin as kp
+from loraplane.operator.api.rollout_types import CHANGE_CAUSE_ANNOTATION, COMMAND_ANNOTATION, RolloutCommand
 
 POOL = {
     "metadata": {"name": "chat"},

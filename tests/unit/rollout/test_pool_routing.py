@@ -6,8 +6,10 @@ from __future__ import annotations
 import copy
 import datetime as dt
 
-from loraplane.operator import analysis
-from loraplane.operator.pool_routing import adapters_named, needs_metrics, plan_routing, ready_loaded
+from loraplane.operator.core import analysis
+from loraplane.operator.api.resources import WorkerPoolResource
+from loraplane.operator.core import routing
+from loraplane.operator.core.routing import ready_loaded
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -17,6 +19,23 @@ def pool(routes, rollouts=None, status=None, annotations=None, generation=1):
                          "annotations": annotations or {}},
             "spec": {"routes": routes, **({"rollouts": rollouts} if rollouts else {})},
             "status": status or {}}
+
+
+def parsed(p: dict) -> WorkerPoolResource:
+    """The pool as the controller hands it to the core (parsed once)."""
+    return WorkerPoolResource.model_validate({**p, "spec": {"baseModelRef": "m", **p["spec"]}})
+
+
+def plan_routing(p: dict, *args, **kw):
+    return routing.plan_routing(parsed(p), *args, **kw)
+
+
+def adapters_named(p: dict):
+    return routing.adapters_named(parsed(p))
+
+
+def needs_metrics(p: dict):
+    return routing.needs_metrics(parsed(p))
 
 
 def merge_patch(target, patch):

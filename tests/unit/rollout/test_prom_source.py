@@ -11,7 +11,9 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from loraplane.operator import analysis, pool_routing, prom_source
+from loraplane.operator.core import analysis, routing as pool_routing
+from loraplane.operator.api.resources import WorkerPoolResource
+from loraplane.operator.controllers import prom_source
 
 pytestmark = pytest.mark.unit
 
@@ -62,14 +64,18 @@ def test_selector_template_and_queries():
     assert prom_source.queries(sel)["buckets"].startswith("loraplane_worker_request_duration_seconds_bucket{")
 
 
-def pool(provider: str | None, phase: str = "Progressing") -> dict:
+def pool(provider: str | None, phase: str = "Progressing") -> WorkerPoolResource:
+    """Parsed, as the controller hands pools to the core."""
     an = {} if provider is None else {"provider": provider}
     if provider == "prometheus":
         an["prometheus"] = {"address": "http://prom:9090"}
-    return {"spec": {"rollouts": {"chat": {"canary": "v2", "analysis": an}}},
+    return WorkerPoolResource.model_validate({
+            "metadata": {"name": "p", "namespace": "ns"},
+            "spec": {"baseModelRef": "m", "routes": {"chat": [{"adapter": "v1", "weight": 100}]},
+                     "rollouts": {"chat": {"canary": "v2", "analysis": an}}},
             "status": {"rollouts": {"chat": {"task": "chat", "canary": "v2", "stable": [{"adapter": "v1", "weight": 100}],
                                              "baseRoute": [{"adapter": "v1", "weight": 100}], "phase": phase,
-                                             "lastTransition": "2026-01-01T00:00:00+00:00"}}}}
+                                             "lastTransition": "2026-01-01T00:00:00+00:00"}}}})
 
 
 def test_only_a_progressing_rollout_with_provider_prometheus_selects_it():
@@ -83,7 +89,7 @@ def test_only_a_progressing_rollout_with_provider_prometheus_selects_it():
 def test_provider_prometheus_without_an_address_is_refused():
     from pydantic import ValidationError
 
-    from loraplane.operator.rollout_types import AnalysisThresholds
+    from loraplane.operator.api.rollout_types import AnalysisThresholds
     with pytest.raises(ValidationError):
         AnalysisThresholds.model_validate({"provider": "prometheus", "prometheus": {"address": "prom:9090"}})
     with pytest.raises(ValidationError):

@@ -3,7 +3,7 @@ import datetime as dt
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from loraplane.operator import revisions as rv
+from loraplane.operator.core import revisions as rv
 
 T = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 

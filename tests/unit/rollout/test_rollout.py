@@ -2,9 +2,9 @@ import datetime as dt
 
 from hypothesis import given, settings, strategies as st
 
-from loraplane.operator import analysis as an
-from loraplane.operator import rollout as ro
-from loraplane.operator.rollout_types import AnalysisThresholds, Phase, RolloutCommand, RolloutSpec, RolloutState
+from loraplane.operator.core import analysis as an
+from loraplane.operator.core import rollout as ro
+from loraplane.operator.api.rollout_types import AnalysisThresholds, Phase, RolloutCommand, RolloutSpec, RolloutState
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 SPEC = RolloutSpec(canary="v2", steps=[5, 25, 50, 100], intervalSeconds=600)

@@ -2,7 +2,7 @@ import datetime as dt
 
 from hypothesis import given, settings, strategies as st
 
-from loraplane.operator import routing_policy as rp
+from loraplane.operator.core import routing_policy as rp
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 

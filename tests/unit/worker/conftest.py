@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from loraplane.worker.desired import DesiredState
+from loraplane.contracts.desired import DesiredState
 
 
 @pytest.fixture(scope="session")

@@ -63,7 +63,7 @@ def server(worker_store):
 
 
 def _desired(routes):
-    from loraplane.worker.desired import DesiredState
+    from loraplane.contracts.desired import DesiredState
 
     adapters = [("synth-v1", "synth", "v1", "synthesizer"), ("synth-v2", "synth", "v2", "synthesizer"),
                 ("critic-v1", "critic", "v1", "critic")]

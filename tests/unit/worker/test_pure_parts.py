@@ -6,7 +6,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from loraplane.worker.desired import STATUS_ANNOTATION, DesiredState, WorkerStatus, desired_configmap_name
+from loraplane.contracts.desired import STATUS_ANNOTATION, DesiredState, WorkerStatus, desired_configmap_name
 from loraplane.worker.loader import bnb_problem, plan_variant
 from loraplane.worker.runtime import parse_faults
 from loraplane.worker.sources import FileSource, PodReporter

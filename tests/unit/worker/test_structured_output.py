@@ -104,7 +104,7 @@ def bpe_store(tmp_path_factory):
 def server(bpe_store):
     from aiohttp import web
 
-    from loraplane.worker.desired import DesiredState
+    from loraplane.contracts.desired import DesiredState
     from loraplane.worker.runtime import Worker, WorkerConfig
     from loraplane.worker.server import create_app
 

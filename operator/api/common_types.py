@@ -23,7 +23,7 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 CATEGORY = "loraplane"
 
-#: Variants a worker can load (see ``loraplane.worker.desired.Variant``).
+#: Variants a worker can load (see ``loraplane.contracts.desired.Variant``).
 KNOWN_VARIANTS = ("fp16", "bf16", "fp32", "bnb-int8", "bnb-4bit")
 Variant = Literal["fp16", "bf16", "fp32", "bnb-int8", "bnb-4bit"]
 

@@ -1,6 +1,6 @@
 """A compact summary of one stored version, for the operator.
 
-Run inside the verify Job (``python -m loraplane.operator.store_summary ROOT
+Run inside the verify Job (``python -m loraplane.operator.core.store_summary ROOT
 RELPATH [--verify]``), it prints one JSON line that the Job writes to its
 termination message, which the operator reads from the Job's Pod status: the
 operator then needs no access to the store volume. When the operator does
@@ -42,7 +42,7 @@ def summarize_dir(version_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m loraplane.operator.store_summary")
+    ap = argparse.ArgumentParser(prog="python -m loraplane.operator.core.store_summary")
     ap.add_argument("root", type=Path)
     ap.add_argument("relpath")
     ap.add_argument("--verify", action="store_true", help="hash every file against the manifest first")

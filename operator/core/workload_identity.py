@@ -13,7 +13,7 @@ nothing cluster-wide.
 
 from __future__ import annotations
 
-from .names import MANAGED_BY, WORKLOAD_SERVICE_ACCOUNT
+from ..api.names import MANAGED_BY, WORKLOAD_SERVICE_ACCOUNT
 
 
 def objects(namespace: str, cluster_role: str | None) -> list[dict]:

@@ -16,14 +16,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="directory (default: crds/ of the source tree)")
     p.add_argument("--check", action="store_true", help="exit 1 when the files there are stale")
     p = sub.add_parser("run", help="run the operator")
-    from .config import add_arguments  # noqa: PLC0415 - keep `crds` light
+    from ..controllers.config import add_arguments  # noqa: PLC0415 - keep `crds` light
     add_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.op_command == "crds":
-        from . import crdgen
+        from ..api import crdgen
         argv = [str(args.out)] if args.out else []
         return crdgen.main(argv + (["--check"] if args.check else []))
-    from .main import run_operator
+    from .run import run_operator
     return run_operator(args)

@@ -78,7 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="kopf peering name for one active instance (default: standalone)")
     p.add_argument("--workload-cluster-role", default=env("LORAPLANE_WORKLOAD_CLUSTERROLE"),
                    help="ClusterRole bound to the loraplane-workload ServiceAccount of worker and training pods "
-                        "in each namespace used (the chart sets it; see operator/workload_identity.py)")
+                        "in each namespace used (the chart sets it; see operator/core/workload_identity.py)")
     p.add_argument("--create-delay-seconds", type=float, default=float(env("LORAPLANE_CREATE_DELAY", "0")),
                    help="fault injection: sleep after each worker pod create (to kill the operator mid-pass)")
     p.add_argument("--image-pull-policy", default=env("LORAPLANE_IMAGE_PULL_POLICY") or None,

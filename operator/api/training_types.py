@@ -3,7 +3,7 @@
 The hyper-parameters are the trainer's own (``loraplane train`` flags, see
 docs/training.md) in camelCase; unset ones keep the trainer's defaults, so
 the two can never disagree on a default. The operator turns the block into
-``loraplane train`` arguments (``training_core.train_args``), places the Job
+``loraplane train`` arguments (``core.training.train_args``), places the Job
 on a GPU through the same VRAM ledger as the workers and reports progress in
 ``status.training``.
 """

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 
-from .names import GPU_RESOURCE, POOL_LABEL, RESERVATION_ANNOTATION
+from ..api.names import GPU_RESOURCE, POOL_LABEL, RESERVATION_ANNOTATION
 from .placement import GPU_COUNT, GPU_MEMORY, NodeInfo, Reservation, Taint
 
 

@@ -24,8 +24,10 @@ import hashlib
 import json
 from shlex import quote as q
 
-from .common_types import API_VERSION
-from .names import (
+from ..api.common_types import API_VERSION, SecretKeyRef, StoreVolume
+from ..api.resources import AdapterResource, BaseModelResource, WorkerPoolResource, dump
+from ..api.workerpool_types import WorkerPoolSpec
+from ..api.names import (
     GPU_ANNOTATION, MANAGED_BY, ORDINAL_LABEL, OWNER_LABEL, POOL_LABEL, RESERVATION_ANNOTATION,
     SPEC_HASH_ANNOTATION, WORKLOAD_SERVICE_ACCOUNT, desired_configmap, worker_name,
 )
@@ -80,6 +82,12 @@ def owner_ref(obj: dict) -> dict:
             "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
 
 
+def owner_ref_of(res: WorkerPoolResource | BaseModelResource | AdapterResource) -> dict:
+    """The controller ownerReference to a parsed resource."""
+    return {"apiVersion": res.api_version, "kind": res.kind, "name": res.name, "uid": res.metadata.uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
 def pool_labels(pool: str) -> dict:
     return {POOL_LABEL: pool, "app.kubernetes.io/name": "loraplane-worker", "app.kubernetes.io/instance": pool,
             **MANAGED_BY}
@@ -89,52 +97,38 @@ def selector(pool: str) -> str:
     return f"{POOL_LABEL}={pool}"
 
 
-def store_volume(store: dict) -> dict:
-    """core/v1 Volume for a StoreVolume spec (camelCase dict)."""
-    if store.get("persistentVolumeClaim"):
-        pvc = store["persistentVolumeClaim"]
-        return {"name": "model-store", "persistentVolumeClaim": {"claimName": pvc["claimName"],
-                                                                   "readOnly": pvc.get("readOnly", True)}}
-    return {"name": "model-store", "hostPath": {"path": store["hostPath"]["path"], "type": "Directory"}}
+def store_volume(store: StoreVolume) -> dict:
+    """core/v1 Volume for a StoreVolume spec."""
+    if store.persistent_volume_claim:
+        pvc = store.persistent_volume_claim
+        return {"name": "model-store", "persistentVolumeClaim": {"claimName": pvc.claim_name,
+                                                                   "readOnly": pvc.read_only}}
+    return {"name": "model-store", "hostPath": {"path": store.host_path.path, "type": "Directory"}}
 
 
-def store_read_only(store: dict) -> bool:
-    return bool(store.get("persistentVolumeClaim", {}).get("readOnly", True)) if store.get(
-        "persistentVolumeClaim") else False
+def store_read_only(store: StoreVolume) -> bool:
+    return store.persistent_volume_claim.read_only if store.persistent_volume_claim else False
 
 
-def worker_spec_hash(pool_spec: dict, image: str, store: dict, variant: str) -> str:
+def worker_spec_hash(pool_spec: WorkerPoolSpec, image: str, store: StoreVolume, variant: str) -> str:
     """What, when changed, needs a new pod (not a hot swap): image, store,
     resources, port, variant. Routes and adapters are not in it: they reach
     running workers through the desired ConfigMap."""
-    key = {"image": image, "store": store, "resources": pool_spec.get("resources"), "port": pool_spec.get("port"),
+    # the JSON of the object as the API server stores it (defaults applied), so the hash of a pod
+    # made before the operator parsed its objects is the same
+    key = {"image": image, "store": dump(store), "resources": dump(pool_spec.resources), "port": pool_spec.port,
            "variant": variant, "template": 2}  # 2: restricted securityContext, args (rolls older workers)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def worker_pod(pool: dict, ordinal: int, node: str, gpu: int, vram_mib: int, variant: str, image: str,
-               store: dict) -> dict:
-    meta, spec = pool["metadata"], pool["spec"]
-    name, ns = meta["name"], meta["namespace"]
-    mount = store.get("mountPath", "/models")
-    res = spec.get("resources") or {}
-    port = spec.get("port", 8000)
+def worker_pod(pool: WorkerPoolResource, ordinal: int, node: str, gpu: int, vram_mib: int, variant: str,
+               image: str, store: StoreVolume) -> dict:
+    spec = pool.spec
+    name, ns = pool.name, pool.namespace
+    mount = store.mount_path
     reservation = {"node": node, "gpu": gpu, "vramMiB": vram_mib, "variant": variant}
-    env = [
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        {"name": "MODEL_STORE_ROOT", "value": mount},
-        {"name": "LORAPLANE_DESIRED_CONFIGMAP", "value": f"{ns}/{desired_configmap(name)}"},
-        {"name": "LORAPLANE_VARIANT", "value": variant},
-        {"name": "LORAPLANE_VRAM_MIB", "value": str(vram_mib)},
-        {"name": "LORAPLANE_PORT", "value": str(port)},
-        {"name": "NVIDIA_VISIBLE_DEVICES", "value": str(gpu)},
-        {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"},
-        *WRITABLE_ENV, *OFFLINE_ENV,
-    ]
     tmp, tmp_mount = tmp_volume()
-    tolerations = [{k: v for k, v in t.items() if v is not None} for t in (spec.get("gpu") or {}).get(
-        "tolerations") or []]
+    tolerations = [dump(t) for t in spec.gpu.tolerations]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -147,7 +141,7 @@ def worker_pod(pool: dict, ordinal: int, node: str, gpu: int, vram_mib: int, var
                 GPU_ANNOTATION: str(gpu),
                 SPEC_HASH_ANNOTATION: worker_spec_hash(spec, image, store, variant),
             },
-            "ownerReferences": [owner_ref(pool)],
+            "ownerReferences": [owner_ref_of(pool)],
         },
         "spec": {
             "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
@@ -157,55 +151,70 @@ def worker_pod(pool: dict, ordinal: int, node: str, gpu: int, vram_mib: int, var
             "restartPolicy": "Always",
             "enableServiceLinks": False,
             "securityContext": pod_security(),
-            "containers": [{
-                "name": "worker",
-                "image": image,
-                "args": ["loraplane", "worker"],
-                "securityContext": container_security(),
-                "env": env,
-                "ports": [{"name": "http", "containerPort": port}],
-                "resources": {"requests": {"cpu": res.get("cpu", "2"), "memory": res.get("memory", "16Gi")}},
-                "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
-                "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10,
-                                  "failureThreshold": 6},
-                "volumeMounts": [{"name": "model-store", "mountPath": mount, "readOnly": True}, tmp_mount],
-            }],
+            "containers": [_worker_container(pool, gpu, vram_mib, variant, image, mount, tmp_mount)],
             "volumes": [store_volume(store), tmp],
         },
     }
 
 
-def service(pool: dict) -> dict:
-    meta = pool["metadata"]
+def _worker_container(pool: WorkerPoolResource, gpu: int, vram_mib: int, variant: str, image: str, mount: str,
+                      tmp_mount: dict) -> dict:
+    res, port = pool.spec.resources, pool.spec.port
+    env = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "MODEL_STORE_ROOT", "value": mount},
+        {"name": "LORAPLANE_DESIRED_CONFIGMAP", "value": f"{pool.namespace}/{desired_configmap(pool.name)}"},
+        {"name": "LORAPLANE_VARIANT", "value": variant},
+        {"name": "LORAPLANE_VRAM_MIB", "value": str(vram_mib)},
+        {"name": "LORAPLANE_PORT", "value": str(port)},
+        {"name": "NVIDIA_VISIBLE_DEVICES", "value": str(gpu)},
+        {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"},
+        *WRITABLE_ENV, *OFFLINE_ENV,
+    ]
+    return {
+        "name": "worker",
+        "image": image,
+        "args": ["loraplane", "worker"],
+        "securityContext": container_security(),
+        "env": env,
+        "ports": [{"name": "http", "containerPort": port}],
+        "resources": {"requests": {"cpu": res.cpu, "memory": res.memory}},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10,
+                          "failureThreshold": 6},
+        "volumeMounts": [{"name": "model-store", "mountPath": mount, "readOnly": True}, tmp_mount],
+    }
+
+
+def service(pool: WorkerPoolResource) -> dict:
     return {
         "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "labels": pool_labels(meta["name"]),
-                     "ownerReferences": [owner_ref(pool)]},
-        "spec": {"selector": {POOL_LABEL: meta["name"]},
+        "metadata": {"name": pool.name, "namespace": pool.namespace, "labels": pool_labels(pool.name),
+                     "ownerReferences": [owner_ref_of(pool)]},
+        "spec": {"selector": {POOL_LABEL: pool.name},
                  "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]},
     }
 
 
-def desired_configmap_obj(pool: dict, desired_json: str) -> dict:
-    meta = pool["metadata"]
+def desired_configmap_obj(pool: WorkerPoolResource, desired_json: str) -> dict:
     return {
         "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": desired_configmap(meta["name"]), "namespace": meta["namespace"],
-                     "labels": pool_labels(meta["name"]), "ownerReferences": [owner_ref(pool)]},
+        "metadata": {"name": desired_configmap(pool.name), "namespace": pool.namespace,
+                     "labels": pool_labels(pool.name), "ownerReferences": [owner_ref_of(pool)]},
         "data": {"desired.json": desired_json},
     }
 
 
-def _job(owner: dict, name: str, command: str, store: dict, image: str, pod_annotations: dict,
-         env: list | None = None, offline: bool = True) -> dict:
-    meta = owner["metadata"]
+def _job(owner: BaseModelResource | AdapterResource, name: str, command: str, store: StoreVolume, image: str,
+         pod_annotations: dict, env: list | None = None, offline: bool = True) -> dict:
     tmp, tmp_mount = tmp_volume()
-    labels = {OWNER_LABEL: f"{owner['kind'].lower()}.{meta['name']}", **MANAGED_BY}
-    mount = store.get("mountPath", "/models")
+    labels = {OWNER_LABEL: f"{owner.kind.lower()}.{owner.name}", **MANAGED_BY}
+    mount = store.mount_path
     return {
         "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels,
-                     "ownerReferences": [owner_ref(owner)]},
+        "metadata": {"name": name, "namespace": owner.namespace, "labels": labels,
+                     "ownerReferences": [owner_ref_of(owner)]},
         "spec": {
             "backoffLimit": 0,  # the operator retries with its own backoff and a new Job
             "ttlSecondsAfterFinished": 3600,
@@ -234,11 +243,11 @@ def _job(owner: dict, name: str, command: str, store: dict, image: str, pod_anno
     }
 
 
-def verify_job(owner: dict, name: str, kind: str, store_owner: str, store_name: str, version: str,
-               relpath: str, derived: bool, store: dict, image: str, pod_annotations: dict) -> dict:
+def verify_job(owner: BaseModelResource | AdapterResource, name: str, kind: str, store_owner: str, store_name: str, version: str,
+               relpath: str, derived: bool, store: StoreVolume, image: str, pod_annotations: dict) -> dict:
     """``loraplane modelstore verify`` then the summary into the termination
     message. An explicit ``path`` is verified by directory instead."""
-    summary = f'python -m loraplane.operator.store_summary "$MODEL_STORE_ROOT" {q(relpath)}'
+    summary = f'python -m loraplane.operator.core.store_summary "$MODEL_STORE_ROOT" {q(relpath)}'
     if derived:
         command = (f'set -e; loraplane modelstore verify --root "$MODEL_STORE_ROOT" --owner {q(store_owner)} '
                    f'{q(kind)} {q(store_name)} --version {q(version)}; {summary} > /dev/termination-log')
@@ -247,16 +256,16 @@ def verify_job(owner: dict, name: str, kind: str, store_owner: str, store_name: 
     return _job(owner, name, command, store, image, pod_annotations)
 
 
-def publish_job(owner: dict, name: str, store_owner: str, store_name: str, version: str, repo: str,
-                revision: str, token_ref: dict | None, store: dict, image: str, pod_annotations: dict,
+def publish_job(owner: BaseModelResource, name: str, store_owner: str, store_name: str, version: str, repo: str,
+                revision: str, token_ref: SecretKeyRef | None, store: StoreVolume, image: str, pod_annotations: dict,
                 license: str | None = None) -> dict:
     """Publish from the hub into the store. The token reaches the container
     only as an env var from the Secret: never on the command line, never in
     the operator's logs."""
     env = []
     if token_ref:
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token_ref["name"],
-                                                                        "key": token_ref.get("key", "token")}}})
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token_ref.name,
+                                                                        "key": token_ref.key}}})
     lic = f" --license {q(license)}" if license else ""
     command = (f'set -e; loraplane modelstore publish --root "$MODEL_STORE_ROOT" --owner {q(store_owner)} '
                f'--kind base --name {q(store_name)} --version {q(version)} --hf-repo {q(repo)} '

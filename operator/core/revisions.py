@@ -17,7 +17,7 @@ import datetime as dt
 from typing import Sequence
 
 from .routing_policy import Routes
-from .rollout_types import Backend, Revision
+from ..api.rollout_types import Backend, Revision
 
 DEFAULT_KEEP = 10
 

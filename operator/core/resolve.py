@@ -1,7 +1,8 @@
 """Pure reconcile core for BaseModel and Adapter: resolve a stored version
 through Jobs (publish from the hub when asked, then verify) and report it.
 
-The handler reads the world into a ``World`` (owned Jobs with their outcome,
+The handler parses the object (``api.resources``) and reads the world into a
+``World`` (owned Jobs with their outcome,
 whether the token Secret exists, the summary of a succeeded verify), calls
 ``plan_*`` and applies the ``Plan``. Failures never raise: they become a
 condition with a reason, ``status.attempts`` grows and the next try waits an
@@ -14,8 +15,11 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from .conditions import now_iso, triple
-from .names import job_name
+from ..api.adapter_types import AdapterSpec
+from ..api.basemodel_types import BaseModelSpec
+from ..api.conditions import now_iso, triple
+from ..api.names import job_name
+from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, as_read
 from .store_summary import store_relpath
 
 
@@ -34,7 +38,7 @@ class World:
     secret_missing: str | None = None  # name of a referenced Secret (or key) that is absent
     summary: dict | None = None  # summary of the succeeded verify Job's version
     summary_error: str | None = None
-    base: dict | None = None  # Adapter only: the BaseModel object (None: not found)
+    base: BaseModelResource | InvalidObject | None = None  # Adapter only: its BaseModel (None: not found)
 
 
 @dataclass
@@ -46,14 +50,14 @@ class Plan:
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
 
 
-def relpath_of(spec: dict, kind: str) -> tuple[str, bool]:
+def relpath_of(spec: BaseModelSpec | AdapterSpec, kind: str) -> tuple[str, bool]:
     """(path relative to the store root, derived-from-names?)."""
-    src = spec.get("source") or {}
-    if src.get("path"):
-        return src["path"], False
-    name = spec["storeName"] if kind == "base" else src["storeName"]
-    owner = spec.get("owner", "default") if kind == "base" else src.get("owner", "default")
-    return store_relpath(owner, kind, name, spec["version"]), True
+    src = spec.source
+    if src is not None and src.path:
+        return src.path, False
+    name = spec.store_name if kind == "base" else src.store_name
+    owner = spec.owner if kind == "base" else src.owner
+    return store_relpath(owner, kind, name, spec.version), True
 
 
 def _parse_time(s: str | None) -> dt.datetime | None:
@@ -62,8 +66,11 @@ def _parse_time(s: str | None) -> dt.datetime | None:
     return dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
 
 
-def _fail(obj: dict, status: dict, world: World, reason: str, message: str, backoff, phase="Failed") -> Plan:
-    gen = obj["metadata"].get("generation")
+Resource = BaseModelResource | AdapterResource
+
+
+def _fail(obj: Resource, status: dict, world: World, reason: str, message: str, backoff, phase="Failed") -> Plan:
+    gen = obj.generation
     attempts = status.get("attempts", 0) + 1
     delay = backoff(attempts)
     status.update(phase=phase, attempts=attempts, nextRetry=now_iso(world.now + dt.timedelta(seconds=delay)),
@@ -74,8 +81,8 @@ def _fail(obj: dict, status: dict, world: World, reason: str, message: str, back
     return Plan(status=status, requeue_after=delay, events=[("Warning", reason, message)])
 
 
-def _progress(obj: dict, status: dict, world: World, phase: str, reason: str, message: str) -> dict:
-    gen = obj["metadata"].get("generation")
+def _progress(obj: Resource, status: dict, world: World, phase: str, reason: str, message: str) -> dict:
+    gen = obj.generation
     status.update(phase=phase, observedGeneration=gen)
     status["conditions"] = triple(status.get("conditions", []), ready=(False, reason, message),
                                   progressing=(True, reason, message), degraded=(False, "AsExpected", ""),
@@ -83,9 +90,9 @@ def _progress(obj: dict, status: dict, world: World, phase: str, reason: str, me
     return status
 
 
-def _base_status(obj: dict) -> dict:
-    st = dict(obj.get("status") or {})
-    if st.get("observedGeneration") != obj["metadata"].get("generation"):
+def _base_status(obj: Resource) -> dict:
+    st = as_read(obj.status)
+    if st.get("observedGeneration") != obj.generation:
         # The spec changed: forget the last version's outcome and retries.
         st.update(attempts=0, nextRetry=None, phase="Pending", job=None, publishedGeneration=None)
     return st
@@ -100,10 +107,10 @@ def _retry_pending(status: dict, world: World) -> Plan | None:
     return None
 
 
-def _run_step(obj: dict, kind: str, status: dict, world: World, step: str, backoff) -> Plan | None:
+def _run_step(obj: Resource, kind: str, status: dict, world: World, step: str, backoff) -> Plan | None:
     """Drive one Job step; None when that step already succeeded."""
-    gen = obj["metadata"].get("generation") or 0
-    name = job_name("bm" if kind == "base" else "adp", obj["metadata"]["name"], step, gen, status.get("attempts", 0))
+    gen = obj.generation or 0
+    name = job_name("bm" if kind == "base" else "adp", obj.name, step, gen, status.get("attempts", 0))
     job = world.jobs.get(name)
     label = "Publishing" if step == "publish" else "Verifying"
     if job is None:
@@ -124,7 +131,7 @@ def _run_step(obj: dict, kind: str, status: dict, world: World, step: str, backo
     return None  # Succeeded
 
 
-def _verify_step(obj: dict, kind: str, status: dict, world: World, backoff) -> Plan | None:
+def _verify_step(obj: Resource, kind: str, status: dict, world: World, backoff) -> Plan | None:
     """The verify Job step, then its summary; None once both are in hand."""
     plan = _run_step(obj, kind, status, world, "verify", backoff)
     if plan is not None:
@@ -135,21 +142,20 @@ def _verify_step(obj: dict, kind: str, status: dict, world: World, backoff) -> P
     return None
 
 
-def plan_basemodel(obj: dict, world: World, backoff) -> Plan:
-    spec = obj["spec"]
+def plan_basemodel(obj: BaseModelResource, world: World, backoff) -> Plan:
+    spec = obj.spec
     status = _base_status(obj)
-    gen = obj["metadata"].get("generation")
+    gen = obj.generation
     if status.get("phase") == "Ready" and status.get("observedGeneration") == gen:
         return Plan(status=status)
     relpath, derived = relpath_of(spec, "base")
     status["storePath"] = relpath
-    hf = (spec.get("source") or {}).get("huggingFace")
-    if hf and status.get("publishedGeneration") != gen:
+    if spec.source.hugging_face and status.get("publishedGeneration") != gen:
         if world.secret_missing:
             return _retry_pending(status, world) or _fail(obj, status, world, "SecretMissing",
                                                           world.secret_missing, backoff)
-        store = spec.get("store") or {}
-        if store.get("persistentVolumeClaim", {}).get("readOnly", True) and store.get("persistentVolumeClaim"):
+        pvc = spec.store.persistent_volume_claim
+        if pvc and pvc.read_only:
             return _fail(obj, status, world, "StoreReadOnly",
                          "spec.store.persistentVolumeClaim.readOnly must be false to publish from the hub", backoff)
         plan = _run_step(obj, "base", status, world, "publish", backoff)
@@ -159,7 +165,7 @@ def plan_basemodel(obj: dict, world: World, backoff) -> Plan:
     plan = _verify_step(obj, "base", status, world, backoff)
     if plan is not None:
         return plan
-    variants = {v["name"]: v["vramMiB"] for v in spec.get("variants") or []} or \
+    variants = {v.name: v.vram_mib for v in spec.variants} or \
         dict(world.summary.get("variants") or {})
     if not variants:
         return _fail(obj, status, world, "NoVariants",
@@ -174,23 +180,26 @@ def plan_basemodel(obj: dict, world: World, backoff) -> Plan:
     return Plan(status=status, events=[("Normal", "Verified", msg)])
 
 
-def plan_adapter(obj: dict, world: World, backoff) -> Plan:
-    spec = obj["spec"]
+def plan_adapter(obj: AdapterResource, world: World, backoff) -> Plan:
+    spec = obj.spec
     status = _base_status(obj)
-    gen = obj["metadata"].get("generation")
+    gen = obj.generation
     base = world.base
-    base_ready = base is not None and (base.get("status") or {}).get("phase") == "Ready"
+    base_ready = isinstance(base, BaseModelResource) and base.status.phase == "Ready"
     if status.get("phase") == "Ready" and status.get("observedGeneration") == gen and base_ready and \
-            status.get("baseChecksum") == base["status"].get("checksum"):
+            status.get("baseChecksum") == base.status.checksum:
         return Plan(status=status)
-    if spec.get("training") and not spec.get("source"):
+    if spec.training and not spec.source:
         return Plan(status=_progress(obj, status, world, "Pending", "TrainingNotHandled",
                                      "spec.training is handled by the training controller"))
     if base is None:
         return _fail(obj, status, world, "BaseModelMissing",
-                     f"BaseModel {spec['baseModelRef']} not found in this namespace", backoff, phase="Pending")
+                     f"BaseModel {spec.base_model_ref} not found in this namespace", backoff, phase="Pending")
+    if isinstance(base, InvalidObject):
+        return _fail(obj, status, world, "BaseModelInvalid",
+                     f"BaseModel {spec.base_model_ref} is invalid: {base.message}", backoff, phase="Pending")
     if not base_ready:
-        _progress(obj, status, world, "Pending", "WaitingForBaseModel", f"BaseModel {spec['baseModelRef']} not Ready")
+        _progress(obj, status, world, "Pending", "WaitingForBaseModel", f"BaseModel {spec.base_model_ref} not Ready")
         return Plan(status=status, requeue_after=10)
     relpath, _ = relpath_of(spec, "adapter")
     status["storePath"] = relpath
@@ -200,19 +209,19 @@ def plan_adapter(obj: dict, world: World, backoff) -> Plan:
     s = world.summary
     status.update(checksum=s.get("checksum"), sizeBytes=s.get("sizeBytes"), vramMiB=s.get("vramMiB"),
                   rank=s.get("rank"), baseChecksum=s.get("baseChecksum"), observedGeneration=gen)
-    want = base["status"].get("checksum")
+    want = base.status.checksum
     if s.get("kind") != "adapter":
         return _fail(obj, status, world, "NotAnAdapter", f"{relpath} holds a {s.get('kind')}, not an adapter",
                      backoff, phase="Degraded")
     if s.get("baseChecksum") != want:
         msg = (f"adapter was trained on base checksum {str(s.get('baseChecksum'))[:12]}, BaseModel "
-               f"{spec['baseModelRef']} has {str(want)[:12]}")
+               f"{spec.base_model_ref} has {str(want)[:12]}")
         status.update(phase="Degraded", attempts=0, nextRetry=None)
         status["conditions"] = triple(status.get("conditions", []), ready=(False, "BaseChecksumMismatch", msg),
                                       progressing=(False, "BaseChecksumMismatch", msg),
                                       degraded=(True, "BaseChecksumMismatch", msg), generation=gen, now=world.now)
         return Plan(status=status, events=[("Warning", "BaseChecksumMismatch", msg)], requeue_after=60)
-    msg = f"{relpath} verified against BaseModel {spec['baseModelRef']}"
+    msg = f"{relpath} verified against BaseModel {spec.base_model_ref}"
     status.update(phase="Ready", attempts=0, nextRetry=None)
     status["conditions"] = triple(status.get("conditions", []), ready=(True, "Verified", msg),
                                   progressing=(False, "Verified", msg), degraded=(False, "AsExpected", ""),

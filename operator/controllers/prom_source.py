@@ -21,7 +21,7 @@ import logging
 import urllib.parse
 import urllib.request
 
-from .analysis import DURATION, REQUESTS, Series, Snapshot, is_ok
+from ..core.analysis import DURATION, REQUESTS, Series, Snapshot, is_ok
 
 log = logging.getLogger("loraplane.operator.prom_source")
 

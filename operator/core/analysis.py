@@ -40,7 +40,7 @@ from typing import Iterable, Mapping
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .rollout_types import AnalysisThresholds
+from ..api.rollout_types import AnalysisThresholds
 
 REQUESTS = "loraplane_worker_requests_total"
 DURATION = "loraplane_worker_request_duration_seconds"

@@ -41,7 +41,7 @@ from typing import Mapping
 from . import analysis
 from .revisions import normalize
 from .routing_policy import apportion
-from .rollout_types import TERMINAL, Backend, Phase, RolloutCommand, RolloutSpec, RolloutState
+from ..api.rollout_types import TERMINAL, Backend, Phase, RolloutCommand, RolloutSpec, RolloutState
 
 Route = dict[str, int]
 

@@ -4,7 +4,7 @@ need, and the Adapter's phase from what the Job and its pods report.
 Flow: Pending (BaseModel not Ready, or no GPU has room) -> Training (Job
 placed on one GPU, progress copied from the pod's
 ``loraplane.io/training-progress`` annotation) -> the published adapter is
-verified exactly like a ``source`` Adapter (``resolve_core.plan_adapter``
+verified exactly like a ``source`` Adapter (``resolve.plan_adapter``
 runs the verify Job) -> Ready, or Failed with the pod's own reason.
 
 Why place the Job ourselves: training and serving share the fleet, so the
@@ -28,15 +28,19 @@ from dataclasses import dataclass, field
 from shlex import join as shjoin
 
 from . import placement as pl
-from .conditions import triple
+from ..api.conditions import triple
 from .manifests import (
-    OFFLINE_ENV, WRITABLE_ENV, container_security, owner_ref, pod_security, store_volume, tmp_volume,
+    OFFLINE_ENV, WRITABLE_ENV, container_security, owner_ref_of, pod_security, store_volume, tmp_volume,
 )
-from .names import (
+from ..api.names import (
     GPU_ANNOTATION, MANAGED_BY, OWNER_LABEL, RESERVATION_ANNOTATION, WORKLOAD_SERVICE_ACCOUNT, job_name,
 )
-from .pool_core import request_for
+from .pool import request_for
 from .store_summary import store_relpath
+from ..api.adapter_types import AdapterSource, AdapterStatus
+from ..api.common_types import StoreVolume
+from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, as_read, dump
+from ..api.training_types import Hyperparameters, TrainingSpec
 
 PROGRESS_ANNOTATION = "loraplane.io/training-progress"  # = loraplane.training.progress.ANNOTATION
 TRAINING_LABEL = "loraplane.io/training"  # on training pods: the Adapter's name
@@ -63,12 +67,12 @@ class Need:
     detail: str  # how it was obtained, for status and events
 
 
-def _trainer_default(h: dict, key: str, default):
-    v = h.get(key)
+def _trainer_default(h: Hyperparameters, key: str, default):
+    v = getattr(h, key)
     return default if v is None else v
 
 
-def derive_need(training: dict, base_variants: dict[str, int]) -> Need:
+def derive_need(training: TrainingSpec, base_variants: dict[str, int]) -> Need:
     """Declared ``resources.vramMiB``, or base weights + LoRA state + activations + overhead.
 
     Base weights come from the BaseModel's measured variants: qlora loads the base in 4-bit
@@ -77,13 +81,13 @@ def derive_need(training: dict, base_variants: dict[str, int]) -> Need:
     by the base's size, which over-estimates larger bases (activations grow with sqrt of size)
     and is what ``resources.vramMiB`` is for.
     """
-    declared = (training.get("resources") or {}).get("vramMiB")
+    declared = training.resources.vram_mib
     if declared:
         return Need(int(declared), f"declared {declared} MiB")
-    h = training.get("hyperparameters") or {}
+    h = training.hyperparameters
     fp16 = base_variants.get("fp16") or base_variants.get("bf16") or (
         base_variants["fp32"] // 2 if base_variants.get("fp32") else None)
-    if training.get("method", "qlora") == "qlora":
+    if training.method == "qlora":
         weights = base_variants.get("bnb-4bit") or (int(fp16 * 0.3) if fp16 else None)
     else:
         weights = fp16
@@ -92,47 +96,45 @@ def derive_need(training: dict, base_variants: dict[str, int]) -> Need:
                          f"({sorted(base_variants) or 'none'}); set spec.training.resources.vramMiB")
     scale = (fp16 or weights) / REF_FP16_MIB
     r = _trainer_default(h, "r", 16)
-    modules = len(_trainer_default(h, "targetModules", ["q_proj", "k_proj", "v_proj", "o_proj"]))
+    modules = len(_trainer_default(h, "target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"]))
     lora = LORA_MIB_PER_RANK_MODULE * r * modules * scale
-    tokens = _trainer_default(h, "batchSize", 4) * _trainer_default(h, "seqLen", 512)
-    act = ACT_MIB_PER_TOKEN[bool(h.get("gradientCheckpointing"))] * tokens * scale
+    tokens = _trainer_default(h, "batch_size", 4) * _trainer_default(h, "seq_len", 512)
+    act = ACT_MIB_PER_TOKEN[bool(h.gradient_checkpointing)] * tokens * scale
     total = int(weights + lora + act + CUDA_OVERHEAD_MIB + 0.999)
     return Need(total, f"derived {total} MiB = base {weights} + LoRA {lora:.0f} + activations {act:.0f} "
                        f"({tokens} tokens) + {CUDA_OVERHEAD_MIB} overhead")
 
 
 # --- the Job ---------------------------------------------------------------------------------------
-def adapter_store_name(adapter: dict) -> str:
-    return (adapter["spec"]["training"].get("storeName")) or adapter["metadata"]["name"]
+def adapter_store_name(adapter: AdapterResource) -> str:
+    return adapter.spec.training.store_name or adapter.name
 
 
-def adapter_relpath(adapter: dict) -> str:
-    t = adapter["spec"]["training"]
-    return store_relpath(t.get("owner", "default"), "adapter", adapter_store_name(adapter), adapter["spec"]["version"])
+def adapter_relpath(adapter: AdapterResource) -> str:
+    t = adapter.spec.training
+    return store_relpath(t.owner, "adapter", adapter_store_name(adapter), adapter.spec.version)
 
 
-def train_job_name(adapter: dict) -> str:
+def train_job_name(adapter: AdapterResource) -> str:
     """Deterministic per generation (a restarted operator finds its Job); never depends on
     retries of the verify step."""
-    return job_name("adp", adapter["metadata"]["name"], "train", adapter["metadata"].get("generation") or 0, 0)
+    return job_name("adp", adapter.name, "train", adapter.generation or 0, 0)
 
 
-def train_args(adapter: dict, base: dict, store_mount: str) -> list[str]:
+def train_args(adapter: AdapterResource, base: BaseModelResource, store_mount: str) -> list[str]:
     """``loraplane train`` argv for the Job. Fixed ``--version`` (the Adapter's) so a restarted pod
     finds its own checkpoint under ``<store>/.training/<owner>/<name>/<version>``."""
-    spec, t = adapter["spec"], adapter["spec"]["training"]
-    bspec = base["spec"]
-    data = t["dataset"]
-    root = DATA_MOUNT if data.get("persistentVolumeClaim") else store_mount
-    args = ["loraplane", "train", "--method", t.get("method", "qlora"),
-            "--base", f"{bspec.get('owner', 'default')}/{bspec['storeName']}@{bspec['version']}",
-            "--verify-base", t.get("verifyBase", "quick"), "--device", t.get("device", "auto"),
-            "--store-root", store_mount, "--owner", t.get("owner", "default"),
-            "--name", adapter_store_name(adapter), "--version", spec["version"], "--task", spec["task"],
+    spec, t, bspec = adapter.spec, adapter.spec.training, base.spec
+    root = DATA_MOUNT if t.dataset.persistent_volume_claim else store_mount
+    args = ["loraplane", "train", "--method", t.method,
+            "--base", f"{bspec.owner}/{bspec.store_name}@{bspec.version}",
+            "--verify-base", t.verify_base, "--device", t.device,
+            "--store-root", store_mount, "--owner", t.owner,
+            "--name", adapter_store_name(adapter), "--version", spec.version, "--task", spec.task,
             "--publish"]
-    for p in data["paths"]:
+    for p in t.dataset.paths:
         args += ["--dataset", f"{root.rstrip('/')}/{p}"]
-    h = t.get("hyperparameters") or {}
+    h = as_read(t.hyperparameters)  # camelCase keys, as written in the spec
     for key in sorted(h):
         v = h[key]
         if v is None:
@@ -147,44 +149,26 @@ def train_args(adapter: dict, base: dict, store_mount: str) -> list[str]:
     return args
 
 
-def training_job(adapter: dict, base: dict, name: str, node: str, gpu: int, need_mib: int, image: str,
-                 pod_annotations: dict | None = None) -> dict:
-    meta, t = adapter["metadata"], adapter["spec"]["training"]
-    store = base["spec"]["store"]
-    mount = store.get("mountPath", "/models")
-    owner_label = f"adapter.{meta['name']}"
+def training_job(adapter: AdapterResource, base: BaseModelResource, name: str, node: str, gpu: int, need_mib: int,
+                 image: str, pod_annotations: dict | None = None) -> dict:
+    t = adapter.spec.training
+    store = base.spec.store
+    mount = store.mount_path
+    owner_label = f"adapter.{adapter.name}"
     labels = {OWNER_LABEL: owner_label, **MANAGED_BY}
-    job_labels = {**labels, GENERATION_LABEL: str(meta.get("generation") or 0)}
-    pod_labels = {**labels, TRAINING_LABEL: meta["name"], "app.kubernetes.io/name": "loraplane-trainer"}
-    reservation = {"node": node, "gpu": gpu, "vramMiB": need_mib, "variant": f"training-{t.get('method', 'qlora')}"}
-    res = t.get("resources") or {}
-    volume = store_volume(store)
-    if "persistentVolumeClaim" in volume:  # the trainer publishes: the store is mounted read-write
-        volume["persistentVolumeClaim"]["readOnly"] = False
-    tmp, tmp_mount = tmp_volume()
-    volumes, mounts = [volume, tmp], [{"name": "model-store", "mountPath": mount}, tmp_mount]
-    claim = (t["dataset"].get("persistentVolumeClaim") or {}).get("claimName")
-    if claim:
-        volumes.append({"name": "dataset", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
-        mounts.append({"name": "dataset", "mountPath": DATA_MOUNT, "readOnly": True})
-    env = [
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        {"name": "MODEL_STORE_ROOT", "value": mount},
-        {"name": "NVIDIA_VISIBLE_DEVICES", "value": str(gpu)},
-        {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"},
-        {"name": "PYTHONUNBUFFERED", "value": "1"},
-        *WRITABLE_ENV, *OFFLINE_ENV,
-    ]
+    job_labels = {**labels, GENERATION_LABEL: str(adapter.generation or 0)}
+    pod_labels = {**labels, TRAINING_LABEL: adapter.name, "app.kubernetes.io/name": "loraplane-trainer"}
+    reservation = {"node": node, "gpu": gpu, "vramMiB": need_mib, "variant": f"training-{t.method}"}
+    volumes, mounts = _trainer_volumes(t, store, mount)
     return {
         "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": name, "namespace": meta["namespace"], "labels": job_labels,
+        "metadata": {"name": name, "namespace": adapter.namespace, "labels": job_labels,
                      "annotations": {RESERVATION_ANNOTATION: json.dumps(reservation, sort_keys=True,
                                                                         separators=(",", ":"))},
-                     "ownerReferences": [owner_ref(adapter)]},
+                     "ownerReferences": [owner_ref_of(adapter)]},
         "spec": {
-            "backoffLimit": int(t.get("backoffLimit", 2)),
-            "activeDeadlineSeconds": int(t.get("activeDeadlineSeconds", 86400)),
+            "backoffLimit": t.backoff_limit,
+            "activeDeadlineSeconds": t.active_deadline_seconds,
             # Exit 2 is a bad config or dataset: fail the Job at once. Evictions/drains (the trainer
             # checkpointed on SIGTERM) do not count against backoffLimit.
             "podFailurePolicy": {"rules": [
@@ -199,25 +183,15 @@ def training_job(adapter: dict, base: dict, name: str, node: str, gpu: int, need
                     GPU_ANNOTATION: str(gpu)}},
                 "spec": {
                     "restartPolicy": "Never",
-                    "serviceAccountName": t.get("serviceAccountName") or WORKLOAD_SERVICE_ACCOUNT,
+                    "serviceAccountName": t.service_account_name or WORKLOAD_SERVICE_ACCOUNT,
                     "terminationGracePeriodSeconds": 300,  # finish the step and checkpoint on SIGTERM
                     "enableServiceLinks": False,
                     "securityContext": pod_security(),
                     "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
                         "nodeSelectorTerms": [{"matchFields": [
                             {"key": "metadata.name", "operator": "In", "values": [node]}]}]}}},
-                    "tolerations": [{k: v for k, v in tol.items() if v is not None}
-                                    for tol in (t.get("gpu") or {}).get("tolerations") or []],
-                    "containers": [{
-                        "name": "trainer",
-                        "image": t.get("image") or image,
-                        "args": train_args(adapter, base, mount),  # the image's ENTRYPOINT (tini) stays
-                        "securityContext": container_security(),
-                        "env": env,
-                        "terminationMessagePolicy": "FallbackToLogsOnError",
-                        "resources": {"requests": {"cpu": res.get("cpu", "4"), "memory": res.get("memory", "32Gi")}},
-                        "volumeMounts": mounts,
-                    }],
+                    "tolerations": [dump(tol) for tol in t.gpu.tolerations],
+                    "containers": [_trainer_container(adapter, base, mount, gpu, mounts, image)],
                     "volumes": volumes,
                 },
             },
@@ -225,12 +199,49 @@ def training_job(adapter: dict, base: dict, name: str, node: str, gpu: int, need
     }
 
 
-def placement_request(adapter: dict, need_mib: int) -> pl.Request:
-    meta = adapter["metadata"]
-    gpu = adapter["spec"]["training"].get("gpu") or {}
-    fake = {"metadata": {"namespace": meta["namespace"], "name": f"train-{meta['name']}"}, "spec": {"gpu": gpu}}
-    method = adapter["spec"]["training"].get("method", "qlora")
-    return request_for(fake, f"{meta['namespace']}/{train_job_name(adapter)}", ((f"training-{method}", need_mib),))
+def _trainer_volumes(t: TrainingSpec, store: StoreVolume, mount: str) -> tuple[list[dict], list[dict]]:
+    """The store (read-write: the trainer publishes), /tmp, and the dataset's claim if it has one."""
+    volume = store_volume(store)
+    if "persistentVolumeClaim" in volume:  # the trainer publishes: the store is mounted read-write
+        volume["persistentVolumeClaim"]["readOnly"] = False
+    tmp, tmp_mount = tmp_volume()
+    volumes, mounts = [volume, tmp], [{"name": "model-store", "mountPath": mount}, tmp_mount]
+    claim = t.dataset.persistent_volume_claim.claim_name if t.dataset.persistent_volume_claim else None
+    if claim:
+        volumes.append({"name": "dataset", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": "dataset", "mountPath": DATA_MOUNT, "readOnly": True})
+    return volumes, mounts
+
+
+def _trainer_container(adapter: AdapterResource, base: BaseModelResource, mount: str, gpu: int, mounts: list[dict],
+                       image: str) -> dict:
+    t = adapter.spec.training
+    res = t.resources
+    env = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "MODEL_STORE_ROOT", "value": mount},
+        {"name": "NVIDIA_VISIBLE_DEVICES", "value": str(gpu)},
+        {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        *WRITABLE_ENV, *OFFLINE_ENV,
+    ]
+    return {
+        "name": "trainer",
+        "image": t.image or image,
+        "args": train_args(adapter, base, mount),  # the image's ENTRYPOINT (tini) stays
+        "securityContext": container_security(),
+        "env": env,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": {"requests": {"cpu": res.cpu, "memory": res.memory}},
+        "volumeMounts": mounts,
+    }
+
+
+def placement_request(adapter: AdapterResource, need_mib: int) -> pl.Request:
+    t, ns = adapter.spec.training, adapter.namespace
+    return request_for(t.gpu, f"{ns}/train-{adapter.name}", f"{ns}/{train_job_name(adapter)}",
+                       ((f"training-{t.method}", need_mib),))
 
 
 def pending_reservation_pod(job: dict) -> dict:
@@ -350,9 +361,9 @@ class TrainPlan:
     events: list[tuple[str, str, str]] = field(default_factory=list)
 
 
-def _status(adapter: dict) -> dict:
-    st = dict(adapter.get("status") or {})
-    gen = adapter["metadata"].get("generation")
+def _status(adapter: AdapterResource) -> dict:
+    st = as_read(adapter.status)
+    gen = adapter.generation
     if st.get("observedGeneration") != gen:  # the spec changed: start over
         st.update(phase="Pending", attempts=0, nextRetry=None, job=None, checksum=None)
         st["training"] = {}
@@ -361,9 +372,9 @@ def _status(adapter: dict) -> dict:
     return st
 
 
-def _set(adapter: dict, st: dict, now: dt.datetime, phase: str, reason: str, message: str, *,
+def _set(adapter: AdapterResource, st: dict, now: dt.datetime, phase: str, reason: str, message: str, *,
          ready=False, progressing=True, degraded=False) -> dict:
-    gen = adapter["metadata"].get("generation")
+    gen = adapter.generation
     st.update(phase=phase, observedGeneration=gen)
     st["conditions"] = triple(st.get("conditions") or [], ready=(ready, reason, message),
                               progressing=(progressing, reason, message),
@@ -372,9 +383,9 @@ def _set(adapter: dict, st: dict, now: dt.datetime, phase: str, reason: str, mes
     return st
 
 
-def plan_training(adapter: dict, base: dict | None, jobs: list[TrainJob], now: dt.datetime) -> TrainPlan:
-    meta = adapter["metadata"]
-    gen = meta.get("generation") or 0
+def plan_training(adapter: AdapterResource, base: BaseModelResource | InvalidObject | None, jobs: list[TrainJob],
+                  now: dt.datetime) -> TrainPlan:
+    gen = adapter.generation or 0
     st = _status(adapter)
     name = train_job_name(adapter)
     plan = TrainPlan(status=st)
@@ -385,43 +396,10 @@ def plan_training(adapter: dict, base: dict | None, jobs: list[TrainJob], now: d
         return plan
     job = next((j for j in jobs if j.name == name), None)
     if job is None:
-        if st.get("phase") == "Failed" and st.get("observedGeneration") == gen:
-            return plan  # terminal for this generation (the Job may have been cleaned up by its TTL)
-        if base is None:
-            _set(adapter, st, now, "Pending", "BaseModelMissing",
-                 f"BaseModel {adapter['spec']['baseModelRef']} not found in this namespace")
-            plan.requeue_after = 15
-            return plan
-        if (base.get("status") or {}).get("phase") != "Ready":
-            _set(adapter, st, now, "Pending", "WaitingForBaseModel",
-                 f"BaseModel {adapter['spec']['baseModelRef']} is not Ready")
-            plan.requeue_after = 10
-            return plan
-        variants = {v["name"]: int(v["vramMiB"]) for v in base["status"].get("variants") or []}
-        try:
-            plan.need = derive_need(adapter["spec"]["training"], variants)
-        except ValueError as e:
-            _set(adapter, st, now, "Failed", "NeedUnknown", str(e), progressing=False, degraded=True)
-            plan.events.append(("Warning", "NeedUnknown", str(e)))
-            return plan
-        st["training"]["needMiB"] = plan.need.mib
-        plan.place = True
-        return plan
+        return _before_job(adapter, base, plan, now)
     st["training"] = fold_progress(st["training"], job)
     if job.phase == "Running":
-        p = st["training"]
-        where = f"{p.get('node')}/gpu{p.get('gpu')}" if p.get("node") else "its GPU"
-        if p.get("totalSteps"):
-            msg = f"Job {name} on {where}: step {p.get('step')}/{p['totalSteps']}"
-            if p.get("loss") is not None:
-                msg += f", loss {p['loss']:.4g}"
-            if p.get("etaSeconds") is not None:
-                msg += f", ETA {p['etaSeconds']:.0f}s"
-        else:
-            msg = f"Job {name} on {where}: {p.get('phase') or 'starting'}"
-        if job.failed_pods:
-            msg += f" ({job.failed_pods} pod(s) failed; resumed from the last checkpoint)"
-        _set(adapter, st, now, "Training", "Training", msg)
+        _set(adapter, st, now, "Training", "Training", _running_message(name, st["training"], job))
         plan.requeue_after = 15
         return plan
     if job.phase == "Failed":
@@ -440,7 +418,51 @@ def plan_training(adapter: dict, base: dict | None, jobs: list[TrainJob], now: d
     return plan
 
 
-def placed(adapter: dict, plan: TrainPlan, decision: pl.Decision, now: dt.datetime) -> TrainPlan:
+def _before_job(adapter: AdapterResource, base: BaseModelResource | InvalidObject | None, plan: TrainPlan,
+                now: dt.datetime) -> TrainPlan:
+    """No Job for this generation yet: wait for the BaseModel, derive the VRAM need, ask for placement."""
+    st, gen, ref = plan.status, adapter.generation or 0, adapter.spec.base_model_ref
+    if st.get("phase") == "Failed" and st.get("observedGeneration") == gen:
+        return plan  # terminal for this generation (the Job may have been cleaned up by its TTL)
+    if base is None or isinstance(base, InvalidObject):
+        why = "not found in this namespace" if base is None else f"is invalid: {base.message}"
+        _set(adapter, st, now, "Pending", "BaseModelMissing" if base is None else "BaseModelInvalid",
+             f"BaseModel {ref} {why}")
+        plan.requeue_after = 15
+        return plan
+    if base.status.phase != "Ready":
+        _set(adapter, st, now, "Pending", "WaitingForBaseModel", f"BaseModel {ref} is not Ready")
+        plan.requeue_after = 10
+        return plan
+    variants = {v.name: int(v.vram_mib) for v in base.status.variants}
+    try:
+        plan.need = derive_need(adapter.spec.training, variants)
+    except ValueError as e:
+        _set(adapter, st, now, "Failed", "NeedUnknown", str(e), progressing=False, degraded=True)
+        plan.events.append(("Warning", "NeedUnknown", str(e)))
+        return plan
+    st["training"]["needMiB"] = plan.need.mib
+    plan.place = True
+    return plan
+
+
+def _running_message(name: str, p: dict, job: TrainJob) -> str:
+    """Progress of a running Job, from its pod's progress annotation."""
+    where = f"{p.get('node')}/gpu{p.get('gpu')}" if p.get("node") else "its GPU"
+    if p.get("totalSteps"):
+        msg = f"Job {name} on {where}: step {p.get('step')}/{p['totalSteps']}"
+        if p.get("loss") is not None:
+            msg += f", loss {p['loss']:.4g}"
+        if p.get("etaSeconds") is not None:
+            msg += f", ETA {p['etaSeconds']:.0f}s"
+    else:
+        msg = f"Job {name} on {where}: {p.get('phase') or 'starting'}"
+    if job.failed_pods:
+        msg += f" ({job.failed_pods} pod(s) failed; resumed from the last checkpoint)"
+    return msg
+
+
+def placed(adapter: AdapterResource, plan: TrainPlan, decision: pl.Decision, now: dt.datetime) -> TrainPlan:
     """Status after the Job was created on ``decision``'s GPU."""
     st = plan.status
     st["training"].update(job=train_job_name(adapter), node=decision.node, gpu=decision.gpu,
@@ -452,7 +474,7 @@ def placed(adapter: dict, plan: TrainPlan, decision: pl.Decision, now: dt.dateti
     return plan
 
 
-def unplaced(adapter: dict, plan: TrainPlan, decision: pl.Decision, now: dt.datetime) -> TrainPlan:
+def unplaced(adapter: AdapterResource, plan: TrainPlan, decision: pl.Decision, now: dt.datetime) -> TrainPlan:
     st = plan.status
     msg = f"no GPU has room for training ({plan.need.detail}): {decision.message}"
     before = next((c for c in st.get("conditions") or [] if c.get("type") == "Progressing"), {})
@@ -463,13 +485,15 @@ def unplaced(adapter: dict, plan: TrainPlan, decision: pl.Decision, now: dt.date
     return plan
 
 
-def verify_view(adapter: dict) -> dict:
-    """The Adapter as ``resolve_core.plan_adapter`` sees it once trained: a ``source`` Adapter
-    naming the version the trainer published."""
-    spec = {k: v for k, v in adapter["spec"].items() if k != "training"}
-    t = adapter["spec"]["training"]
-    spec["source"] = {"owner": t.get("owner", "default"), "storeName": adapter_store_name(adapter)}
-    return {**adapter, "spec": spec}
+def verify_view(adapter: AdapterResource, status: dict) -> AdapterResource:
+    """The Adapter as ``resolve.plan_adapter`` sees it once trained: a ``source`` Adapter
+    naming the version the trainer published, with the status this pass computed (a null
+    there deletes a key by merge patch; one the Adapter status does not model is dropped)."""
+    source = AdapterSource(owner=adapter.spec.training.owner, storeName=adapter_store_name(adapter))
+    spec = adapter.spec.model_copy(update={"training": None, "source": source})
+    known = {f.alias or n for n, f in AdapterStatus.model_fields.items()}
+    st = AdapterStatus.model_validate({k: v for k, v in status.items() if v is not None or k in known})
+    return adapter.model_copy(update={"spec": spec, "status": st})
 
 
 def describe(args: list[str]) -> str:

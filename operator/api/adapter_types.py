@@ -1,7 +1,7 @@
 """Adapter: one version of one task's LoRA adapter on one BaseModel.
 
 An Adapter comes from the ModelStore (``source``) or from a training Job
-(``training``, see ``training_types`` and ``training_core``). The operator verifies the stored manifest and
+(``training``, see ``training_types`` and ``core.training``). The operator verifies the stored manifest and
 checks that the adapter was trained on exactly the BaseModel's checksum.
 """
 

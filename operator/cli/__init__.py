@@ -1,0 +1,1 @@
+"""Entry points: ``loraplane operator run|crds`` and the kubectl plugin."""

@@ -1,0 +1,361 @@
+"""Pure reconcile core for a WorkerPool.
+
+Given the pool, its BaseModel, the Adapters it routes to (all three parsed:
+``api.resources``), its own Pods, the
+GPU nodes and every reservation in the cluster, decide: the desired-state
+document for the workers, the Pods to create (placed by ``placement``) and
+to delete, and the status. The handler applies the plan; running it twice on
+the same world gives the same plan, which is what makes an operator killed
+mid-reconcile safe (stable Pod names turn a repeated create into a 409).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+
+from loraplane.contracts.desired import STATUS_ANNOTATION, AdapterRef, BaseRef, DesiredState, RouteBackend
+
+from . import placement as pl
+from ..api.common_types import StoreVolume
+from ..api.conditions import triple
+from ..api.names import SPEC_HASH_ANNOTATION, ordinal_of
+from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, WorkerPoolResource, as_read
+from ..api.training_types import TrainingGpu
+from ..api.workerpool_types import GpuSelection
+from .inventory import pod_done, reservation_of
+from .manifests import selector, worker_pod, worker_spec_hash
+
+#: An Adapter as the pool core gets it: parsed, or what is wrong with it.
+AdapterIn = AdapterResource | InvalidObject
+
+
+@dataclass
+class PoolPlan:
+    status: dict
+    desired_json: str | None = None
+    create: list[dict] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    requeue_after: float | None = None
+
+
+def _ready(pod: dict) -> bool:
+    conds = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+
+
+def worker_report(pod: dict) -> dict:
+    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(STATUS_ANNOTATION)
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return {}
+
+
+def request_for(gpu: GpuSelection | TrainingGpu, holder_pool: str, worker: str, needs: tuple) -> pl.Request:
+    """A placement request for ``worker`` (``<ns>/<pod>``) of ``holder_pool`` (``<ns>/<pool>``)
+    under the eligibility rules of a pool's (or a training Job's) ``gpu`` block."""
+    tolerations = tuple(pl.Toleration(t.key, t.operator, t.value, t.effect) for t in gpu.tolerations)
+    affinity = tuple(tuple(pl.Requirement(r.key, r.operator, tuple(r.values)) for r in term.match_expressions)
+                     for term in gpu.node_affinity)
+    return pl.Request(worker=worker, needs=needs, pool=holder_pool, policy=gpu.policy, product=gpu.product,
+                      min_memory_mib=gpu.min_memory_mib, node_selector=tuple(sorted(gpu.node_selector.items())),
+                      affinity=affinity, tolerations=tolerations)
+
+
+#: VRAM reserved for a routed adapter that is not verified yet (its size is
+#: unknown): a rank-16 all-linear Mistral-7B adapter is 84 MB, rank 64 ~336 MB.
+PENDING_ADAPTER_MIB = 256
+
+
+def _adapter_ref(name: str, a: AdapterResource) -> AdapterRef:
+    # A trained Adapter names its store identity in spec.training (same keys, same defaults).
+    src = a.spec.source or a.spec.training
+    return AdapterRef(name=name, owner=src.owner if src else "default",
+                      storeName=(src.store_name if src else None) or name,
+                      version=a.spec.version, checksum=a.status.checksum or "", task=a.spec.task)
+
+
+def _unservable(name: str, a: AdapterIn | None, base: BaseModelResource, where: str) -> str | None:
+    """Why ``a`` cannot be in the desired document (None: it can)."""
+    if a is None:
+        return f"adapter {name} ({where}) not found"
+    if isinstance(a, InvalidObject):
+        return f"adapter {name} ({where}) is invalid: {a.message}"
+    if a.status.phase != "Ready":
+        return f"adapter {name} ({where}) is {a.status.phase or 'Pending'}"
+    if a.spec.base_model_ref != base.name:
+        return f"adapter {name} is for BaseModel {a.spec.base_model_ref}"
+    return None
+
+
+def compose_desired(pool: WorkerPoolResource, base: BaseModelResource, adapters: dict[str, AdapterIn],
+                    variant: str, routing: tuple[dict[str, dict[str, int]], set[str]] | None = None):
+    """(DesiredState, adapter VRAM MiB, problems) from the Ready adapters the
+    routes name. The VRAM also counts routed adapters that exist but are not
+    Ready yet (their ``vramMiB`` if known, else ``PENDING_ADAPTER_MIB``), so
+    workers placed before an adapter is verified have room to load it.
+
+    ``routing`` = (effective routes, adapters to keep) from ``routing``:
+    the document then carries those weights (load before route) and holds
+    every kept adapter (a canary before it gets weight, a drained one until
+    its drain period ends) instead of the spec's routes as they are."""
+    problems, refs, vram = [], {}, 0
+    pending: set[str] = set()
+    routes: dict[str, list[RouteBackend]] = {}
+    for task, backends in sorted(pool.spec.routes.items()):
+        kept = []
+        for b in backends:
+            a = adapters.get(b.adapter)
+            why = _unservable(b.adapter, a, base, f"route {task}")
+            if why and isinstance(a, AdapterResource) and a.status.phase != "Ready":
+                if b.adapter not in pending:
+                    pending.add(b.adapter)
+                    vram += int(a.status.vram_mib or PENDING_ADAPTER_MIB)
+            if why:
+                problems.append(why)
+                continue
+            if b.adapter not in refs:
+                refs[b.adapter] = _adapter_ref(b.adapter, a)
+                vram += int(a.status.vram_mib or 0)
+            kept.append(RouteBackend(adapter=b.adapter, weight=b.weight))
+        if kept:
+            routes[task] = kept
+    if routing is not None:
+        weights, keep = routing
+        for name in sorted((set(keep) | {x for r in weights.values() for x in r}) - set(refs) - pending):
+            a = adapters.get(name)
+            if _unservable(name, a, base, "rollout") is not None:
+                if isinstance(a, AdapterResource) and a.status.phase != "Ready":
+                    problems.append(f"adapter {name} (rollout) is {a.status.phase or 'Pending'}")
+                continue
+            refs[name] = _adapter_ref(name, a)
+            vram += int(a.status.vram_mib or 0)
+        routes = {t: [RouteBackend(adapter=x, weight=w) for x, w in r.items() if x in refs and w > 0]
+                  for t, r in sorted(weights.items())}
+        routes = {t: r for t, r in routes.items() if r}
+    desired = DesiredState(
+        pool=pool.name, generation=pool.generation or 0,
+        base=BaseRef(owner=base.spec.owner, name=base.spec.store_name, version=base.spec.version,
+                     checksum=base.status.checksum or "", variant=variant),
+        adapters=list(refs.values()), routes=routes)
+    return desired, vram, problems
+
+
+def _worker_status(pod: dict) -> dict:
+    r = reservation_of(pod)
+    rep = worker_report(pod)
+    out = {"pod": pod["metadata"]["name"], "phase": (pod.get("status") or {}).get("phase") or "Pending",
+           "ready": _ready(pod) and rep.get("ready", True) is not False,
+           "loaded": list(rep.get("loaded") or []), "failed": dict(rep.get("failed") or {})}
+    if r is not None:
+        out.update(node=r.node, gpu=r.gpu, vramMiB=r.mib)
+        res = json.loads(pod["metadata"]["annotations"]["loraplane.io/reservation"])
+        out["variant"] = rep.get("variant") or res.get("variant")
+    return out
+
+
+@dataclass
+class _Sizing:
+    """What the pool's workers need, once its BaseModel is Ready."""
+
+    prefs: list[str]  # offered variants in the pool's order of preference
+    needs: tuple[tuple[str, int], ...]  # (variant, MiB per worker), preferred first
+    desired: DesiredState
+    problems: list[str]  # routed adapters that cannot be served
+    notes: list[str] = field(default_factory=list)  # for the Ready message
+
+
+def plan_pool(pool: WorkerPoolResource, base: BaseModelResource | InvalidObject | None,
+              adapters: dict[str, AdapterIn], pods: list[dict], nodes: list[pl.NodeInfo],
+              reservations: list[pl.Reservation], image: str, now: dt.datetime,
+              routing: tuple[dict[str, dict[str, int]], set[str]] | None = None) -> PoolPlan:
+    name, ns = pool.name, pool.namespace
+    replicas = pool.spec.replicas
+    mine = [p for p in pods if ordinal_of(p["metadata"]["name"], name) is not None]
+    live = [p for p in mine if not pod_done(p) and not p["metadata"].get("deletionTimestamp")]
+    status = _observed_status(pool, live)
+    sizing = _size(pool, base, adapters, routing)
+    if isinstance(sizing, tuple):
+        return _blocked(pool, status, replicas - len(live), now, *sizing)
+    status.update(variant=sizing.prefs[0], needMiB=sizing.needs[0][1])
+    store = pool.spec.store or base.spec.store
+    plan = PoolPlan(status=status, desired_json=sizing.desired.to_json())
+    live = _drop_finished(plan, mine, live, nodes)
+    reservations = _scale_down(plan, ns, live, replicas, nodes, reservations)
+    live = [p for p in live if p["metadata"]["name"] not in plan.delete]
+    _replace_outdated(plan, pool, live, replicas, image, store, sizing.prefs[0])
+    unplaced = _scale_up(plan, pool, mine, live, replicas, nodes, reservations, sizing, image, store)
+    _set_conditions(plan, pool, live, replicas, unplaced, sizing, now)
+    plan.events = _merge_events(plan.events)
+    return plan
+
+
+def _observed_status(pool: WorkerPoolResource, live: list[dict]) -> dict:
+    """The status fields that only describe what is there: selector, pods, workers."""
+    name = pool.name
+    return {"selector": selector(name), "observedGeneration": pool.generation,
+            "conditions": [as_read(c) for c in pool.status.conditions],
+            "replicas": len(live), "readyReplicas": sum(1 for p in live if _ready(p)),
+            "workers": sorted((_worker_status(p) for p in live), key=lambda w: ordinal_of(w["pod"], name))}
+
+
+def _blocked(pool: WorkerPoolResource, status: dict, missing: int, now: dt.datetime, reason: str,
+             message: str) -> PoolPlan:
+    """No workers can be planned (no BaseModel, not Ready, no variant): say why, once."""
+    status["conditions"] = triple(status["conditions"], ready=(False, reason, message),
+                                  progressing=(True, reason, message), degraded=(True, reason, message),
+                                  generation=pool.generation, now=now)
+    status["unplaced"] = max(0, missing)
+    before = next((c for c in pool.status.conditions if c.type == "Ready"), None)
+    events = [] if before and before.reason == reason else [("Warning", reason, message)]  # no event spam
+    return PoolPlan(status=status, requeue_after=15, events=events)
+
+
+def _size(pool: WorkerPoolResource, base: BaseModelResource | InvalidObject | None,
+          adapters: dict[str, AdapterIn],
+          routing: tuple[dict[str, dict[str, int]], set[str]] | None) -> _Sizing | tuple[str, str]:
+    """Variant and VRAM per worker, and the desired document; or (reason,
+    message) when the BaseModel does not allow any."""
+    spec = pool.spec
+    if base is None:
+        return "BaseModelMissing", f"BaseModel {spec.base_model_ref} not found"
+    if isinstance(base, InvalidObject):
+        return "BaseModelInvalid", f"BaseModel {spec.base_model_ref} is invalid: {base.message}"
+    if base.status.phase != "Ready":
+        return "WaitingForBaseModel", f"BaseModel {spec.base_model_ref} is not Ready"
+    offered = {v.name: int(v.vram_mib) for v in base.status.variants}
+    prefs = [v for v in spec.variants if v in offered]
+    if not prefs:
+        return "NoVariant", (f"none of spec.variants {spec.variants} is offered by BaseModel "
+                             f"{spec.base_model_ref} (offers {sorted(offered)})")
+    desired, adapters_mib, problems = compose_desired(pool, base, adapters, prefs[0], routing)
+    extra = adapters_mib + spec.gpu.kv_cache_mib + spec.gpu.headroom_mib
+    sizing = _Sizing(prefs=prefs, needs=tuple((v, offered[v] + extra) for v in prefs), desired=desired,
+                     problems=problems)
+    declared_pref = spec.variants[0]
+    if prefs[0] != declared_pref:
+        sizing.notes.append(f"{declared_pref} not offered by the BaseModel; using {prefs[0]}")
+    return sizing
+
+
+def _drop_finished(plan: PoolPlan, mine: list[dict], live: list[dict], nodes: list[pl.NodeInfo]) -> list[dict]:
+    """Delete finished pods and those on nodes that are gone; the live rest."""
+    node_names = {n.name for n in nodes}
+    for p in mine:
+        r = reservation_of(p)
+        if p["metadata"].get("deletionTimestamp"):
+            continue
+        if pod_done(p) or (r is not None and r.node not in node_names):
+            plan.delete.append(p["metadata"]["name"])
+    return [p for p in live if p["metadata"]["name"] not in plan.delete]
+
+
+def _scale_down(plan: PoolPlan, ns: str, live: list[dict], replicas: int, nodes: list[pl.NodeInfo],
+                reservations: list[pl.Reservation]) -> list[pl.Reservation]:
+    """Remove the workers whose removal leaves the least stranded VRAM; the reservations left."""
+    while len(live) > replicas:
+        holders = [f"{ns}/{p['metadata']['name']}" for p in live]
+        victim = pl.choose_removal(nodes, reservations, holders).split("/", 1)[1]
+        plan.delete.append(victim)
+        reservations = [r for r in reservations if r.holder != f"{ns}/{victim}"]
+        live = [p for p in live if p["metadata"]["name"] != victim]
+        plan.events.append(("Normal", "ScaledDown", f"removed worker {victim} (least fragmentation)"))
+    return reservations
+
+
+def _replace_outdated(plan: PoolPlan, pool: WorkerPoolResource, live: list[dict], replicas: int, image: str,
+                      store: StoreVolume, variant: str) -> None:
+    """Rolling replacement of pods whose image/store/variant/resources changed:
+    one at a time, and only while every worker is Ready."""
+    name = pool.name
+    if len(live) != replicas or not all(_ready(p) for p in live):
+        return
+    for p in sorted(live, key=lambda p: ordinal_of(p["metadata"]["name"], name)):
+        res = json.loads(p["metadata"]["annotations"].get("loraplane.io/reservation", "{}"))
+        want = worker_spec_hash(pool.spec, image, store, res.get("variant", variant))
+        if p["metadata"]["annotations"].get(SPEC_HASH_ANNOTATION) != want:
+            plan.delete.append(p["metadata"]["name"])
+            plan.events.append(("Normal", "Replacing", f"worker {p['metadata']['name']} has an outdated spec"))
+            break
+
+
+def _free_ordinals(name: str, mine: list[dict], delete: list[str], count: int) -> list[int]:
+    """The ``count`` lowest ordinals no kept or terminating pod holds."""
+    taken = {ordinal_of(p["metadata"]["name"], name) for p in mine if p["metadata"]["name"] not in delete}
+    taken |= {ordinal_of(p["metadata"]["name"], name) for p in mine if p["metadata"].get("deletionTimestamp")}
+    ordinals, o = [], 0
+    while len(ordinals) < count:
+        if o not in taken:
+            ordinals.append(o)
+        o += 1
+    return ordinals
+
+
+def _scale_up(plan: PoolPlan, pool: WorkerPoolResource, mine: list[dict], live: list[dict], replicas: int,
+              nodes: list[pl.NodeInfo], reservations: list[pl.Reservation], sizing: _Sizing, image: str,
+              store: StoreVolume) -> list[str]:
+    """Create (placed one after another) the missing workers; the messages of those left unplaced."""
+    name, ns = pool.name, pool.namespace
+    missing = replicas - len([p for p in live if p["metadata"]["name"] not in plan.delete])
+    ordinals = _free_ordinals(name, mine, plan.delete, missing)
+    requests = [request_for(pool.spec.gpu, f"{ns}/{name}", f"{ns}/{name}-{o}", sizing.needs) for o in ordinals]
+    unplaced = []
+    fallbacks = 0
+    for o, d in zip(ordinals, pl.place(nodes, reservations, requests)):
+        if not d.placed:
+            unplaced.append(d.message)
+            continue
+        fallbacks += d.fallback is not None
+        plan.create.append(worker_pod(pool, o, d.node, d.gpu, d.need_mib, d.variant, image, store))
+        plan.events.append(("Normal", "Placed", f"worker {name}-{o} on {d.node}/gpu{d.gpu} "
+                            f"({pl.gib(d.need_mib)}, {d.variant})" + (f"; {d.fallback}" if d.fallback else "")))
+    preferred = sizing.prefs[0]
+    fallbacks += sum(1 for w in plan.status["workers"] if w.get("variant") and w["variant"] != preferred)
+    if fallbacks:
+        sizing.notes.append(f"{fallbacks} worker(s) fell back from {preferred} to a later variant for lack of VRAM")
+    plan.status["unplaced"] = len(unplaced)
+    return unplaced
+
+
+def _set_conditions(plan: PoolPlan, pool: WorkerPoolResource, live: list[dict], replicas: int, unplaced: list[str],
+                    sizing: _Sizing, now: dt.datetime) -> None:
+    """Ready, Progressing and Degraded from what this pass planned, and when to look again."""
+    status = plan.status
+    ready_n = status["readyReplicas"]
+    if unplaced:
+        prev = next((c for c in status["conditions"] if c.get("type") == "Progressing"), {})
+        if prev.get("reason") != "Unplaceable" or str(len(unplaced)) not in prev.get("message", "")[:4]:
+            plan.events.append(("Warning", "FailedPlacement", f"{len(unplaced)} worker(s) unplaced: {unplaced[0]}"))
+        plan.requeue_after = 15
+        progressing = (True, "Unplaceable", f"{len(unplaced)} of {replicas} worker(s) unplaced: {unplaced[0]}")
+    elif plan.create or plan.delete or ready_n < replicas or len(live) != replicas:
+        progressing = (True, "Reconciling", f"{ready_n}/{replicas} workers ready")
+        plan.requeue_after = 5
+    else:
+        progressing = (False, "Stable", f"{ready_n}/{replicas} workers ready")
+    failed_adapters = sorted({f"{w['pod']}: {k}: {v}" for w in status["workers"] for k, v in w["failed"].items()})
+    degraded_msgs = sizing.problems + failed_adapters
+    degraded = (True, "AdaptersUnavailable", "; ".join(degraded_msgs)[:1000]) if degraded_msgs else \
+        (False, "AsExpected", "")
+    is_ready = not unplaced and ready_n >= replicas and not plan.create and not degraded_msgs and \
+        len(live) == replicas
+    ready_msg = "; ".join([f"{ready_n}/{replicas} workers ready"] + sizing.notes)
+    ready = (is_ready, "AllWorkersReady" if is_ready else progressing[1] if progressing[0] else degraded[1],
+             ready_msg)
+    status["conditions"] = triple(status["conditions"], ready=ready, progressing=progressing, degraded=degraded,
+                                  generation=pool.generation, now=now)
+
+
+def _merge_events(events: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """One Event per (type, reason) per pass: a 20-worker scale-up posts one
+    ``Placed`` Event listing the workers, not 20 API writes."""
+    merged: dict[tuple[str, str], list[str]] = {}
+    for type_, reason, message in events:
+        merged.setdefault((type_, reason), []).append(message)
+    return [(t, r, msgs[0] if len(msgs) == 1 else f"{len(msgs)}: " + "; ".join(msgs))
+            for (t, r), msgs in merged.items()]

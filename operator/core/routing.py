@@ -1,0 +1,245 @@
+"""Routes of one WorkerPool pass: rollouts, load before route, revisions. Pure.
+
+The glue between the pure rollout pieces (``rollout``, ``routing_policy``,
+``revisions``, ``analysis``) and the WorkerPool reconcile pass, following the
+integration contract in docs/rollouts.md. Input: the pool (spec, status,
+annotations), what each ready worker reports as loaded, the workers' metrics
+(when a rollout needs them) and the clock. Output: the effective routes and
+adapter set for the desired ConfigMap, the status fields, Events and the
+transitions to count.
+
+Why a separate pure module: every decision a rollout makes must survive an
+operator restart, so all of it is computed from what the API holds
+(``status.rollouts``, ``status.effectiveRoutes``, ``status.draining``,
+``status.revisions``) plus the clock; calling ``plan_routing`` twice on the
+same inputs gives the same plan.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from . import analysis, revisions, rollout, routing_policy
+from ..api.resources import WorkerPoolResource, as_read
+from ..api.rollout_types import (
+    CHANGE_CAUSE_ANNOTATION, COMMAND_ANNOTATION, Phase, Revision, RolloutCommand, RolloutSpec, RolloutState,
+)
+
+#: How long a backend whose effective weight reached 0 stays loaded (requests
+#: routed just before the workers saw the new ConfigMap may still be running).
+DRAIN_SECONDS = 60.0
+#: Longest pause between passes while a rollout is progressing (time drives steps).
+ROLLOUT_REQUEUE_SECONDS = 15.0
+
+Routes = routing_policy.Routes
+
+
+@dataclass
+class RoutingPlan:
+    #: task -> {adapter: weight} the workers get (zero weights left out)
+    worker_routes: Routes
+    #: adapters the workers must hold: load before route + draining
+    keep: set[str]
+    #: status fields to merge (dict fields carry ``None`` for keys to delete: status is merge-patched)
+    status: dict
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    #: (task, reason) per rollout Event, for the transitions counter
+    transitions: list[tuple[str, str]] = field(default_factory=list)
+    #: Progressing condition to use when the pool itself is otherwise stable
+    progressing: tuple[bool, str, str] | None = None
+    #: Degraded condition message for tasks with no loaded backend
+    unavailable: str | None = None
+    requeue_after: float | None = None
+    command_error: str | None = None
+
+
+def ready_loaded(reports: list[dict]) -> list[list[str]]:
+    """Loaded sets of the workers that report themselves ready (a pod with no
+    report yet has loaded nothing and serves nothing, whatever its Ready
+    condition says: KWOK pods are Ready at once)."""
+    return [list(r.get("loaded") or []) for r in reports if r.get("ready")]
+
+
+def _routes(typed: dict) -> Routes:
+    """task -> {adapter: weight} from spec.routes or status.effectiveRoutes."""
+    return {t: {b.adapter: int(b.weight) for b in bs} for t, bs in typed.items()}
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.isoformat()
+
+
+def needs_metrics(pool: WorkerPoolResource) -> bool:
+    """Scrape the workers only while some rollout is progressing (window start
+    or analysis); scraping is the expensive part of a pass."""
+    return any(s.phase == Phase.progressing for s in pool.status.rollouts.values())
+
+
+def prometheus_source(pool: WorkerPoolResource):
+    """The ``analysis.prometheus`` block of the first progressing rollout whose
+    ``analysis.provider`` is ``prometheus`` (None: scrape the workers directly).
+    One source serves the pass: both read the same worker counters."""
+    for task, spec in sorted(pool.spec.rollouts.items()):
+        st = pool.status.rollouts.get(task)
+        if st is None or st.phase != Phase.progressing:
+            continue
+        if spec.analysis.provider == "prometheus" and spec.analysis.prometheus is not None:
+            return spec.analysis.prometheus
+    return None
+
+
+def adapters_named(pool: WorkerPoolResource) -> set[str]:
+    """Every adapter this pass may need an AdapterRef for: the spec's routes,
+    the rollouts' canaries, and what status still holds (effective, draining,
+    a rollout's stable set)."""
+    spec, status = pool.spec, pool.status
+    names = {b.adapter for bs in spec.routes.values() for b in bs}
+    names |= {r.canary for r in spec.rollouts.values() if r.canary}
+    names |= {a for r in _routes(status.effective_routes).values() for a in r}
+    names |= set(status.draining)
+    for st in status.rollouts.values():
+        names |= {b.adapter for b in st.stable} | {st.canary}
+    return names
+
+
+def _with_deletions(new: dict, old: dict | None) -> dict:
+    """``new`` as a JSON merge patch over ``old``: keys that went away become
+    ``None`` (merge patch deletes them), recursively — a nested key merely
+    left out would survive the patch (e.g. a step's stale ``stepStarted``)."""
+    out = dict(new)
+    for k, v in (old or {}).items():
+        if k not in out:
+            out[k] = None
+        elif isinstance(out[k], dict) and isinstance(v, dict):
+            out[k] = _with_deletions(out[k], v)
+    return out
+
+
+def plan_routing(pool: WorkerPoolResource, loaded: list[list[str]], snap: analysis.Snapshot | None,
+                 now: dt.datetime, drain_seconds: float = DRAIN_SECONDS) -> RoutingPlan:
+    status = pool.status
+    spec_routes = _routes(pool.spec.routes)
+    previous = _routes(status.effective_routes)
+    cmd, command_error = None, None
+    try:
+        cmd = RolloutCommand.parse(pool.metadata.annotations.get(COMMAND_ANNOTATION))
+    except ValueError as e:
+        command_error = str(e)
+    # 1. Each task's rollout step (the override of spec.routes[task]).
+    steps = _step_rollouts(pool, spec_routes, previous, snap, now, cmd)
+    # 2. Load before route.
+    zero_since = {a: dt.datetime.fromisoformat(t) for a, t in status.draining.items()}
+    r = routing_policy.compute(steps.desired, previous, loaded, zero_since=zero_since, now=now,
+                               drain_seconds=drain_seconds)
+    # 3. Revisions: what clients actually got.
+    history = _record_revision(pool, r.effective, previous, spec_routes, steps.states, now)
+    st_out = {
+        "routes": routing_policy.route_status(steps.desired, r.effective, loaded),
+        "effectiveRoutes": _with_deletions(
+            {t: [{"adapter": a, "weight": w} for a, w in eff.items()] for t, eff in r.effective.items()},
+            {t: [as_read(b) for b in bs] for t, bs in status.effective_routes.items()}),
+        "draining": _with_deletions({a: _iso(t) for a, t in sorted(r.zero_since.items())}, status.draining),
+        "revisions": [h.model_dump(by_alias=True, mode="json") for h in history],
+        "rollouts": _with_deletions({t: s.model_dump(by_alias=True, mode="json", exclude_none=True)
+                                     for t, s in steps.states.items()},
+                                    {t: as_read(s) for t, s in status.rollouts.items()}),
+    }
+    # 4. Conditions, requeue.
+    unavailable = None
+    if r.unavailable:
+        unavailable = f"no backend of {', '.join(sorted(r.unavailable))} is loaded on every ready worker"
+        before = next((c for c in status.conditions if c.type == "Degraded"), None)
+        if before is None or before.reason != "NoLoadedBackend":
+            steps.events.append(("Warning", "NoLoadedBackend", unavailable))
+    return RoutingPlan(worker_routes={t: {b["adapter"]: b["weight"] for b in bs}
+                                      for t, bs in routing_policy.for_workers(r.effective).items()},
+                       keep=set(r.keep), status=st_out, events=steps.events, transitions=steps.transitions,
+                       progressing=_progressing(steps.states, r.pending), unavailable=unavailable,
+                       requeue_after=_requeue(steps, r, now, drain_seconds), command_error=command_error)
+
+
+@dataclass
+class _Steps:
+    """The rollouts' step of this pass."""
+
+    desired: Routes  # spec.routes with each rollout's override
+    states: dict[str, RolloutState]  # task -> new rollout state
+    specs: dict[str, RolloutSpec]
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    transitions: list[tuple[str, str]] = field(default_factory=list)  # (task, reason) per rollout Event
+
+
+def _step_rollouts(pool: WorkerPoolResource, spec_routes: Routes, previous: Routes,
+                   snap: analysis.Snapshot | None, now: dt.datetime, cmd: RolloutCommand | None) -> _Steps:
+    states = pool.status.rollouts
+    specs = pool.spec.rollouts
+    out = _Steps(desired=dict(spec_routes), states={}, specs=specs)
+    for task in sorted(set(specs) | set(states)):
+        r_spec = specs.get(task) if task in spec_routes else None
+        state = states.get(task)
+        verdict = rollout.evaluate(r_spec, state, snap) if r_spec is not None and snap is not None else None
+        d = rollout.step(r_spec, state, task=task, spec_route=spec_routes.get(task, {}),
+                         effective_route=previous.get(task), now=now,
+                         snapshot=analysis.dumps(snap) if snap is not None else None, verdict=verdict, command=cmd)
+        if d.state is not None:
+            out.states[task] = d.state
+        if d.route is not None and task in spec_routes:
+            out.desired[task] = d.route
+        for e in d.events:
+            out.events.append((e.type, e.reason, e.message))
+            out.transitions.append((task, e.reason))
+    return out
+
+
+def _record_revision(pool: WorkerPoolResource, effective: Routes, previous: Routes, spec_routes: Routes,
+                     new_states: dict[str, RolloutState], now: dt.datetime) -> list[Revision]:
+    """The revision history with this pass's effective routes recorded (with
+    their cause) when they changed."""
+    history = list(pool.status.revisions)
+    active = [s for s in new_states.values() if s.phase in (Phase.progressing, Phase.paused)]
+    changed = [t for t in sorted(set(effective) | set(previous))
+               if revisions.normalize({"t": effective.get(t, {})}) != revisions.normalize({"t": previous.get(t, {})})]
+    causes = []
+    for t in changed:
+        st = new_states.get(t)
+        if st is not None and rollout.applies(st, spec_routes.get(t, {})):
+            causes.append(f"rollout {t}: {st.canary} {rollout.route_of(st).get(st.canary, 0)}% ({st.reason})")
+        else:
+            causes.append(pool.metadata.annotations.get(CHANGE_CAUSE_ANNOTATION)
+                          or f"spec.routes[{t}] edited (generation {pool.generation})")
+    # A set is a canary step when some running rollout has moved its task off the stable weights.
+    stable = all(revisions.normalize({"t": effective.get(s.task, {})})
+                 == revisions.normalize({"t": {b.adapter: b.weight for b in s.stable}}) for s in active)
+    return revisions.record(history, effective, now=now, cause="; ".join(causes)[:500] or "routes changed",
+                            stable=stable)
+
+
+def _progressing(new_states: dict[str, RolloutState], pending) -> tuple[bool, str, str] | None:
+    running = [s for s in new_states.values() if s.phase == Phase.progressing]
+    if running:
+        return True, "RolloutProgressing", "; ".join(f"{s.task}: {s.message}" for s in running)[:1000]
+    if pending:
+        return True, "RolloutProgressing", \
+            f"waiting for ready workers to load the backends of {', '.join(sorted(pending))}"
+    back = [s for s in new_states.values() if s.phase == Phase.rolled_back]
+    if back:
+        return False, "RolloutRolledBack", "; ".join(f"{s.task}: {s.message}" for s in back)[:1000]
+    return None
+
+
+def _requeue(steps: _Steps, r, now: dt.datetime, drain_seconds: float) -> float | None:
+    """Time drives rollout steps, loading and draining: when to look again."""
+    requeue = None
+    running = [s for s in steps.states.values() if s.phase == Phase.progressing]
+    if running:
+        shortest = min(steps.specs[s.task].interval_seconds for s in running if s.task in steps.specs) if any(
+            s.task in steps.specs for s in running) else ROLLOUT_REQUEUE_SECONDS
+        requeue = max(1.0, min(ROLLOUT_REQUEUE_SECONDS, shortest / 3))
+    if r.pending:
+        requeue = min(requeue or 2.0, 2.0)
+    for since in r.zero_since.values():
+        left = drain_seconds - (now - since).total_seconds()
+        if left > 0:
+            requeue = min(requeue or left + 0.5, left + 0.5)
+    return requeue
