@@ -173,6 +173,7 @@ def test_start_undoes_a_crashed_run(dev_cluster):
     node_state_before = host_state.record_sysctls()
     node = RealNode(dev_cluster, name=NODE_NAME)
     node.start()
+    again = None
     try:
         for pid in node.pids.values():
             os.killpg(pid, 9)
@@ -185,7 +186,10 @@ def test_start_undoes_a_crashed_run(dev_cluster):
         again.start()
         assert again.pids["kubelet"] != node.pids["kubelet"]
     finally:
-        report = RealNode(dev_cluster, name=NODE_NAME).stop()
+        # Stop through `again` when it started: it holds the node lock, and a
+        # lock left open would block every later RealNode in this process (the
+        # e2e suite runs after this one in `make test`).
+        report = (again or RealNode(dev_cluster, name=NODE_NAME)).stop()
     assert report["mounts_left"] == [] and report["cgroups_left"] == [] and report["chains_left"] == []
     assert not node.paths.state_file.exists()
     # The kubelet of the crashed run had changed kernel.panic etc.; the values
