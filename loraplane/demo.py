@@ -124,7 +124,7 @@ class OperatorProcess:
 
 def plugin(kubeconfig: Path, namespace: str, *args: str) -> str:
     """Run ``kubectl-loraplane`` (the console script's entry point) and return its output."""
-    cmd = [sys.executable, "-c", "import sys; from loraplane.operator.kubectl_plugin import main; sys.exit(main())",
+    cmd = [sys.executable, "-c", "import sys; from loraplane.operator.cli.kubectl_plugin import main; sys.exit(main())",
            "--kubeconfig", str(kubeconfig), "-n", namespace, *args]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONSAFEPATH": "1"})
     if out.returncode != 0:
@@ -194,7 +194,7 @@ def run(args) -> int:
         nodes = cluster.create_gpu_nodes(2, gpus_per_node=1, prefix="demo-3090", labels={"loraplane.io/demo": "1"})
         say(f"fake RTX 3090 nodes: {', '.join(nodes)}")
         crd_dir = work / "crds"
-        subprocess.run([sys.executable, "-m", "loraplane.operator.crdgen", str(crd_dir)], check=True,
+        subprocess.run([sys.executable, "-m", "loraplane.operator.api.crdgen", str(crd_dir)], check=True,
                        capture_output=True, env={**os.environ, "PYTHONSAFEPATH": "1"})
         cluster.kubectl("apply", "-f", str(crd_dir))
         cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")

@@ -13,19 +13,19 @@ from __future__ import annotations
 import importlib
 import sys
 
-# what `loraplane operator run` imports (operator/main.py) and the kubectl plugin
+# what `loraplane operator run` imports (operator/cli/run.py) and the kubectl plugin
 MODULES = (
     "loraplane.cli",
     "loraplane.operator.cli",
-    "loraplane.operator.main",
-    "loraplane.operator.handlers",
-    "loraplane.operator.training_handlers",
-    "loraplane.operator.metrics",
-    "loraplane.operator.kube",
-    "loraplane.operator.ledger_cache",
-    "loraplane.operator.reconcile",
-    "loraplane.operator.crdgen",
-    "loraplane.operator.kubectl_plugin",
+    "loraplane.operator.cli.run",
+    "loraplane.operator.controllers.handlers",
+    "loraplane.operator.controllers.training_handlers",
+    "loraplane.operator.controllers.metrics",
+    "loraplane.operator.controllers.kube",
+    "loraplane.operator.controllers.ledger_cache",
+    "loraplane.operator.controllers.reconcile",
+    "loraplane.operator.api.crdgen",
+    "loraplane.operator.cli.kubectl_plugin",
 )
 # top-level packages the operator image does not have
 BLOCKED = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "safetensors",

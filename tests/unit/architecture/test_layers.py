@@ -31,14 +31,9 @@ OUTSIDE = {
 }
 
 
-#: flat-layout module names still used by the dev harness (loraplane/devcluster/controlpath.py,
-#: loraplane/demo.py); each is a one-line alias of its new home. This list may only shrink.
-LEGACY_ALIASES = {
-    "crdgen": "api.crdgen", "kubectl_plugin": "cli.kubectl_plugin", "main": "cli.run",
-    "handlers": "controllers.handlers", "training_handlers": "controllers.training_handlers",
-    "metrics": "controllers.metrics", "kube": "controllers.kube", "ledger_cache": "controllers.ledger_cache",
-    "reconcile": "controllers.reconcile",
-}
+#: flat-layout module names kept as aliases of their new homes: none left (the dev
+#: harness now names the layers). A new entry needs a reason.
+LEGACY_ALIASES: dict[str, str] = {}
 
 
 def modules() -> dict[str, Path]:
