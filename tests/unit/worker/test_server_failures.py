@@ -314,7 +314,10 @@ def test_stream_only_fault_fails_streams_midway_and_is_counted(worker_store, run
     good, bad = out["synth-v1"][1], out["synth-v2"][1]
     assert "error" not in good and good.rstrip().endswith("[DONE]")
     events = [json.loads(line[6:]) for line in bad.splitlines() if line.startswith("data: {")]
-    assert events[0]["choices"][0]["text"] and "injected stream fault" in events[-1]["error"]["message"]
+    # The first chunk went out before the fault (its text may be "" with random weights: a
+    # byte-fallback token that does not end a UTF-8 character decodes to nothing yet).
+    assert len(events) >= 2 and "text" in events[0]["choices"][0]
+    assert "injected stream fault" in events[-1]["error"]["message"]
     assert out["plain"][0] == 200
     assert _count(m, "500", "synth-v2") == 1 and _count(m, "200", "synth-v2") == 1
     assert _count(m, "200", "synth-v1") == 1
