@@ -22,6 +22,7 @@ import yaml
 
 from . import adapter_types, basemodel_types, workerpool_types
 from .common_types import CATEGORY, GROUP, VERSION
+from .names import name_cel_rules
 
 _KEEP = {
     "type", "description", "properties", "items", "required", "enum", "default", "pattern", "minLength",
@@ -117,6 +118,8 @@ def crd(kind: str, plural: str, short: list[str], spec, status, columns, descrip
             "type": "object",
             "description": description,
             "required": ["spec"],
+            # the root is the only place CEL may read metadata.name
+            "x-kubernetes-validations": name_cel_rules(kind),
             "properties": {
                 "apiVersion": {"type": "string"},
                 "kind": {"type": "string"},

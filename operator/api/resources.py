@@ -12,13 +12,14 @@ naming the fields, which the controllers turn into a condition (reason
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+from typing import ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .adapter_types import AdapterSpec, AdapterStatus
 from .basemodel_types import BaseModelSpec, BaseModelStatus
 from .common_types import API_VERSION, ApiModel
+from .names import name_problem
 from .workerpool_types import WorkerPoolSpec, WorkerPoolStatus
 
 
@@ -34,6 +35,35 @@ class ObjectMeta(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
     deletion_timestamp: str | None = Field(default=None, alias="deletionTimestamp")
+
+
+class _NamedMeta(ObjectMeta):
+    """``metadata`` of one kind: its name must become the names and label
+    values the operator derives from it (``names.NAME_RULES``; the CRD's
+    root CEL rule refuses the same names, this catches objects created
+    before that rule)."""
+
+    KIND: ClassVar[str] = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        problem = name_problem(cls.KIND, v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+
+class WorkerPoolMeta(_NamedMeta):
+    KIND = "WorkerPool"
+
+
+class BaseModelMeta(_NamedMeta):
+    KIND = "BaseModel"
+
+
+class AdapterMeta(_NamedMeta):
+    KIND = "Adapter"
 
 
 class _Resource(ApiModel):
@@ -55,18 +85,21 @@ class _Resource(ApiModel):
 
 class WorkerPoolResource(_Resource):
     kind: Literal["WorkerPool"] = "WorkerPool"
+    metadata: WorkerPoolMeta
     spec: WorkerPoolSpec
     status: WorkerPoolStatus = Field(default_factory=WorkerPoolStatus)
 
 
 class BaseModelResource(_Resource):
     kind: Literal["BaseModel"] = "BaseModel"
+    metadata: BaseModelMeta
     spec: BaseModelSpec
     status: BaseModelStatus = Field(default_factory=BaseModelStatus)
 
 
 class AdapterResource(_Resource):
     kind: Literal["Adapter"] = "Adapter"
+    metadata: AdapterMeta
     spec: AdapterSpec
     status: AdapterStatus = Field(default_factory=AdapterStatus)
 
