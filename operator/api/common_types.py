@@ -13,10 +13,11 @@ message naming the field.
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 GROUP = "loraplane.io"
 VERSION = "v1alpha1"
@@ -32,6 +33,25 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 #: Store names / versions / owners: the ModelStore's own path segments.
 STORE_SEGMENT = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+#: A Kubernetes resource quantity, non-negative (k8s.io/apimachinery's
+#: grammar: number, then a binary or decimal SI suffix or an exponent). The
+#: API server also runs CEL ``isQuantity`` (QUANTITY_RULES), its own parser.
+QUANTITY = r"^[+]?([0-9]+([.][0-9]*)?|[.][0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]{1,2})?$"
+QUANTITY_RULES = [{"rule": "isQuantity(self)", "message": "must be a Kubernetes quantity such as 500m, 2 or 16Gi",
+                   "reason": "FieldValueInvalid"}]
+#: A label value (also what a toleration's value must be).
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+#: A label key / qualified name: optional DNS-subdomain prefix and '/', then a name of at most 63.
+QUALIFIED_NAME = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                  r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+#: A key of a Secret or ConfigMap.
+CONFIG_KEY = r"^[-._a-zA-Z0-9]+$"
+#: An image reference: the API server refuses surrounding whitespace; none inside makes sense either.
+IMAGE = r"^[^\s]+$"
+#: Mount paths the operator's pods already use (the core's scratch emptyDir at /tmp).
+RESERVED_MOUNT_PATHS = ("/tmp",)
+_BACKSTEP = re.compile(r"(^|/)[.][.](/|$)")
 
 #: CEL: a relative path inside the store, never escaping it.
 RELATIVE_PATH_RULE = {
@@ -82,7 +102,8 @@ class Condition(ApiModel):
 
 class SecretKeyRef(ApiModel):
     name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="Secret name in the resource's namespace.")
-    key: str = Field(default="token", min_length=1, description="Key inside the Secret.")
+    key: str = Field(default="token", min_length=1, max_length=253, pattern=CONFIG_KEY,
+                     description="Key inside the Secret.")
 
 
 class PvcVolume(ApiModel):
@@ -93,7 +114,16 @@ class PvcVolume(ApiModel):
 class HostPathVolume(ApiModel):
     path: str = Field(min_length=1, max_length=1024, description="Absolute directory on every GPU node holding the store.",
                       json_schema_extra={"x-kubernetes-validations": [
-                          cel("self.startsWith('/')", "hostPath.path must be absolute")]})
+                          cel("self.startsWith('/')", "hostPath.path must be absolute"),
+                          cel("!self.matches('(^|/)[.][.](/|$)')", "hostPath.path must not contain '..' segments")]})
+
+    @field_validator("path")
+    @classmethod
+    def _no_backsteps(cls, v: str) -> str:
+        """A Pod refuses a hostPath with '..' (the CEL twin is on the field)."""
+        if _BACKSTEP.search(v):
+            raise ValueError("hostPath.path must not contain '..' segments")
+        return v
 
 
 class StoreVolume(ApiModel):
@@ -104,7 +134,17 @@ class StoreVolume(ApiModel):
     mount_path: str = Field(default="/models", alias="mountPath", max_length=1024,
                             description="Where the store is mounted in pods (MODEL_STORE_ROOT).",
                             json_schema_extra={"x-kubernetes-validations": [
-                                cel("self.startsWith('/')", "store.mountPath must be absolute")]})
+                                cel("self.startsWith('/')", "store.mountPath must be absolute"),
+                                cel("!(self in " + str(list(RESERVED_MOUNT_PATHS)) + ")",
+                                    f"store.mountPath must not be a reserved path {list(RESERVED_MOUNT_PATHS)}")]})
+
+    @field_validator("mount_path")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        """The pods mount their scratch volume there: a second mount at the same path is refused."""
+        if v in RESERVED_MOUNT_PATHS:
+            raise ValueError(f"store.mountPath must not be a reserved path {list(RESERVED_MOUNT_PATHS)}")
+        return v
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         cel("has(self.persistentVolumeClaim) != has(self.hostPath)",
@@ -112,14 +152,39 @@ class StoreVolume(ApiModel):
     ]})
 
 
-class Toleration(ApiModel):
-    """Subset of core/v1 Toleration the placement core understands."""
+TOLERATION_RULES = [
+    cel("(has(self.key) && self.key != '') || self.operator == 'Exists'",
+        "a toleration with an empty key needs operator Exists", field_path=".operator"),
+    cel("self.operator != 'Exists' || !has(self.value) || self.value == ''",
+        "a toleration with operator Exists must not have a value", field_path=".value"),
+    cel("!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+        "tolerationSeconds needs effect NoExecute", field_path=".tolerationSeconds"),
+]
 
-    key: str | None = None
+
+class Toleration(ApiModel):
+    """Subset of core/v1 Toleration the placement core understands; copied
+    into the pods, so it follows the Pod's own validation (TOLERATION_RULES)."""
+
+    key: str | None = Field(default=None, pattern="^(" + QUALIFIED_NAME.strip("^$") + ")?$", max_length=253,
+                            description="Taint key (a qualified name); empty with operator Exists tolerates all.")
     operator: Literal["Exists", "Equal"] = "Equal"
-    value: str | None = None
+    value: str | None = Field(default=None, pattern=LABEL_VALUE, max_length=63)
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     toleration_seconds: int | None = Field(default=None, alias="tolerationSeconds")
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": TOLERATION_RULES})
+
+    @model_validator(mode="after")
+    def _as_a_pod_would(self) -> "Toleration":
+        """The twin of TOLERATION_RULES."""
+        if not self.key and self.operator != "Exists":
+            raise ValueError("a toleration with an empty key needs operator Exists")
+        if self.operator == "Exists" and self.value:
+            raise ValueError("a toleration with operator Exists must not have a value")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds needs effect NoExecute")
+        return self
 
 
 class NodeSelectorRequirement(ApiModel):

@@ -89,7 +89,7 @@ def name_message(kind: str) -> str:
 def name_problem(kind: str, name: str) -> str | None:
     """Why ``name`` cannot name a ``kind``, or None when it can."""
     rule = NAME_RULES[kind]
-    if len(name) > rule.max_length or not re.match(rule.pattern, name):
+    if len(name) > rule.max_length or not re.fullmatch(rule.pattern.strip("^$"), name):
         return name_message(kind)
     return None
 

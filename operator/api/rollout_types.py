@@ -94,6 +94,8 @@ class RolloutSpec(ApiModel):
         json_schema_extra={"default": [5, 25, 50, 100], "x-kubernetes-validations": [
             cel("self[size(self) - 1] == 100", "rollout steps must end at 100"),
             cel("self.all(s, s >= 1 && s <= 100)", "rollout steps must be within 1..100"),
+            cel("self.isSorted() && self.all(s, self.exists_one(t, t == s))",
+                "rollout steps must be strictly increasing"),
         ]})
     interval_seconds: int = Field(default=1800, alias="intervalSeconds", ge=1, le=7 * 86400,
                                   description="Analysis window per step (the playbook's 30 minutes).")

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from .common_types import DNS_SUBDOMAIN, STORE_SEGMENT, ApiModel, NodeSelectorTerm, Toleration, cel
+from .common_types import DNS_SUBDOMAIN, IMAGE, QUANTITY, QUANTITY_RULES, STORE_SEGMENT, ApiModel, NodeSelectorTerm, Toleration, cel
 
 _BAD_PATH = re.compile(r"(^|/)\.\.(/|$)")
 
@@ -91,8 +91,11 @@ class TrainingResources(ApiModel):
     vram_mib: int | None = Field(default=None, alias="vramMiB", ge=1, le=1048576,
                                  description="VRAM the run needs in MiB; default derived from the method, the "
                                              "BaseModel's variant VRAM and batch x seqLen (docs/training.md).")
-    cpu: str = Field(default="4", description="CPU request of the training pod.")
-    memory: str = Field(default="32Gi", description="Memory request (the base passes through RAM while loading).")
+    cpu: str = Field(default="4", pattern=QUANTITY, max_length=64, description="CPU request of the training pod.",
+                     json_schema_extra={"x-kubernetes-validations": QUANTITY_RULES})
+    memory: str = Field(default="32Gi", pattern=QUANTITY, max_length=64,
+                        description="Memory request (the base passes through RAM while loading).",
+                        json_schema_extra={"x-kubernetes-validations": QUANTITY_RULES})
 
 
 class TrainingSpec(ApiModel):
@@ -109,7 +112,7 @@ class TrainingSpec(ApiModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     resources: TrainingResources = Field(default_factory=TrainingResources, json_schema_extra={"default": {}})
     gpu: TrainingGpu = Field(default_factory=TrainingGpu, json_schema_extra={"default": {}})
-    image: str | None = Field(default=None, min_length=1, description="Trainer image (default: the operator's "
+    image: str | None = Field(default=None, min_length=1, max_length=1024, pattern=IMAGE, description="Trainer image (default: the operator's "
                                                                       "Job image).")
     service_account_name: str | None = Field(
         default=None, alias="serviceAccountName", pattern=DNS_SUBDOMAIN, max_length=253,

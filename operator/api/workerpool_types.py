@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field
 
 from .common_types import (
-    DNS_LABEL, ApiModel, Condition, NodeSelectorTerm, StoreVolume, Toleration, Variant, cel, condition_map_rules,
+    DNS_LABEL, IMAGE, QUANTITY, QUANTITY_RULES, ApiModel, Condition, NodeSelectorTerm, StoreVolume, Toleration, Variant, cel, condition_map_rules,
 )
 from .rollout_types import Backend, Revision, RolloutSpec, RolloutState, RouteStatus
 
@@ -56,8 +56,11 @@ class GpuSelection(ApiModel):
 
 
 class Resources(ApiModel):
-    cpu: str = Field(default="2", description="CPU request of a worker.")
-    memory: str = Field(default="16Gi", description="Memory request of a worker (base weights pass through RAM).")
+    cpu: str = Field(default="2", pattern=QUANTITY, max_length=64, description="CPU request of a worker.",
+                     json_schema_extra={"x-kubernetes-validations": QUANTITY_RULES})
+    memory: str = Field(default="16Gi", pattern=QUANTITY, max_length=64,
+                        description="Memory request of a worker (base weights pass through RAM).",
+                        json_schema_extra={"x-kubernetes-validations": QUANTITY_RULES})
 
 
 class WorkerPoolSpec(ApiModel):
@@ -75,7 +78,8 @@ class WorkerPoolSpec(ApiModel):
         json_schema_extra={"x-kubernetes-validations": [
             cel(f"self.all(t, t.matches('{TASK_KEY}'))", "routes keys must be task names (lowercase, digits, - and _)"),
         ]})
-    image: str | None = Field(default=None, min_length=1, description="Worker image (default: the operator's).")
+    image: str | None = Field(default=None, min_length=1, max_length=1024, pattern=IMAGE,
+                              description="Worker image (default: the operator's).")
     store: StoreVolume | None = Field(default=None, description="Store volume (default: the BaseModel's).")
     resources: Resources = Field(default_factory=Resources, json_schema_extra={"default": {}})
     port: int = Field(default=8000, ge=1, le=65535, description="Worker HTTP port (OpenAI-compatible).")
