@@ -20,7 +20,7 @@ at a real API server and checks each outcome is one of these.
 
 from __future__ import annotations
 
-from .common_types import TOLERATION_RULES
+from .common_types import RESERVED_MOUNT_MESSAGE, TOLERATION_RULES
 from .names import name_message
 from .training_types import DATASET_PATHS_RULE
 
@@ -31,7 +31,7 @@ CEL_TWINS: dict[str, list[str]] = {
     "TrainingDataset._relative": [DATASET_PATHS_RULE["message"]],
     "Toleration._as_a_pod_would": [r["message"] for r in TOLERATION_RULES],
     "HostPathVolume._no_backsteps": ["hostPath.path must not contain '..' segments"],
-    "StoreVolume._not_reserved": ["store.mountPath must not be a reserved path ['/tmp']"],
+    "StoreVolume._not_reserved": [RESERVED_MOUNT_MESSAGE],
     # metadata.name: CEL at the schema root (the only place CEL sees metadata)
     "WorkerPoolMeta._name": [name_message("WorkerPool")],
     "BaseModelMeta._name": [name_message("BaseModel")],

@@ -49,8 +49,10 @@ QUALIFIED_NAME = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-
 CONFIG_KEY = r"^[-._a-zA-Z0-9]+$"
 #: An image reference: the API server refuses surrounding whitespace; none inside makes sense either.
 IMAGE = r"^[^\s]+$"
-#: Mount paths the operator's pods already use (the core's scratch emptyDir at /tmp).
-RESERVED_MOUNT_PATHS = ("/tmp",)
+#: Mount paths the operator's pods already use: the scratch emptyDir (/tmp) and a
+#: training Job's dataset claim (/data). A second mount at the same path is refused.
+RESERVED_MOUNT_PATHS = ("/tmp", "/data")
+RESERVED_MOUNT_MESSAGE = f"store.mountPath must not be a reserved path {list(RESERVED_MOUNT_PATHS)}"
 _BACKSTEP = re.compile(r"(^|/)[.][.](/|$)")
 
 #: CEL: a relative path inside the store, never escaping it.
@@ -136,14 +138,14 @@ class StoreVolume(ApiModel):
                             json_schema_extra={"x-kubernetes-validations": [
                                 cel("self.startsWith('/')", "store.mountPath must be absolute"),
                                 cel("!(self in " + str(list(RESERVED_MOUNT_PATHS)) + ")",
-                                    f"store.mountPath must not be a reserved path {list(RESERVED_MOUNT_PATHS)}")]})
+                                    RESERVED_MOUNT_MESSAGE)]})
 
     @field_validator("mount_path")
     @classmethod
     def _not_reserved(cls, v: str) -> str:
         """The pods mount their scratch volume there: a second mount at the same path is refused."""
         if v in RESERVED_MOUNT_PATHS:
-            raise ValueError(f"store.mountPath must not be a reserved path {list(RESERVED_MOUNT_PATHS)}")
+            raise ValueError(RESERVED_MOUNT_MESSAGE)
         return v
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [

@@ -17,6 +17,7 @@ from loraplane.operator.api.basemodel_types import BaseModelSpec
 from loraplane.operator.api.common_types import QUANTITY, RESERVED_MOUNT_PATHS
 from loraplane.operator.api.workerpool_types import WorkerPoolSpec
 from loraplane.operator.core.manifests import TMP_MOUNT
+from loraplane.operator.core.training import DATA_MOUNT
 
 _spec = importlib.util.spec_from_file_location("schema_paths", Path(__file__).with_name("schema_paths.py"))
 sp = importlib.util.module_from_spec(_spec)
@@ -102,7 +103,10 @@ def test_store_paths_a_pod_would_refuse_are_refused():
              needle="hostPath.path")
     _refused(lambda: BaseModelSpec.model_validate({**BASE, "store": {"hostPath": {"path": "/srv"}, "mountPath": "/tmp"}}),
              needle="mountPath")
-    assert TMP_MOUNT in RESERVED_MOUNT_PATHS  # the core mounts its scratch volume there
+    _refused(lambda: BaseModelSpec.model_validate({**BASE, "store": {"hostPath": {"path": "/srv"}, "mountPath": "/data"}}),
+             needle="mountPath")
+    # the core mounts its scratch volume and a training dataset claim there
+    assert TMP_MOUNT in RESERVED_MOUNT_PATHS and DATA_MOUNT in RESERVED_MOUNT_PATHS
     assert any("'..'" in m for m in sp.messages(sp.node("BaseModel", "spec.store.hostPath.path")))
     assert any("reserved" in m for m in sp.messages(sp.node("BaseModel", "spec.store.mountPath")))
 
