@@ -165,8 +165,7 @@ TOLERATION_RULES = [
 
 
 class Toleration(ApiModel):
-    """Subset of core/v1 Toleration the placement core understands; copied
-    into the pods, so it follows the Pod's own validation (TOLERATION_RULES)."""
+    """A core/v1 Toleration, copied into the pods and validated as a Pod validates it."""
 
     key: str | None = Field(default=None, pattern="^(" + QUALIFIED_NAME.strip("^$") + ")?$", max_length=253,
                             description="Taint key (a qualified name); empty with operator Exists tolerates all.")
