@@ -7,9 +7,12 @@ checks that the adapter was trained on exactly the BaseModel's checksum.
 
 from __future__ import annotations
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from .common_types import DNS_LABEL, RELATIVE_PATH_RULE, STORE_SEGMENT, ApiModel, Condition, cel, condition_map_rules
+from .common_types import (
+    DNS_LABEL, RELATIVE_PATH_RULE, STORE_SEGMENT, ApiModel, Condition, cel, condition_map_rules, exactly_one,
+    relative_store_path,
+)
 from .training_types import TrainingSpec, TrainingStatus
 
 
@@ -19,6 +22,14 @@ class AdapterSource(ApiModel):
                             description="Adapter name in the ModelStore.")
     path: str | None = Field(default=None, max_length=1024, description="Version dir relative to the store root (default: derived).",
                              json_schema_extra={"x-kubernetes-validations": [RELATIVE_PATH_RULE]})
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, v: str | None) -> str | None:
+        return relative_store_path(v)
+
+
+ONE_OF = "adapter needs exactly one of spec.source or spec.training"
 
 
 class AdapterSpec(ApiModel):
@@ -32,8 +43,13 @@ class AdapterSpec(ApiModel):
         default=None, description="Train the adapter with a Job on the GPU fleet and publish it (docs/training.md).")
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        cel("has(self.source) != has(self.training)", "adapter needs exactly one of spec.source or spec.training"),
+        cel("has(self.source) != has(self.training)", ONE_OF),
     ]})
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "AdapterSpec":
+        exactly_one(self.source, self.training, ONE_OF)
+        return self
 
 
 class AdapterStatus(ApiModel):

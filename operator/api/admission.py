@@ -20,7 +20,9 @@ at a real API server and checks each outcome is one of these.
 
 from __future__ import annotations
 
-from .common_types import RESERVED_MOUNT_MESSAGE, TOLERATION_RULES
+from .adapter_types import ONE_OF
+from .basemodel_types import EXCLUSIVE
+from .common_types import RELATIVE_PATH_RULE, RESERVED_MOUNT_MESSAGE, STORE_ONE_OF, TOLERATION_RULES
 from .names import name_message
 from .training_types import DATASET_PATHS_RULE
 
@@ -32,6 +34,12 @@ CEL_TWINS: dict[str, list[str]] = {
     "Toleration._as_a_pod_would": [r["message"] for r in TOLERATION_RULES],
     "HostPathVolume._no_backsteps": ["hostPath.path must not contain '..' segments"],
     "StoreVolume._not_reserved": [RESERVED_MOUNT_MESSAGE],
+    # CEL's cross-field rules, twinned so an object stored without them is a condition, not a traceback
+    "StoreVolume._one_volume": [STORE_ONE_OF],
+    "AdapterSpec._one_origin": [ONE_OF],
+    "AdapterSource._relative": [RELATIVE_PATH_RULE["message"]],
+    "BaseModelSource._relative": [RELATIVE_PATH_RULE["message"]],
+    "BaseModelSource._exclusive": [EXCLUSIVE],
     # metadata.name: CEL at the schema root (the only place CEL sees metadata)
     "WorkerPoolMeta._name": [name_message("WorkerPool")],
     "BaseModelMeta._name": [name_message("BaseModel")],

@@ -7,12 +7,14 @@ hub) and reports the store path, manifest checksum and per-variant VRAM.
 
 from __future__ import annotations
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .common_types import (
     RELATIVE_PATH_RULE, STORE_SEGMENT, ApiModel, Condition, SecretKeyRef, StoreVolume, Variant, cel,
-    condition_map_rules,
+    condition_map_rules, relative_store_path,
 )
+
+EXCLUSIVE = "source.huggingFace and source.path are exclusive"
 
 
 class HuggingFaceSource(ApiModel):
@@ -35,8 +37,19 @@ class BaseModelSource(ApiModel):
         json_schema_extra={"x-kubernetes-validations": [RELATIVE_PATH_RULE]})
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        cel("!(has(self.huggingFace) && has(self.path))", "source.huggingFace and source.path are exclusive"),
+        cel("!(has(self.huggingFace) && has(self.path))", EXCLUSIVE),
     ]})
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, v: str | None) -> str | None:
+        return relative_store_path(v)
+
+    @model_validator(mode="after")
+    def _exclusive(self) -> "BaseModelSource":
+        if self.hugging_face is not None and self.path is not None:
+            raise ValueError(EXCLUSIVE)
+        return self
 
 
 class VariantSpec(ApiModel):

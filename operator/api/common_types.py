@@ -62,6 +62,19 @@ RELATIVE_PATH_RULE = {
 }
 
 
+def relative_store_path(v: str | None) -> str | None:
+    """The pydantic twin of RELATIVE_PATH_RULE."""
+    if v is not None and (v.startswith("/") or _BACKSTEP.search(v)):
+        raise ValueError(RELATIVE_PATH_RULE["message"])
+    return v
+
+
+def exactly_one(a, b, message: str) -> None:
+    """Twin of a CEL ``has(self.a) != has(self.b)`` rule."""
+    if (a is None) == (b is None):
+        raise ValueError(message)
+
+
 def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict:
     """One ``x-kubernetes-validations`` entry; ``fieldPath`` makes the API
     server name the offending field in its error instead of the parent."""
@@ -128,6 +141,9 @@ class HostPathVolume(ApiModel):
         return v
 
 
+STORE_ONE_OF = "store needs exactly one of persistentVolumeClaim or hostPath"
+
+
 class StoreVolume(ApiModel):
     """Where the ModelStore lives for pods: exactly one of a PVC or a host path."""
 
@@ -149,9 +165,13 @@ class StoreVolume(ApiModel):
         return v
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        cel("has(self.persistentVolumeClaim) != has(self.hostPath)",
-            "store needs exactly one of persistentVolumeClaim or hostPath"),
+        cel("has(self.persistentVolumeClaim) != has(self.hostPath)", STORE_ONE_OF),
     ]})
+
+    @model_validator(mode="after")
+    def _one_volume(self) -> "StoreVolume":
+        exactly_one(self.persistent_volume_claim, self.host_path, STORE_ONE_OF)
+        return self
 
 
 TOLERATION_RULES = [

@@ -118,3 +118,26 @@ def test_token_key_and_images_a_pod_would_refuse_are_refused():
     assert "pattern" in sp.node("BaseModel", "spec.source.huggingFace.tokenSecretRef.key")
     assert "pattern" in sp.node("WorkerPool", "spec.image")
     assert "pattern" in sp.node("Adapter", "spec.training.image")
+
+
+CROSS_FIELD = [
+    (lambda: BaseModelSpec.model_validate({**BASE, "store": {}}), "exactly one of persistentVolumeClaim"),
+    (lambda: BaseModelSpec.model_validate({**BASE, "store": {"hostPath": {"path": "/a"},
+                                                             "persistentVolumeClaim": {"claimName": "c"}}}),
+     "exactly one of persistentVolumeClaim"),
+    (lambda: AdapterSpec.model_validate({k: v for k, v in ADP.items() if k != "training"}), "exactly one of spec.source"),
+    (lambda: AdapterSpec.model_validate({**ADP, "source": {"storeName": "s"}}), "exactly one of spec.source"),
+    (lambda: BaseModelSpec.model_validate({**BASE, "source": {"path": "a", "huggingFace": {"repo": "o/r",
+                                                                                          "revision": "m"}}}),
+     "exclusive"),
+    (lambda: BaseModelSpec.model_validate({**BASE, "source": {"path": "a/../../etc"}}), "source.path"),
+    (lambda: AdapterSpec.model_validate({**{k: v for k, v in ADP.items() if k != "training"},
+                                         "source": {"storeName": "s", "path": "/etc"}}), "source.path"),
+]
+
+
+@pytest.mark.parametrize("make,needle", CROSS_FIELD, ids=range(len(CROSS_FIELD)))
+def test_cel_cross_field_rules_also_hold_in_the_types(make, needle):
+    """An object stored without these rules (an older CRD) becomes an InvalidSpec
+    condition instead of an AttributeError deep in the core."""
+    _refused(make, needle=needle)
