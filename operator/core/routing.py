@@ -17,7 +17,8 @@ same plan.
 
 What only the operator can see is wrong with the routes (a route to an
 adapter of another task, a canary that already serves everything) is a
-*problem*: Ready=False and Degraded=True with its reason, and one Event.
+*problem*: condition ``RoutesValid`` False with its reason, Ready False, and
+one Event (``report_problems``).
 """
 
 from __future__ import annotations
@@ -292,21 +293,41 @@ def task_problems(pool: WorkerPoolResource, adapters: dict[str, AdapterResource 
     return out
 
 
+#: Condition owned by this module: False with a problem's reason while the routes or rollouts
+#: name something the operator cannot serve as asked (absent until a first problem).
+ROUTES_VALID = "RoutesValid"
+
+
 def report_problems(conditions: list[dict], problems: list[tuple[str, str]], *, generation: int | None,
                     now: dt.datetime, stored: list[dict] | None = None) -> tuple[list[dict], tuple | None]:
-    """Ready=False and Degraded=True with the first problem's reason (messages joined), and a Warning
-    Event unless ``stored`` (the conditions as the API holds them) already says exactly that."""
-    if not problems:
-        return conditions, None
+    """``RoutesValid`` False with the first problem's reason (messages joined) and a Warning Event
+    unless ``stored`` (the conditions as the API holds them) already says exactly that; a Ready that
+    this pass computed True becomes False with the same reason (never Ready=True silently). A Ready
+    already False keeps its own, more urgent reason (and the dedupe of its Events)."""
     stored = conditions if stored is None else stored
+    before = get_condition(stored, ROUTES_VALID)
+    if not problems:
+        if before is None:
+            return conditions, None
+        return _keep_time(set_condition(conditions, ROUTES_VALID, "True", "AsExpected",
+                                        "routes and rollouts name adapters of their task", generation, now),
+                          stored, ROUTES_VALID), None
     reason, message = problems[0][0], "; ".join(m for _, m in problems)[:1000]
-    before = get_condition(stored, "Ready") or {}
-    event = None if (before.get("status"), before.get("reason"), before.get("message")) == ("False", reason, message) \
-        else ("Warning", reason, message)
-    for type_, value in (("Ready", "False"), ("Degraded", "True")):
-        conditions = set_condition(conditions, type_, value, reason, message, generation, now)
-        old = get_condition(stored, type_) or {}
-        if old.get("status") == value:  # no transition: keep its time (set_condition compared with this pass's)
-            conditions = [dict(c, lastTransitionTime=old["lastTransitionTime"])
-                          if c.get("type") == type_ and old.get("lastTransitionTime") else c for c in conditions]
-    return conditions, event
+    same = before is not None and (before.get("status"), before.get("reason"), before.get("message")) == \
+        ("False", reason, message)
+    conditions = _keep_time(set_condition(conditions, ROUTES_VALID, "False", reason, message, generation, now),
+                            stored, ROUTES_VALID)
+    if (get_condition(conditions, "Ready") or {}).get("status") == "True":
+        conditions = _keep_time(set_condition(conditions, "Ready", "False", reason, message, generation, now),
+                                stored, "Ready")
+    return conditions, None if same else ("Warning", reason, message)
+
+
+def _keep_time(conditions: list[dict], stored: list[dict], type_: str) -> list[dict]:
+    """``lastTransitionTime`` of ``type_`` as stored when its status did not change (``set_condition``
+    compared with this pass's freshly computed conditions, not with what the API holds)."""
+    old, new = get_condition(stored, type_) or {}, get_condition(conditions, type_) or {}
+    if old.get("status") != new.get("status") or not old.get("lastTransitionTime"):
+        return conditions
+    return [dict(c, lastTransitionTime=old["lastTransitionTime"]) if c.get("type") == type_ else c
+            for c in conditions]

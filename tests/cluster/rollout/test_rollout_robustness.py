@@ -2,8 +2,8 @@
 (issue 12): two rollout commands sent within one pass are both applied, in
 order, acknowledged and their annotations removed; the plugin's commands sent
 back to back are not lost; a route to an adapter of another task and a canary
-that already serves everything give Ready=False with their reason and exactly
-one Event; the API server takes the new fields (drainSeconds, the inconclusive
+that already serves everything give RoutesValid=False with their reason,
+Ready=False, and exactly one Event; the API server takes the new fields (drainSeconds, the inconclusive
 timeout) with their defaults.
 
 No workers are needed: a pool's routing and rollout state are computed even
@@ -116,13 +116,13 @@ def test_semantic_route_problems_give_a_condition_and_one_event(env, name, route
         env.create(adapter("sum-v1", "summarize"))
     env.create(pool(name, routes, rollouts))
 
-    def ready():
+    def cond(type_):
         return next((c for c in (env.get(name).get("status") or {}).get("conditions") or []
-                     if c["type"] == "Ready"), {})
-    wait_for(lambda: ready().get("reason") == reason, timeout=30, what=f"Ready reason {reason}")
+                     if c["type"] == type_), {})
+    wait_for(lambda: cond("RoutesValid").get("reason") == reason, timeout=30, what=f"RoutesValid reason {reason}")
     time.sleep(5)  # more passes (resync 2 s): still one Event
-    cond = ready()
-    assert cond["status"] == "False" and all(w in cond["message"] for w in words), cond
-    degraded = next(c for c in env.get(name)["status"]["conditions"] if c["type"] == "Degraded")
-    assert (degraded["status"], degraded["reason"]) == ("True", reason)
+    valid = cond("RoutesValid")
+    assert valid["status"] == "False" and all(w in valid["message"] for w in words), valid
+    assert cond("Ready")["status"] == "False"  # here for its missing BaseModel first; never True
     assert len(env.events(name, reason)) == 1
+    assert len(env.events(name, "BaseModelMissing")) == 1  # the pool's own Event is not repeated either

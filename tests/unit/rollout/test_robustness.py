@@ -248,14 +248,22 @@ def test_a_route_to_an_adapter_of_another_task_is_a_problem():
 
 def test_problems_make_ready_false_with_the_reason_and_one_event():
     conds = [{"type": "Ready", "status": "True", "reason": "AllWorkersReady", "message": "2/2 workers ready"}]
-    probs = [("RouteTaskMismatch", "route critic -> sum-v1 serves task summarize")]
+    probs = [("RouteTaskMismatch", "route critic -> sum-v1: adapter sum-v1 serves task summarize")]
     out, event = routing.report_problems(conds, probs, generation=3, now=at(0))
     by = {c["type"]: c for c in out}
     assert (by["Ready"]["status"], by["Ready"]["reason"]) == ("False", "RouteTaskMismatch")
-    assert (by["Degraded"]["status"], by["Degraded"]["reason"]) == ("True", "RouteTaskMismatch")
+    assert (by["RoutesValid"]["status"], by["RoutesValid"]["reason"]) == ("False", "RouteTaskMismatch")
     assert event == ("Warning", "RouteTaskMismatch", probs[0][1])
-    again, event = routing.report_problems(out, probs, generation=3, now=at(1))
+    # Next pass: the pool core computed Ready=True again; same problem -> same conditions, no Event
+    again, event = routing.report_problems(conds, probs, generation=3, now=at(60), stored=out)
     assert event is None and again == out
+    # A pool already not Ready keeps its own reason (its Events are deduplicated on it)
+    blocked = [{"type": "Ready", "status": "False", "reason": "BaseModelMissing", "message": "no base"}]
+    b, event = routing.report_problems(blocked, probs, generation=3, now=at(0))
+    assert {c["type"]: c["reason"] for c in b} == {"Ready": "BaseModelMissing", "RoutesValid": "RouteTaskMismatch"}
+    # Fixed: RoutesValid turns True, Ready is the pool's own again
+    fixed, event = routing.report_problems(conds, [], generation=3, now=at(90), stored=out)
+    assert {c["type"]: c["status"] for c in fixed} == {"Ready": "True", "RoutesValid": "True"} and event is None
     assert routing.report_problems(conds, [], generation=3, now=at(0)) == (conds, None)
 
 
