@@ -126,7 +126,7 @@ def snapshot(texts: Mapping[str, str]) -> Snapshot:
 
 
 def dumps(snap: Snapshot) -> str:
-    """Compact JSON for ``RolloutState.windowStart``."""
+    """Compact JSON of a whole snapshot (per pod x per series: for tests and debugging, never stored)."""
     return json.dumps({pod: {f"{t}\t{a}": s.to_json() for (t, a), s in series.items()}
                        for pod, series in snap.items()}, sort_keys=True, separators=(",", ":"))
 
