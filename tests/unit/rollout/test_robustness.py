@@ -131,8 +131,8 @@ def test_analysis_state_grows_with_pods_by_a_few_bytes_not_per_series(exposition
     """The per-pod part of the stored state is a reset mark, whatever the number of series."""
     def size(n_pods, n_adapters):
         obs = [(f"a{i}", "200", 0.2) for i in range(n_adapters)] + [(f"a{i}", "500", 0.01) for i in range(n_adapters)]
-        text = exposition(obs, created=True)  # one process per pod, as scraped directly
-        cur = {f"pool-{i}": analysis.parse_worker(text) for i in range(n_pods)}
+        series = analysis.parse_worker(exposition(obs, created=True))  # as scraped directly
+        cur = {f"pool-{i}": series for i in range(n_pods)}
         return len(analysis.advance(None, cur)[0].dumps())
     per_pod_10 = (size(200, 10) - size(100, 10)) / 100
     per_pod_1 = (size(200, 1) - size(100, 1)) / 100
