@@ -7,7 +7,9 @@ pod resumes mid-epoch, atomic checkpoints, and our own progress lines and pod
 annotation — are each a few lines here and would be callbacks and overrides
 there. Order of work matters: everything cheap that can fail (dataset,
 config, base verification, an already-taken version) fails before the model
-loads, and nothing reaches the store unless the whole run succeeded.
+loads, and nothing reaches the store unless the whole run succeeded. A retry
+of a run that already published (its pod died before exiting) finds its own
+version in the store and succeeds at once (``published.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .config import TrainConfig, default_output_dir, hyperparameters
 from .dataset import IGNORE_INDEX, collate, load_dataset, split_eval, tokenize_all
 from .modeling import load_for_training
 from .progress import PodAnnotator, ProgressReporter, rates
+from .published import published_already
 from .summary import build_summary, write_summary
 
 
@@ -193,8 +196,12 @@ class _Run:
 
 
 def _train(cfg: TrainConfig, store, reporter: ProgressReporter, stop: _StopFlag) -> TrainResult:
-    run, store = _setup(cfg, store)
-    cfg = run.cfg
+    cfg, store, data, base = _prepare(cfg, store)
+    if cfg.publish and not cfg.force:
+        done = published_already(store, cfg, data.sha256, base)
+        if done is not None:  # this run published before its pod died: the retry is done
+            return _done_before(*done, reporter)
+    run = _setup(cfg, data, base)
     reporter.total_steps = run.total
     _resume_or_start(run)
     if run.resumed_from is not None:
@@ -207,19 +214,32 @@ def _train(cfg: TrainConfig, store, reporter: ProgressReporter, stop: _StopFlag)
     return _finish(run, store, reporter)
 
 
-def _setup(cfg: TrainConfig, store) -> tuple[_Run, Any]:
-    """Validate, resolve and load: everything cheap that can fail first, then the model."""
-    import torch
+def _done_before(sv, summary: dict, reporter: ProgressReporter) -> TrainResult:
+    """Report success for a run whose adapter an earlier pod of the same Job published."""
+    steps = summary.get("steps") or {}
+    done, total = steps.get("completed") or 0, steps.get("total") or 0
+    reporter.total_steps = total
+    reporter.report(done, "succeeded", loss=(summary.get("train_loss") or {}).get("final"), final=True,
+                    adapterDir=str(sv.path), published=True, alreadyPublished=True, checksum=sv.manifest.checksum)
+    return TrainResult(sv.path, summary, sv.manifest, done, total, False)
 
-    started, t_start = _utc(), time.monotonic()
-    data = load_dataset(cfg.dataset)  # every line validated before anything heavy
+
+def _prepare(cfg: TrainConfig, store) -> tuple[TrainConfig, Any, Any, Any]:
+    """Everything cheap that can fail, before the model loads: the dataset (every line), the
+    version, the store, the base (verified)."""
+    data = load_dataset(cfg.dataset)
     if cfg.version is None:
         cfg = cfg.model_copy(update={"version": datetime.now(timezone.utc).strftime("v%Y%m%d%H%M%S")})
     if store is None and (cfg.publish or cfg.base is not None):
         store = _open_store(cfg)
-    if cfg.publish and not cfg.force:
-        _refuse_taken_version(store, cfg)
-    base = resolve_base(cfg, store)
+    return cfg, store, data, resolve_base(cfg, store)
+
+
+def _setup(cfg: TrainConfig, data, base) -> _Run:
+    """Load the model, tokenize, build the optimizer."""
+    import torch
+
+    started, t_start = _utc(), time.monotonic()
     out_dir = default_output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -240,7 +260,7 @@ def _setup(cfg: TrainConfig, store) -> tuple[_Run, Any]:
                eval_set=eval_set, dropped=dropped_t + dropped_e, total=total, params=params, optimizer=optimizer,
                scheduler=scheduler, hyper=hyper, fingerprint=ckpt.fingerprint(data.sha256, hyper, base.checksum),
                ckpt_root=out_dir / "checkpoints", t_start=t_start, started=started)
-    return run, store
+    return run
 
 
 def _evaluate(run: _Run) -> float | None:
@@ -381,17 +401,6 @@ def _summary(run: _Run, eval_final: float | None, train_seconds: float) -> dict[
         train_seconds=round(train_seconds, 3),
         started=run.started, finished=_utc(), device=run.loaded.device, dtype=run.loaded.dtype,
     )
-
-
-def _refuse_taken_version(store, cfg: TrainConfig) -> None:
-    """Fail in seconds, not after training, if the version is already published."""
-    from loraplane.modelstore import StoreError
-
-    try:
-        store.resolve(cfg.owner, "adapter", cfg.name, cfg.version)
-    except StoreError:
-        return
-    raise TrainingError(f"adapter {cfg.owner}/{cfg.name}@{cfg.version} is already in the store (use --force to replace)")
 
 
 def _save_adapter(model, out_dir: Path) -> Path:

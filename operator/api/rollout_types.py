@@ -9,14 +9,16 @@ began, the counters at that moment, the stable route to go back to, the last
 command nonce it obeyed — is in these models, so a fresh operator process
 resumes a rollout at the same step instead of starting over or forgetting it.
 
-Wiring (done by the WorkerPool types owner, see docs/rollouts.md):
-``WorkerPoolSpec.rollouts: dict[str, RolloutSpec]`` (task -> block) and
-``WorkerPoolStatus.routes / draining / revisions / rollouts``.
+Wiring (see docs/rollouts.md): ``WorkerPoolSpec.rollouts: dict[str, RolloutSpec]``
+(task -> block), ``WorkerPoolSpec.drainSeconds`` and ``WorkerPoolStatus.routes /
+draining / revisions / rollouts / processedCommands / analysisBaseline``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import secrets
 from enum import Enum
 from typing import Literal
 
@@ -24,10 +26,14 @@ from pydantic import ConfigDict, Field, field_validator
 
 from .common_types import DNS_LABEL, ApiModel, cel
 
-#: Pool annotation the kubectl plugin sets to drive a rollout; value is a
-#: JSON ``RolloutCommand``. The nonce makes a command act once even though
-#: the operator sees the annotation on every later reconcile.
-COMMAND_ANNOTATION = "loraplane.io/rollout-command"
+#: Prefix of the pool annotations that carry rollout commands, one annotation
+#: per command: ``rollout-command.loraplane.io/<id>: {"command": ..., "task": ...}``.
+#: Why one key per command and not one slot: two commands sent within one
+#: reconcile pass would overwrite each other in a single annotation. Distinct
+#: keys are added by a plain merge patch (no read-modify-write, no conflict),
+#: the operator applies them in id order, acknowledges the ids in
+#: ``status.processedCommands`` and then removes the annotations.
+COMMAND_PREFIX = "rollout-command.loraplane.io"
 #: Pool annotation recorded as a revision's cause when spec.routes changes
 #: (like ``kubernetes.io/change-cause`` for Deployments).
 CHANGE_CAUSE_ANNOTATION = "loraplane.io/change-cause"
@@ -101,6 +107,14 @@ class RolloutSpec(ApiModel):
                                   description="Analysis window per step (the playbook's 30 minutes).")
     analysis: AnalysisThresholds = Field(default_factory=AnalysisThresholds, json_schema_extra={"default": {}})
     paused: bool = Field(default=False, description="Hold at the current step (weights unchanged).")
+    inconclusive_timeout_seconds: int = Field(
+        default=3600, alias="inconclusiveTimeoutSeconds", ge=0, le=7 * 86400,
+        description="How long a step may stay inconclusive (too few requests, no metrics) after its "
+                    "intervalSeconds; then onInconclusive decides.")
+    on_inconclusive: Literal["rollback", "promote"] = Field(
+        default="rollback", alias="onInconclusive",
+        description="Outcome of a step still inconclusive after inconclusiveTimeoutSeconds: rollback (stable "
+                    "weights, RolledBack, reason InconclusiveTimeout) or promote (next step).")
 
     @field_validator("steps")
     @classmethod
@@ -140,14 +154,13 @@ class RolloutState(ApiModel):
     step_started: str | None = Field(
         default=None, alias="stepStarted",
         description="RFC 3339 time the step's weights took effect (window start); empty while loading.")
-    window_start: str | None = Field(
-        default=None, alias="windowStart",
-        description="Compact JSON of the workers' cumulative counters at stepStarted (analysis baseline).")
+    window_counts: str | None = Field(
+        default=None, alias="windowCounts",
+        description="Compact JSON: per adapter, the requests and latency buckets counted since stepStarted "
+                    "(the analysis window, O(adapters)).")
     last_transition: str = Field(alias="lastTransition", description="RFC 3339 time of the last phase/step change.")
     reason: str = Field(default="", description="CamelCase reason of the last transition.")
     message: str = Field(default="")
-    last_nonce: str | None = Field(default=None, alias="lastNonce",
-                                   description="Nonce of the last rollout command obeyed.")
 
 
 class BackendWeights(ApiModel):
@@ -179,11 +192,11 @@ COMMANDS = ("promote", "promote-full", "pause", "resume", "abort", "rollback", "
 
 
 class RolloutCommand(ApiModel):
-    """Value of the ``loraplane.io/rollout-command`` annotation (JSON)."""
+    """Value of one ``rollout-command.loraplane.io/<id>`` annotation (JSON)."""
 
     command: str = Field(description="promote | promote-full | pause | resume | abort | rollback | retry")
     task: str
-    nonce: str = Field(min_length=1)
+    id: str = Field(default="", exclude=True, description="The annotation's name part (not in the value).")
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
@@ -194,18 +207,35 @@ class RolloutCommand(ApiModel):
             raise ValueError(f"unknown rollout command {v!r}; expected one of {', '.join(COMMANDS)}")
         return v
 
+    @staticmethod
+    def new_id(now: dt.datetime | None = None) -> str:
+        """``<UTC time to the microsecond>-<8 hex>``: ids sort in sending order (ties: random)."""
+        now = now or dt.datetime.now(dt.timezone.utc)
+        return f"{now.astimezone(dt.timezone.utc):%Y%m%dT%H%M%S%f}-{secrets.token_hex(4)}"
+
+    @staticmethod
+    def key(command_id: str) -> str:
+        return f"{COMMAND_PREFIX}/{command_id}"
+
     @classmethod
-    def parse(cls, text: str | None) -> "RolloutCommand | None":
-        """Parse the annotation; ``None`` when absent. A malformed value raises
-        ``ValueError`` naming the annotation so the handler can emit an Event."""
-        if not text:
-            return None
+    def parse(cls, command_id: str, text: str) -> "RolloutCommand":
+        """One annotation; a malformed value raises ``ValueError`` naming it (the pass reports it)."""
         try:
-            return cls.model_validate(json.loads(text))
+            return cls.model_validate({**json.loads(text), "id": command_id})
         except (ValueError, TypeError) as e:
-            raise ValueError(f"annotation {COMMAND_ANNOTATION} is not a valid command: {e}") from e
+            raise ValueError(f"annotation {cls.key(command_id)} is not a valid rollout command: {e}") from e
 
     def to_annotation(self) -> str:
-        return json.dumps(self.model_dump(by_alias=True), sort_keys=True,
-                          separators=(",", ":"))
+        return json.dumps({"command": self.command, "task": self.task}, sort_keys=True, separators=(",", ":"))
 
+
+def commands_of(annotations: dict[str, str]) -> list[tuple[str, RolloutCommand | str]]:
+    """(id, command or the parse error) of every command annotation, in id order."""
+    out: list[tuple[str, RolloutCommand | str]] = []
+    for key in sorted(k for k in annotations if k.startswith(COMMAND_PREFIX + "/")):
+        cid = key.split("/", 1)[1]
+        try:
+            out.append((cid, RolloutCommand.parse(cid, annotations[key])))
+        except ValueError as e:
+            out.append((cid, str(e)))
+    return out

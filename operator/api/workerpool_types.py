@@ -85,6 +85,10 @@ class WorkerPoolSpec(ApiModel):
     port: int = Field(default=8000, ge=1, le=65535, description="Worker HTTP port (OpenAI-compatible).")
     max_adapters: int | None = Field(default=None, alias="maxAdapters", ge=1, le=1024,
                                      description="Refuse pools routing to more distinct adapters than this.")
+    drain_seconds: int = Field(
+        default=60, alias="drainSeconds", ge=0, le=86400,
+        description="How long an adapter whose effective weight reached 0 stays loaded (requests routed just "
+                    "before the workers saw the new routes may still be running).")
     rollouts: dict[str, RolloutSpec] = Field(
         default_factory=dict, max_length=256,
         description="task -> automated canary rollout of that task's route (docs/rollouts.md).",
@@ -134,6 +138,13 @@ class WorkerPoolStatus(ApiModel):
     revisions: list[Revision] = Field(default_factory=list, max_length=10,
                                       description="Last effective route sets (rollback restores the previous).")
     rollouts: dict[str, RolloutState] = Field(default_factory=dict, description="task -> automated rollout state.")
+    processed_commands: list[str] = Field(
+        default_factory=list, alias="processedCommands",
+        description="Ids of rollout-command.loraplane.io/<id> annotations already applied (removed with them).")
+    analysis_baseline: str | None = Field(
+        default=None, alias="analysisBaseline",
+        description="Compact JSON, kept while a rollout progresses: the workers' counters summed per adapter at "
+                    "the last pass, and per pod a reset mark (O(pods + adapters), not pods x series).")
 
 
 PRINTER_COLUMNS = [

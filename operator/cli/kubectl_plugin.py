@@ -11,9 +11,13 @@ plugin only ever changes what a user could change themselves:
   ``loraplane.io/change-cause`` (recorded in the revision history).
 * While an automated rollout owns the task (``status.rollouts[task]`` is
   Progressing or Paused), ``promote | abort | rollback | pause | resume``
-  set the annotation ``loraplane.io/rollout-command`` to
-  ``{"command": ..., "task": ..., "nonce": ...}``; the operator obeys each
-  nonce once. ``pause``/``resume``/``abort`` always go through the annotation.
+  add one annotation per command, ``rollout-command.loraplane.io/<id>:
+  {"command": ..., "task": ...}`` (id: UTC time to the microsecond and a
+  random suffix). A merge patch that adds a new key never overwrites another
+  command, so two commands sent within one operator pass are both applied, in
+  id order; the operator acknowledges the ids in ``status.processedCommands``
+  and removes the annotations. ``pause``/``resume``/``abort`` always go
+  through an annotation.
 
 Pure parts (patch builders, table rendering) are separate from the API calls
 so they are unit-tested without a cluster.
@@ -24,12 +28,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-import uuid
 from typing import Any, Sequence
 
 from ..api.common_types import GROUP, VERSION
-from ..api.rollout_types import CHANGE_CAUSE_ANNOTATION, COMMAND_ANNOTATION, RolloutCommand
+from ..api.rollout_types import CHANGE_CAUSE_ANNOTATION, RolloutCommand
 
 PLURAL = "workerpools"
 ACTIVE = ("Progressing", "Paused")
@@ -72,9 +74,11 @@ def routes_patch(routes: dict[str, list[dict]], current: dict[str, Any], cause: 
     return {"metadata": {"annotations": {CHANGE_CAUSE_ANNOTATION: cause}}, "spec": {"routes": patch_routes}}
 
 
-def command_patch(command: str, task: str, nonce: str | None = None) -> dict:
-    cmd = RolloutCommand(command=command, task=task, nonce=nonce or f"{int(time.time())}-{uuid.uuid4().hex[:8]}")
-    return {"metadata": {"annotations": {COMMAND_ANNOTATION: cmd.to_annotation()}}}
+def command_patch(command: str, task: str, command_id: str | None = None) -> dict:
+    """Merge patch adding one command annotation (a new key: it cannot overwrite another command)."""
+    cmd = RolloutCommand(command=command, task=task)
+    return {"metadata": {"annotations": {RolloutCommand.key(command_id or RolloutCommand.new_id()):
+                                         cmd.to_annotation()}}}
 
 
 def rollout_active(pool: dict, task: str) -> bool:

@@ -128,6 +128,16 @@ class Kube:
             if e.status != 404:
                 raise
 
+    def remove_annotations(self, kind: str, ns: str, name: str, keys: list[str]) -> None:
+        """Merge patch deleting ``keys`` only: annotations added meanwhile are untouched."""
+        try:
+            self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, ns, PLURALS[kind], name, {"metadata": {"annotations": {k: None for k in keys}}},
+                _content_type="application/merge-patch+json")
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
     def event(self, obj: dict, type_: str, reason: str, message: str) -> None:
         meta = obj["metadata"]
         now = dt.datetime.now(dt.timezone.utc)

@@ -2,11 +2,13 @@
 the alternative to scraping the workers directly (``scrape.py``).
 
 Why the same Snapshot and not a ratio/p95 query per window: the direct scrape
-and this source then feed the very same judgment (``analysis.delta``: windows
-from cumulative counters with Prometheus' reset rule, 2xx-only quantiles,
-5xx errors, ``minRequests``), so switching provider changes where numbers
-come from, not what they mean; and the window start survives an operator
-restart in ``status`` exactly as before. Three instant queries per pass:
+and this source then feed the very same judgment (``analysis.advance``:
+windows accumulated from cumulative counters pass by pass, a pod counted from
+its first read, a reset losing one pass; 2xx-only quantiles, 5xx errors,
+``minRequests``), so switching provider changes where numbers come from, not
+what they mean; and the window survives an operator restart in ``status``.
+Prometheus keeps no ``_created`` samples, so a pod's reset mark here is its
+request count (a restart shows as a fall). Three instant queries per pass:
 ``loraplane_worker_requests_total<selector>``,
 ``loraplane_worker_request_duration_seconds_bucket<selector>`` and ``_sum``,
 grouped by the ``pod`` label (the chart's PodMonitor keeps it).

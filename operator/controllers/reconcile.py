@@ -27,8 +27,7 @@ from ..core.manifests import desired_configmap_obj, publish_job, service, verify
 from ..api.names import OWNER_LABEL, POOL_LABEL
 from ..core.inventory import pod_done
 from ..core.pool import plan_pool, worker_report
-from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, WorkerPoolResource, parse
-from ..api.rollout_types import COMMAND_ANNOTATION
+from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, WorkerPoolResource, as_read, parse
 from .scrape import endpoint_of, scrape
 from ..core.resolve import JobState, World, plan_adapter, plan_basemodel, relpath_of
 from ..core.store_summary import summarize_dir
@@ -178,8 +177,11 @@ def reconcile_pool(kube: Kube, cfg: Config, ledger: LedgerCache, applied: Applie
     for pod_name in plan.delete:
         kube.delete_pod(ns, pod_name)
     variant = plan.status.get("variant") or ""
+    routing.problems += pool_routing.task_problems(pool, adapters)
     _merge_routing(pool, plan, routing)
     _apply_status(kube, raw, plan.status)
+    if routing.remove_annotations:  # acknowledged in the status just written: a kill here re-applies nothing
+        kube.remove_annotations("WorkerPool", ns, name, routing.remove_annotations)
     for e in plan.events:
         kube.event(raw, *e)
     metrics.observe_pool(ns, name, variant, plan.status, plan.events, routing.transitions)
@@ -221,10 +223,6 @@ def _create_pods(kube: Kube, cfg: Config, ledger: LedgerCache, pool: WorkerPoolR
             time.sleep(cfg.create_delay_seconds)
 
 
-#: (pool uid, annotation value) of malformed rollout commands already reported
-_BAD_COMMANDS: set[tuple[str, str]] = set()
-
-
 def _plan_routing(pool: WorkerPoolResource, pods: list[dict]) -> pool_routing.RoutingPlan:
     """Rollout steps and load before route (pure core in ``core.routing``);
     scrapes the ready workers only while a rollout needs their metrics."""
@@ -260,11 +258,11 @@ def _merge_routing(pool: WorkerPoolResource, plan, routing: pool_routing.Routing
         st["conditions"] = set_condition(st["conditions"], "Degraded", True, "NoLoadedBackend",
                                          routing.unavailable, gen)
     plan.events = plan.events + routing.events
-    if routing.command_error:
-        key = (pool.metadata.uid, pool.metadata.annotations.get(COMMAND_ANNOTATION, ""))
-        if key not in _BAD_COMMANDS:
-            _BAD_COMMANDS.add(key)
-            plan.events.append(("Warning", "InvalidRolloutCommand", routing.command_error))
+    st["conditions"], problem_event = pool_routing.report_problems(
+        st["conditions"], routing.problems, generation=gen, now=_now(),
+        stored=[as_read(c) for c in pool.status.conditions])
+    if problem_event:
+        plan.events.append(problem_event)
     if routing.requeue_after is not None:
         plan.requeue_after = min(plan.requeue_after or routing.requeue_after, routing.requeue_after)
 

@@ -8,8 +8,9 @@ annotation first: a host process standing in for a KWOK pod (devcluster
 
 All workers are scraped in parallel with a short timeout, so one hung
 worker costs a pass at most ``timeout`` seconds; a worker that fails is left
-out of this snapshot (a pod absent at the window start is counted from its
-own start by ``analysis.delta``; one absent now simply adds nothing).
+out of this snapshot. ``analysis.advance`` then counts nothing of that pass
+(a pod of the baseline is missing) and, once the worker answers again, counts
+it from that read on: none of its history enters an open window.
 """
 
 from __future__ import annotations

@@ -26,15 +26,29 @@ Definitions (per adapter version = the served adapter name):
   Accuracy is bounded by the bucket layout (0.25, 0.5, 1, 2.5 s, ...).
 
 Counters are cumulative since each worker started, so analysis compares a
-*window*: ``delta(now, at_step_start)`` per pod. A pod whose counters went down
-restarted; its current values are all inside the window (Prometheus' reset
-rule). A pod absent at the window start is new: all its counts count.
+*window*. Why the window is accumulated pass by pass rather than kept as every
+pod's counters at the window start: that baseline was pods x series in
+``status`` (~300 B per series: a 1,000-worker pool with 10 adapters passed
+etcd's object limit). Now the pool keeps one ``Baseline`` (per adapter: the
+counters summed over the pods read at the last pass; per pod: only a reset
+mark) and each open window keeps its own per-adapter ``Counts``. Each pass,
+``advance`` gives the increment since the last pass over the pods read then:
+
+* a pod read for the first time (new, or its scrape failed until now) joins
+  the baseline with its current counters: it counts from that pass on, and
+  none of its history enters a window;
+* when a pod of the baseline is missing (scrape failed, pod gone) or was
+  reset (its request count fell, or its series' ``_created`` time moved: the
+  process restarted), the increment cannot be attributed: that pass adds
+  nothing (at most one pass of data lost, never counts from outside the window).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
@@ -43,6 +57,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ..api.rollout_types import AnalysisThresholds
 
 REQUESTS = "loraplane_worker_requests_total"
+REQUESTS_CREATED = "loraplane_worker_requests_created"
 DURATION = "loraplane_worker_request_duration_seconds"
 
 
@@ -53,6 +68,8 @@ class Series:
     by_status: dict[str, float] = field(default_factory=dict)  # requests_total per status
     buckets: dict[float, float] = field(default_factory=dict)  # 2xx latency, le -> cumulative count
     ok_sum: float = 0.0
+    #: earliest ``_created`` time of its request counters (a restarted process moves it); not serialized
+    created: float | None = None
 
     def to_json(self) -> dict:
         return {"n": self.by_status, "b": {repr(k) if math.isfinite(k) else "+Inf": v for k, v in self.buckets.items()},
@@ -97,6 +114,9 @@ def parse_worker(text: str) -> dict[tuple[str, str], Series]:
                 ser.buckets[le] = ser.buckets.get(le, 0.0) + s.value
             elif s.name == DURATION + "_sum" and is_ok(status):
                 out.setdefault(key, Series()).ok_sum += s.value
+            elif s.name == REQUESTS_CREATED:
+                ser = out.setdefault(key, Series())
+                ser.created = s.value if ser.created is None else min(ser.created, s.value)
     return out
 
 
@@ -106,7 +126,7 @@ def snapshot(texts: Mapping[str, str]) -> Snapshot:
 
 
 def dumps(snap: Snapshot) -> str:
-    """Compact JSON for ``RolloutState.windowStart``."""
+    """Compact JSON of a whole snapshot (per pod x per series: for tests and debugging, never stored)."""
     return json.dumps({pod: {f"{t}\t{a}": s.to_json() for (t, a), s in series.items()}
                        for pod, series in snap.items()}, sort_keys=True, separators=(",", ":"))
 
@@ -119,28 +139,92 @@ def loads(text: str | None) -> Snapshot:
             for pod, series in raw.items()}
 
 
-def _reset(cur: Series, base: Series) -> bool:
-    return (any(v < base.by_status.get(k, 0.0) for k, v in cur.by_status.items())
-            or any(cur.by_status.get(k) is None for k in base.by_status)
-            or any(v < base.buckets.get(k, 0.0) for k, v in cur.buckets.items()))
+#: adapter -> counters summed over pods and task labels (an adapter belongs to one task; requests
+#: pinned to a version by name carry task "-" and are signal about that version too)
+Counts = dict[str, Series]
 
 
-def delta(current: Snapshot, start: Snapshot) -> Snapshot:
-    """Counts inside the window: ``current - start`` per pod, reset-aware."""
-    out: Snapshot = {}
-    for pod, series in current.items():
-        base_pod = start.get(pod, {})
-        out[pod] = {}
-        for key, cur in series.items():
-            base = base_pod.get(key)
-            if base is None or _reset(cur, base):
-                out[pod][key] = Series(dict(cur.by_status), dict(cur.buckets), cur.ok_sum)
-            else:
-                out[pod][key] = Series(
-                    {k: v - base.by_status.get(k, 0.0) for k, v in cur.by_status.items()},
-                    {k: v - base.buckets.get(k, 0.0) for k, v in cur.buckets.items()},
-                    cur.ok_sum - base.ok_sum)
+def _plus(a: Series, b: Series, sign: float = 1.0) -> Series:
+    return Series({k: a.by_status.get(k, 0.0) + sign * b.by_status.get(k, 0.0) for k in a.by_status | b.by_status},
+                  {k: a.buckets.get(k, 0.0) + sign * b.buckets.get(k, 0.0) for k in a.buckets | b.buckets},
+                  a.ok_sum + sign * b.ok_sum)
+
+
+def add_counts(a: Counts, b: Counts) -> Counts:
+    return {k: _plus(a.get(k, Series()), b.get(k, Series())) for k in sorted(a.keys() | b.keys())}
+
+
+def by_adapter(pods: Iterable[Mapping[tuple[str, str], Series]]) -> Counts:
+    out: Counts = {}
+    for series in pods:
+        for (_, adapter), s in series.items():
+            out[adapter] = _plus(out.get(adapter, Series()), s)
     return out
+
+
+def dumps_counts(counts: Counts) -> str:
+    """Compact JSON for ``RolloutState.windowCounts``."""
+    return json.dumps({a: s.to_json() for a, s in counts.items()}, sort_keys=True, separators=(",", ":"))
+
+
+def loads_counts(text: str | None) -> Counts:
+    return {a: Series.from_json(v) for a, v in json.loads(text).items()} if text else {}
+
+
+def _mark(series: Mapping[tuple[str, str], Series]) -> str | int | float:
+    """A pod's reset mark: a tag of its counters' earliest ``_created`` time (moves when the process
+    restarts), or, where that is not exposed (Prometheus), its request count (falls on a restart)."""
+    created = [s.created for s in series.values() if s.created is not None]
+    if created:
+        return hashlib.sha256(repr(min(created)).encode()).hexdigest()[:8]
+    n = sum(v for s in series.values() for v in s.by_status.values())
+    return int(n) if n == int(n) else n
+
+
+def _was_reset(before: str | int | float, now: str | int | float) -> bool:
+    if isinstance(before, str):
+        return now != before
+    return not isinstance(now, str) and now < before
+
+
+@dataclass
+class Baseline:
+    """The counters read at the last pass: per pod a reset mark, per adapter the sum over those pods.
+    About 20 bytes per pod (the pods' common name prefix is stored once) and ~400 per adapter."""
+
+    pods: dict[str, str | int | float]
+    counts: Counts
+
+    def dumps(self) -> str:
+        """Compact JSON for ``WorkerPoolStatus.analysisBaseline``."""
+        prefix = os.path.commonprefix(sorted(self.pods)[:1] + sorted(self.pods)[-1:]) if self.pods else ""
+        return json.dumps({"prefix": prefix, "pods": {p[len(prefix):]: m for p, m in self.pods.items()},
+                           "counts": {a: s.to_json() for a, s in self.counts.items()}},
+                          sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def loads(cls, text: str | None) -> "Baseline | None":
+        if not text:
+            return None
+        raw = json.loads(text)
+        prefix = raw.get("prefix", "")
+        return cls(pods={prefix + p: m for p, m in raw.get("pods", {}).items()},
+                   counts={a: Series.from_json(v) for a, v in raw.get("counts", {}).items()})
+
+
+def advance(prev: Baseline | None, current: Snapshot) -> tuple[Baseline, Counts | None]:
+    """The new baseline, and the increment since ``prev`` over the pods ``prev``
+    read (None when it cannot be attributed: no ``prev``, or one of its pods
+    missing or reset). See the module doc."""
+    marks = {pod: _mark(series) for pod, series in current.items()}
+    new = Baseline(pods=marks, counts=by_adapter(current.values()))
+    if prev is None or any(pod not in current or _was_reset(m, marks[pod]) for pod, m in prev.pods.items()):
+        return new, None
+    kept = by_adapter(current[pod] for pod in prev.pods)
+    inc = {a: _plus(kept.get(a, Series()), prev.counts.get(a, Series()), -1.0) for a in kept.keys() | prev.counts}
+    if any(v < -1e-9 for s in inc.values() for v in (*s.by_status.values(), *s.buckets.values())):
+        return new, None  # a reset the marks missed: never count negative requests
+    return new, {a: inc[a] for a in sorted(inc)}
 
 
 @dataclass
@@ -257,12 +341,12 @@ def judge(canary: Stats, baseline: Stats | None, th: AnalysisThresholds) -> Verd
     return Verdict("healthy", "Healthy", summary)
 
 
-def analyze(current: Snapshot, start: Snapshot, *, canary: str, stable: Iterable[str],
-            thresholds: AnalysisThresholds) -> Verdict:
-    """Verdict for the window ``start -> current``: canary vs the stable version(s)."""
-    window = delta(current, start)
+def stats(counts: Counts, adapters: Iterable[str]) -> Stats:
+    """Window statistics of ``adapters`` (summed)."""
+    return aggregate({"window": {("", a): s for a, s in counts.items()}}, None, adapters)
+
+
+def analyze(window: Counts, *, canary: str, stable: Iterable[str], thresholds: AnalysisThresholds) -> Verdict:
+    """Verdict for a window's counts: canary vs the stable version(s)."""
     stable = [a for a in stable if a != canary]
-    # Any task label: requests pinned to a version by name (task "-") are
-    # signal about that version too; an adapter belongs to one task anyway.
-    base = aggregate(window, None, stable) if stable else None
-    return judge(aggregate(window, None, [canary]), base, thresholds)
+    return judge(stats(window, [canary]), stats(window, stable) if stable else None, thresholds)

@@ -11,8 +11,14 @@ transitions to count.
 Why a separate pure module: every decision a rollout makes must survive an
 operator restart, so all of it is computed from what the API holds
 (``status.rollouts``, ``status.effectiveRoutes``, ``status.draining``,
-``status.revisions``) plus the clock; calling ``plan_routing`` twice on the
-same inputs gives the same plan.
+``status.revisions``, ``status.processedCommands``, ``status.analysisBaseline``)
+plus the clock; calling ``plan_routing`` twice on the same inputs gives the
+same plan.
+
+What only the operator can see is wrong with the routes (a route to an
+adapter of another task, a canary that already serves everything) is a
+*problem*: condition ``RoutesValid`` False with its reason, Ready False, and
+one Event (``report_problems``).
 """
 
 from __future__ import annotations
@@ -21,14 +27,11 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from . import analysis, revisions, rollout, routing_policy
-from ..api.resources import WorkerPoolResource, as_read
+from ..api.conditions import get_condition, set_condition
+from ..api.resources import AdapterResource, InvalidObject, WorkerPoolResource, as_read
 from ..api.rollout_types import (
-    CHANGE_CAUSE_ANNOTATION, COMMAND_ANNOTATION, Phase, Revision, RolloutCommand, RolloutSpec, RolloutState,
+    CHANGE_CAUSE_ANNOTATION, Phase, Revision, RolloutCommand, RolloutSpec, RolloutState, commands_of,
 )
-
-#: How long a backend whose effective weight reached 0 stays loaded (requests
-#: routed just before the workers saw the new ConfigMap may still be running).
-DRAIN_SECONDS = 60.0
 #: Longest pause between passes while a rollout is progressing (time drives steps).
 ROLLOUT_REQUEUE_SECONDS = 15.0
 
@@ -51,7 +54,10 @@ class RoutingPlan:
     #: Degraded condition message for tasks with no loaded backend
     unavailable: str | None = None
     requeue_after: float | None = None
-    command_error: str | None = None
+    #: (reason, message) of what is wrong with the rollouts (``report_problems``)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    #: command annotations applied (acknowledged in status): remove them once the status is written
+    remove_annotations: list[str] = field(default_factory=list)
 
 
 def ready_loaded(reports: list[dict]) -> list[list[str]]:
@@ -117,21 +123,22 @@ def _with_deletions(new: dict, old: dict | None) -> dict:
 
 
 def plan_routing(pool: WorkerPoolResource, loaded: list[list[str]], snap: analysis.Snapshot | None,
-                 now: dt.datetime, drain_seconds: float = DRAIN_SECONDS) -> RoutingPlan:
+                 now: dt.datetime, drain_seconds: float | None = None) -> RoutingPlan:
     status = pool.status
+    drain = float(pool.spec.drain_seconds if drain_seconds is None else drain_seconds)
     spec_routes = _routes(pool.spec.routes)
     previous = _routes(status.effective_routes)
-    cmd, command_error = None, None
-    try:
-        cmd = RolloutCommand.parse(pool.metadata.annotations.get(COMMAND_ANNOTATION))
-    except ValueError as e:
-        command_error = str(e)
-    # 1. Each task's rollout step (the override of spec.routes[task]).
-    steps = _step_rollouts(pool, spec_routes, previous, snap, now, cmd)
+    commands = commands_of(pool.metadata.annotations)
+    baseline, increment = None, None
+    if snap is not None:  # the counters read at the last pass -> the increment of this pass
+        baseline, increment = analysis.advance(analysis.Baseline.loads(status.analysis_baseline), snap)
+    # 1. Each task's rollout step (the override of spec.routes[task]), commands not applied yet.
+    done = set(status.processed_commands)
+    steps = _step_rollouts(pool, spec_routes, previous, (snap is not None, increment), now,
+                           [(cid, c) for cid, c in commands if cid not in done])
     # 2. Load before route.
     zero_since = {a: dt.datetime.fromisoformat(t) for a, t in status.draining.items()}
-    r = routing_policy.compute(steps.desired, previous, loaded, zero_since=zero_since, now=now,
-                               drain_seconds=drain_seconds)
+    r = routing_policy.compute(steps.desired, previous, loaded, zero_since=zero_since, now=now, drain_seconds=drain)
     # 3. Revisions: what clients actually got.
     history = _record_revision(pool, r.effective, previous, spec_routes, steps.states, now)
     st_out = {
@@ -144,6 +151,8 @@ def plan_routing(pool: WorkerPoolResource, loaded: list[list[str]], snap: analys
         "rollouts": _with_deletions({t: s.model_dump(by_alias=True, mode="json", exclude_none=True)
                                      for t, s in steps.states.items()},
                                     {t: as_read(s) for t, s in status.rollouts.items()}),
+        "processedCommands": sorted(cid for cid, _ in commands) or None,
+        "analysisBaseline": baseline.dumps() if baseline is not None else None,
     }
     # 4. Conditions, requeue.
     unavailable = None
@@ -156,7 +165,8 @@ def plan_routing(pool: WorkerPoolResource, loaded: list[list[str]], snap: analys
                                       for t, bs in routing_policy.for_workers(r.effective).items()},
                        keep=set(r.keep), status=st_out, events=steps.events, transitions=steps.transitions,
                        progressing=_progressing(steps.states, r.pending), unavailable=unavailable,
-                       requeue_after=_requeue(steps, r, now, drain_seconds), command_error=command_error)
+                       requeue_after=_requeue(steps, r, now, drain), problems=_rollout_problems(pool, steps.states),
+                       remove_annotations=[RolloutCommand.key(cid) for cid, _ in commands])
 
 
 @dataclass
@@ -171,17 +181,23 @@ class _Steps:
 
 
 def _step_rollouts(pool: WorkerPoolResource, spec_routes: Routes, previous: Routes,
-                   snap: analysis.Snapshot | None, now: dt.datetime, cmd: RolloutCommand | None) -> _Steps:
+                   metrics: tuple[bool, analysis.Counts | None], now: dt.datetime,
+                   commands: list[tuple[str, RolloutCommand | str]]) -> _Steps:
+    """Each task's rollout step. ``metrics``: (counters were read this pass, their increment since
+    the last pass or None when it could not be attributed)."""
     states = pool.status.rollouts
     specs = pool.spec.rollouts
     out = _Steps(desired=dict(spec_routes), states={}, specs=specs)
+    driven = {t for t in specs if t in spec_routes}
+    out.events += _unapplicable(commands, driven)
     for task in sorted(set(specs) | set(states)):
-        r_spec = specs.get(task) if task in spec_routes else None
+        r_spec = specs.get(task) if task in driven else None
         state = states.get(task)
-        verdict = rollout.evaluate(r_spec, state, snap) if r_spec is not None and snap is not None else None
+        counts = rollout.window_after(state, metrics[1]) if metrics[0] else None
+        verdict = rollout.evaluate(r_spec, state, counts) if r_spec is not None else None
+        mine = [c for _, c in commands if isinstance(c, RolloutCommand) and c.task == task]
         d = rollout.step(r_spec, state, task=task, spec_route=spec_routes.get(task, {}),
-                         effective_route=previous.get(task), now=now,
-                         snapshot=analysis.dumps(snap) if snap is not None else None, verdict=verdict, command=cmd)
+                         effective_route=previous.get(task), now=now, counts=counts, verdict=verdict, commands=mine)
         if d.state is not None:
             out.states[task] = d.state
         if d.route is not None and task in spec_routes:
@@ -190,6 +206,18 @@ def _step_rollouts(pool: WorkerPoolResource, spec_routes: Routes, previous: Rout
             out.events.append((e.type, e.reason, e.message))
             out.transitions.append((task, e.reason))
     return out
+
+
+def _unapplicable(commands: list[tuple[str, RolloutCommand | str]], driven: set[str]) -> list[tuple[str, str, str]]:
+    """Events for malformed commands and commands for a task no rollout drives (each is seen once:
+    it is acknowledged and its annotation removed)."""
+    events = []
+    for cid, c in commands:
+        if isinstance(c, str):
+            events.append(("Warning", "InvalidRolloutCommand", c))
+        elif c.task not in driven:
+            events.append(("Normal", "CommandIgnored", f"{c.task}: '{c.command}' ({cid}): no rollout drives this task"))
+    return events
 
 
 def _record_revision(pool: WorkerPoolResource, effective: Routes, previous: Routes, spec_routes: Routes,
@@ -243,3 +271,63 @@ def _requeue(steps: _Steps, r, now: dt.datetime, drain_seconds: float) -> float 
         if left > 0:
             requeue = min(requeue or left + 0.5, left + 0.5)
     return requeue
+
+
+def _rollout_problems(pool: WorkerPoolResource, states: dict[str, RolloutState]) -> list[tuple[str, str]]:
+    """A rollout block naming a canary that already served all of its task."""
+    return [(rollout.CANARY_IS_STABLE, f"rollout {t}: {s.message}") for t, s in sorted(states.items())
+            if s.reason == rollout.CANARY_IS_STABLE and s.phase == Phase.promoted
+            and t in pool.spec.rollouts and pool.spec.rollouts[t].canary == s.canary]
+
+
+def task_problems(pool: WorkerPoolResource, adapters: dict[str, AdapterResource | InvalidObject | None]
+                  ) -> list[tuple[str, str]]:
+    """Routes (and rollout canaries) that send a task to an adapter trained for another task."""
+    out = []
+    named = [(t, b.adapter, "route") for t, bs in sorted(pool.spec.routes.items()) for b in bs]
+    named += [(t, r.canary, "rollout canary") for t, r in sorted(pool.spec.rollouts.items())]
+    for task, name, what in named:
+        a = adapters.get(name)
+        if isinstance(a, AdapterResource) and a.spec.task != task:
+            out.append(("RouteTaskMismatch", f"{what} {task} -> {name}: adapter {name} serves task {a.spec.task}"))
+    return out
+
+
+#: Condition owned by this module: False with a problem's reason while the routes or rollouts
+#: name something the operator cannot serve as asked (absent until a first problem).
+ROUTES_VALID = "RoutesValid"
+
+
+def report_problems(conditions: list[dict], problems: list[tuple[str, str]], *, generation: int | None,
+                    now: dt.datetime, stored: list[dict] | None = None) -> tuple[list[dict], tuple | None]:
+    """``RoutesValid`` False with the first problem's reason (messages joined) and a Warning Event
+    unless ``stored`` (the conditions as the API holds them) already says exactly that; a Ready that
+    this pass computed True becomes False with the same reason (never Ready=True silently). A Ready
+    already False keeps its own, more urgent reason (and the dedupe of its Events)."""
+    stored = conditions if stored is None else stored
+    before = get_condition(stored, ROUTES_VALID)
+    if not problems:
+        if before is None:
+            return conditions, None
+        return _keep_time(set_condition(conditions, ROUTES_VALID, "True", "AsExpected",
+                                        "routes and rollouts name adapters of their task", generation, now),
+                          stored, ROUTES_VALID), None
+    reason, message = problems[0][0], "; ".join(m for _, m in problems)[:1000]
+    same = before is not None and (before.get("status"), before.get("reason"), before.get("message")) == \
+        ("False", reason, message)
+    conditions = _keep_time(set_condition(conditions, ROUTES_VALID, "False", reason, message, generation, now),
+                            stored, ROUTES_VALID)
+    if (get_condition(conditions, "Ready") or {}).get("status") == "True":
+        conditions = _keep_time(set_condition(conditions, "Ready", "False", reason, message, generation, now),
+                                stored, "Ready")
+    return conditions, None if same else ("Warning", reason, message)
+
+
+def _keep_time(conditions: list[dict], stored: list[dict], type_: str) -> list[dict]:
+    """``lastTransitionTime`` of ``type_`` as stored when its status did not change (``set_condition``
+    compared with this pass's freshly computed conditions, not with what the API holds)."""
+    old, new = get_condition(stored, type_) or {}, get_condition(conditions, type_) or {}
+    if old.get("status") != new.get("status") or not old.get("lastTransitionTime"):
+        return conditions
+    return [dict(c, lastTransitionTime=old["lastTransitionTime"]) if c.get("type") == type_ else c
+            for c in conditions]

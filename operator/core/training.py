@@ -15,9 +15,12 @@ and to the card with ``NVIDIA_VISIBLE_DEVICES``, like a worker.
 
 Why a Failed training is not retried: the Job already retried its pods
 (``backoffLimit``, each pod resuming from the last checkpoint); what is left
-is a deterministic failure (bad dataset, version already published, OOM at
-this batch size) that a blind retry would repeat on a shared GPU. A new
-generation of the spec gets a new Job.
+is a deterministic failure (bad dataset, a version another run published, OOM
+at this batch size) that a blind retry would repeat on a shared GPU. A new
+generation of the spec gets a new Job. A pod that dies after publishing but
+before exiting is not a failure: the Job's retry finds the version this very
+run published (same summary, verified files) and exits 0
+(``training_jobs/published.py``), so the Job completes and verify follows.
 """
 
 from __future__ import annotations

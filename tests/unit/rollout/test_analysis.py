@@ -1,4 +1,5 @@
 import math
+import time
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -52,8 +53,9 @@ def test_rank_in_inf_bucket_returns_highest_finite_bound():
         an.histogram_quantile(0.5, {1.0: 3})
 
 
-def _worker(observations):
-    """Real prometheus_client metrics as the worker defines them."""
+def _worker(observations, created=False):
+    """Real prometheus_client metrics as the worker defines them (a new registry per call: its
+    ``_created`` samples, a restart mark, are left out unless ``created``)."""
     r = CollectorRegistry()
     h = Histogram("loraplane_worker_request_duration_seconds", "x", ["task", "adapter", "status"],
                   buckets=BUCKETS, registry=r)
@@ -61,7 +63,8 @@ def _worker(observations):
     for adapter, status, secs in observations:
         h.labels("t", adapter, status).observe(secs)
         c.labels("t", adapter, status).inc()
-    return generate_latest(r).decode()
+    text = generate_latest(r).decode()
+    return text if created else "\n".join(ln for ln in text.splitlines() if "_created" not in ln) + "\n"
 
 
 def test_real_exposition_from_several_workers_sums():
@@ -74,15 +77,30 @@ def test_real_exposition_from_several_workers_sums():
     assert v2.buckets[math.inf] == 2  # the 500 does not enter latency
 
 
-def test_delta_window_and_counter_reset():
-    start = an.snapshot({"a": _worker([("v1", "200", 0.05)] * 5), "gone": _worker([("v1", "200", 0.05)])})
+def test_advance_counts_increments_of_pods_read_last_pass_and_new_pods_from_their_first_read():
+    b0, inc = an.advance(None, an.snapshot({"a": _worker([("v1", "200", 0.05)] * 5)}))
+    assert inc is None  # nothing to compare with yet
     now = an.snapshot({"a": _worker([("v1", "200", 0.05)] * 8), "new": _worker([("v1", "500", 0.05)] * 2)})
-    w = an.delta(now, start)
-    st = an.aggregate(w, "t", ["v1"])
-    assert (st.requests, st.errors) == (5, 2)  # 3 from a, 2 from new
-    # a restarted: its counters fell, so all of them are in the window
-    restarted = an.snapshot({"a": _worker([("v1", "200", 0.05)] * 2)})
-    assert an.aggregate(an.delta(restarted, start), "t", ["v1"]).requests == 2
+    b1, inc = an.advance(b0, now)
+    assert (an.stats(inc, ["v1"]).requests, an.stats(inc, ["v1"]).errors) == (3, 0)  # "new" joins, adds nothing
+    _, inc = an.advance(b1, an.snapshot({"a": _worker([("v1", "200", 0.05)] * 9),
+                                         "new": _worker([("v1", "500", 0.05)] * 5)}))
+    assert (an.stats(inc, ["v1"]).requests, an.stats(inc, ["v1"]).errors) == (4, 3)
+    back = an.Baseline.loads(b1.dumps())
+    assert back.dumps() == b1.dumps() and an.Baseline.loads(None) is None
+
+
+def test_a_restart_is_seen_by_the_counters_created_time_even_when_the_count_grew():
+    r = CollectorRegistry()
+    c = Counter("loraplane_worker_requests_total", "x", ["task", "adapter", "status"], registry=r)
+    c.labels("t", "v1", "200").inc(2)
+    b0, _ = an.advance(None, an.snapshot({"a": generate_latest(r).decode()}))
+    c.labels("t", "v1", "200").inc(3)
+    b1, inc = an.advance(b0, an.snapshot({"a": generate_latest(r).decode()}))
+    assert an.stats(inc, ["v1"]).requests == 3  # same process: counted
+    time.sleep(0.01)
+    restarted = an.snapshot({"a": _worker([("v1", "200", 0.05)] * 9, created=True)})  # a new process, more requests
+    assert an.advance(b1, restarted)[1] is None
 
 
 def test_snapshot_roundtrip_through_status_json():
@@ -113,9 +131,10 @@ def test_verdicts():
 
 
 def test_analyze_compares_canary_with_stable_over_the_window():
-    start = an.snapshot({"p": _worker([("v1", "200", 0.05)] * 100)})
-    cur = an.snapshot({"p": _worker([("v1", "200", 0.05)] * 130 + [("v2", "200", 0.4)] * 20)})
-    v = an.analyze(cur, start, canary="v2", stable=["v1"], thresholds=TH)
+    def counts(obs):
+        return an.by_adapter([an.parse_worker(_worker(obs))])
+    v = an.analyze(counts([("v1", "200", 0.05)] * 30 + [("v2", "200", 0.4)] * 20), canary="v2", stable=["v1"],
+                   thresholds=TH)
     assert v.breach and v.reason == "LatencyRegression"
-    cur = an.snapshot({"p": _worker([("v1", "200", 0.05)] * 130 + [("v2", "200", 0.05)] * 20)})
-    assert an.analyze(cur, start, canary="v2", stable=["v1"], thresholds=TH).healthy
+    assert an.analyze(counts([("v1", "200", 0.05)] * 30 + [("v2", "200", 0.05)] * 20), canary="v2",
+                      stable=["v1"], thresholds=TH).healthy

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from loraplane.operator.cli import kubectl_plugin as kp
-from loraplane.operator.api.rollout_types import CHANGE_CAUSE_ANNOTATION, COMMAND_ANNOTATION, RolloutCommand
+from loraplane.operator.api.rollout_types import CHANGE_CAUSE_ANNOTATION, COMMAND_PREFIX, RolloutCommand, commands_of
 
 POOL = {
     "metadata": {"name": "chat"},
@@ -54,15 +54,17 @@ def test_rollback_patch_restores_previous_revision_exactly_and_deletes_extra_tas
         kp.previous_routes(POOL, 7)
 
 
-def test_command_patch_is_a_valid_command_with_nonce():
-    p = kp.command_patch("pause", "summarize", nonce="abc")
-    cmd = RolloutCommand.parse(p["metadata"]["annotations"][COMMAND_ANNOTATION])
-    assert (cmd.command, cmd.task, cmd.nonce) == ("pause", "summarize", "abc")
-    a, b = kp.command_patch("pause", "x"), kp.command_patch("pause", "x")
-    assert json.loads(a["metadata"]["annotations"][COMMAND_ANNOTATION])["nonce"] != \
-        json.loads(b["metadata"]["annotations"][COMMAND_ANNOTATION])["nonce"]
+def test_command_patch_adds_one_annotation_per_command():
+    p = kp.command_patch("pause", "summarize", command_id="20260101T000000000000-abcdef01")
+    ((key, value),) = p["metadata"]["annotations"].items()
+    assert key == f"{COMMAND_PREFIX}/20260101T000000000000-abcdef01"
+    cmd = RolloutCommand.parse(key.split("/", 1)[1], value)
+    assert (cmd.command, cmd.task, cmd.id) == ("pause", "summarize", "20260101T000000000000-abcdef01")
+    a, b = kp.command_patch("pause", "x"), kp.command_patch("resume", "x")
+    both = {**a["metadata"]["annotations"], **b["metadata"]["annotations"]}  # two patches: neither overwrites
+    assert [c.command for _, c in commands_of(both)] == ["pause", "resume"]
     with pytest.raises(ValueError, match="unknown rollout command"):
-        RolloutCommand.parse('{"command":"explode","task":"x","nonce":"1"}')
+        RolloutCommand.parse("x", '{"command":"explode","task":"x"}')
 
 
 def test_promote_routes_manual_and_rollout_detection():

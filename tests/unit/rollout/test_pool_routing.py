@@ -140,10 +140,11 @@ def test_an_automated_rollout_steps_on_health_and_rolls_back_on_errors(expositio
 
 
 def test_a_malformed_command_is_reported_not_obeyed():
-    p = pool({"t": r(("v1", 100))}, annotations={"loraplane.io/rollout-command": "{not json"})
+    key = "rollout-command.loraplane.io/20260101T000000000000-abcdef01"
+    p = pool({"t": r(("v1", 100))}, annotations={key: "{not json"})
     plan = plan_routing(p, [["v1"]], None, T0)
-    assert "loraplane.io/rollout-command" in plan.command_error
-    assert plan.worker_routes == {"t": {"v1": 100}}
+    assert [e[1] for e in plan.events] == ["InvalidRolloutCommand"] and key in plan.events[0][2]
+    assert plan.worker_routes == {"t": {"v1": 100}} and plan.remove_annotations == [key]
 
 
 def test_ready_loaded_ignores_workers_that_have_not_reported_ready():

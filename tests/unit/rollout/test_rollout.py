@@ -16,7 +16,7 @@ WAIT = an.Verdict("inconclusive", "NotEnoughRequests", "3 < 100")
 
 def run(state, *, t, effective=None, verdict=None, command=None, spec=SPEC, spec_route=STABLE):
     d = ro.step(spec, state, task="t", spec_route=spec_route, effective_route=effective, now=t,
-                snapshot='{"snap":1}', verdict=verdict, command=command)
+                counts=ro.window_after(state, {}), verdict=verdict, commands=[command] if command else [])
     return d
 
 
@@ -31,7 +31,7 @@ def test_start_then_window_opens_only_when_weights_in_effect():
     d = run(d.state, t=at(10), effective={"v1": 100})  # canary not loaded yet
     assert d.state.step_started is None
     d = run(d.state, t=at(20), effective={"v1": 95, "v2": 5})
-    assert d.state.step_started == at(20).isoformat() and d.state.window_start == '{"snap":1}'
+    assert d.state.step_started == at(20).isoformat() and d.state.window_counts == "{}"
 
 
 def _in_effect(state, t):
@@ -68,16 +68,16 @@ def test_inconclusive_holds_the_step():
     assert d.state.canary_weight == 5 and d.state.phase == Phase.progressing and "3 < 100" in d.state.message
 
 
-def cmd(c, nonce):
-    return RolloutCommand(command=c, task="t", nonce=nonce)
+def cmd(c, cid):
+    return RolloutCommand(command=c, task="t", id=cid)
 
 
-def test_commands_obeyed_once_pause_resume_promote_abort_retry():
+def test_commands_pause_resume_promote_abort_retry():
     s = _in_effect(run(None, t=at(0)).state, 1)
     s = run(s, t=at(2), command=cmd("pause", "n1")).state
     assert s.phase == Phase.paused
-    s = run(s, t=at(2000), effective=ro.route_of(s), verdict=HEALTHY, command=cmd("pause", "n1")).state
-    assert s.phase == Phase.paused and s.canary_weight == 5  # paused: no progress, same nonce ignored
+    s = run(s, t=at(2000), effective=ro.route_of(s), verdict=HEALTHY).state
+    assert s.phase == Phase.paused and s.canary_weight == 5  # paused: no progress
     s = run(s, t=at(2001), command=cmd("resume", "n2")).state
     assert s.phase == Phase.progressing and s.step_started is None
     s = run(s, t=at(2002), command=cmd("promote", "n3")).state
@@ -108,7 +108,7 @@ def test_spec_paused_and_spec_edit_supersedes():
 
 def test_already_promoted_and_multi_backend_stable_split():
     d = run(None, t=at(0), spec_route={"v2": 100})
-    assert d.state.phase == Phase.promoted and d.route == {"v2": 100}
+    assert d.state.phase == Phase.promoted and d.route == {"v2": 100} and d.state.reason == ro.CANARY_IS_STABLE
     d = run(None, t=at(0), spec_route={"a": 60, "b": 40})
     assert d.route == {"a": 57, "b": 38, "v2": 5}
     assert sum(d.route.values()) == 100
@@ -155,15 +155,15 @@ def test_property_restart_from_serialized_status_resumes_at_same_step(seq):
         assert a.state.canary_weight in SPEC.steps
 
 
-def test_evaluate_uses_the_stored_window_start(exposition):
+def test_the_window_accumulates_increments_and_is_judged(exposition):
     _worker = exposition
     TH = AnalysisThresholds(maxP95RegressionPercent=20, maxErrorRatePercent=5, minRequests=10)
     spec = RolloutSpec(canary="v2", intervalSeconds=60, analysis=TH)
-    start = an.snapshot({"p": _worker([("v1", "200", 0.05)] * 100)})
     s = run(None, t=at(0), spec=spec).state
-    s = ro.step(spec, s, task="t", spec_route=STABLE, effective_route=ro.route_of(s), now=at(1),
-                snapshot=an.dumps(start)).state
-    cur = an.snapshot({"p": _worker([("v1", "200", 0.05)] * 150 + [("v2", "500", 0.01)] * 20)})
-    v = ro.evaluate(spec, s, cur)
-    assert v.breach and v.reason == "ErrorRate"
-    assert ro.evaluate(spec, None, cur) is None
+    s = ro.step(spec, s, task="t", spec_route=STABLE, effective_route=ro.route_of(s), now=at(1)).state
+    assert ro.window_after(s, None) == "{}"
+    inc = an.by_adapter([an.parse_worker(_worker([("v1", "200", 0.05)] * 50 + [("v2", "500", 0.01)] * 12))])
+    counts = ro.window_after(s, an.add_counts(inc, inc))
+    v = ro.evaluate(spec, s, counts)
+    assert v.breach and v.reason == "ErrorRate" and "24/24" in v.message
+    assert ro.window_after(None, inc) is None and ro.evaluate(spec, None, counts) is None

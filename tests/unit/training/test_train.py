@@ -11,6 +11,7 @@ import torch
 from loraplane.training.config import build_config
 from loraplane.training.dataset import DatasetError
 from loraplane.training.summary import REQUIRED, SUMMARY_FILE
+from loraplane.training.published import VersionTaken
 from loraplane.training.trainer import TrainingError, train
 
 FAST = dict(batch_size=4, seq_len=48, learning_rate=5e-3, lr_scheduler="constant", logging_steps=2, save_steps=100,
@@ -82,10 +83,20 @@ def test_trains_publishes_and_the_adapter_changes_outputs(tmp_path, store, datas
     bank.set_batch([None])
     assert torch.allclose(_logits(served, ids), before, atol=1e-5)
 
-    # Publishing the same version again is refused before any training.
-    with pytest.raises(TrainingError, match="already in the store"):
-        train(cfg.model_copy(update={"output_dir": tmp_path / "again"}), store=store, out=io.StringIO())
+    # A retry of the same run (the Job's pod crashed after publishing, before it exited) finds its own
+    # version in the store, verified and matching, and succeeds at once without training again.
+    out = io.StringIO()
+    again = train(cfg.model_copy(update={"output_dir": tmp_path / "again"}), store=store, out=out)
+    assert again.manifest.checksum == sv.manifest.checksum and again.summary == json.loads(
+        (sv.path / SUMMARY_FILE).read_text())
+    last = _lines(out)[-1]
+    assert (last["phase"], last["published"], last["alreadyPublished"]) == ("succeeded", True, True)
     assert not (tmp_path / "again").exists()
+    # Another run (different hyper-parameters) under the same version is refused before any training.
+    with pytest.raises(VersionTaken, match="already in the store.*learning_rate"):
+        train(cfg.model_copy(update={"output_dir": tmp_path / "other", "learning_rate": 1e-3}), store=store,
+              out=io.StringIO())
+    assert not (tmp_path / "other").exists()
 
 
 def test_bad_dataset_names_the_line_and_publishes_nothing(tmp_path, store, dataset_file):
