@@ -200,3 +200,16 @@ def test_manifests_keep_the_store_details_in_one_place():
     env, volumes, mounts = manifests.store_pod_parts(store(), read_only=True)
     assert [e["name"] for e in env][:2] == ["MODEL_STORE_ROOT", "LORAPLANE_MODEL_CACHE"]
     assert [v["name"] for v in volumes] == ["model-cache"] and [m["name"] for m in mounts] == ["model-cache"]
+
+
+def test_the_verify_jobs_summary_tool_refuses_what_a_bucket_cannot_hold(monkeypatch, capsys):
+    """``store_summary`` on ``s3://``: a path outside the layout and absent
+    credentials fail the Job (exit 1) with a reason, before any request."""
+    from loraplane.operator.core import store_summary
+
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(k, raising=False)
+    assert store_summary.main([URL, "some/dir", "--verify"]) == 1
+    assert "owner/base_models|adapters/<name>/versions/<version>" in capsys.readouterr().err
+    assert store_summary.main([URL, "default/base_models/tiny/versions/v1", "--verify"]) == 1
+    assert "S3 credentials missing: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in capsys.readouterr().err
