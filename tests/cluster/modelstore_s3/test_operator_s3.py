@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parents[3]
 SECRET_NAME = "models-s3"
 
 
-def _operator(cluster, log: Path) -> subprocess.Popen:
+def _operator(cluster, namespace: str, log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "MODEL_STORE_ROOT"}
     args = [sys.executable, "-m", "loraplane.cli", "operator", "run", "--kubeconfig", str(cluster.kubeconfig),
             "--metrics-port", "0", "--resync-seconds", "5", "--backoff-base-seconds", "1",
-            "--job-image", "loraplane:test", "--worker-image", "loraplane-worker:test"]
+            "--job-image", "loraplane:test", "--worker-image", "loraplane-worker:test", "--namespace", namespace]
     with open(log, "a") as fh:
         return subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env={**env, "PYTHONSAFEPATH": "1"},
                                 start_new_session=True)
@@ -97,7 +97,7 @@ def test_basemodel_and_adapters_resolve_from_a_bucket(dev_cluster, namespace, s3
     assert refused.returncode != 0 and "exactly one of persistentVolumeClaim, hostPath or s3" in refused.stderr
 
     op_log = tmp_path / "operator.log"
-    op = _operator(dev_cluster, op_log)
+    op = _operator(dev_cluster, namespace, op_log)
     try:
         with HostRunner(dev_cluster.kubeconfig, namespace, tmp_path / "runner", selector="loraplane.io/owner"):
             docs = [{**meta, "kind": "BaseModel", "metadata": {"name": "m"},
@@ -125,6 +125,7 @@ def test_basemodel_and_adapters_resolve_from_a_bucket(dev_cluster, namespace, s3
             assert ready["reason"] == "VerifyFailed" and "corrupt: adapter_model.safetensors" in ready["message"]
     finally:
         _stop(op)
+        print("\n".join(op_log.read_text().splitlines()[-40:]))  # shown when the test fails
 
     # The verify Jobs materialised into the node's cache, keyed by checksum (a worker there reuses it).
     assert {base.checksum, good.checksum} <= {p.name for p in cache.iterdir()}
@@ -165,7 +166,7 @@ def test_a_pool_on_a_bucket_gives_its_workers_the_url_cache_and_secret_refs(dev_
                   "variants": [{"name": "fp16", "vramMiB": 1000}]}
         dev_cluster.kubectl("patch", "basemodel", "m", "-n", namespace, "--subresource=status", "--type=merge",
                             "-p", json.dumps({"status": status}))
-        op = _operator(dev_cluster, tmp_path / "operator.log")  # after the status: it must not verify
+        op = _operator(dev_cluster, namespace, tmp_path / "operator.log")  # after the status: it must not verify
         dev_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pool))
         pods = wait_for(lambda: dev_cluster.get_json("pods", "-n", namespace, "-l", "loraplane.io/pool=p")["items"],
                         60, interval=0.5, what="worker pod")
