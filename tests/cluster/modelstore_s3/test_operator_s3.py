@@ -60,6 +60,17 @@ def _phase(cluster, ns, kind, name, *phases):
     return obj if (obj.get("status") or {}).get("phase") in phases else None
 
 
+def _dump(cluster, ns: str, runner: Path) -> None:
+    """What the objects, Jobs and pods looked like (printed; pytest shows it when the test fails)."""
+    for kind in ("basemodels", "adapters", "jobs", "pods"):
+        for o in cluster.get_json(kind, "-n", ns)["items"]:
+            st = o.get("status") or {}
+            print(kind, o["metadata"]["name"], o["spec"].get("nodeName"), json.dumps(
+                {k: st.get(k) for k in ("phase", "conditions", "succeeded", "failed", "active")})[:600])
+    for log in sorted(runner.glob("*/output.log")):
+        print(log.parent.name, log.read_text(errors="replace")[-800:])
+
+
 def _flip_a_byte(path: Path) -> None:
     with open(path, "r+b") as f:
         f.seek(100)
@@ -71,7 +82,8 @@ def _flip_a_byte(path: Path) -> None:
 def test_basemodel_and_adapters_resolve_from_a_bucket(dev_cluster, namespace, s3_server, tiny_base_dir,
                                                       make_tiny_adapter, tmp_path):
     t0 = time.monotonic()
-    assert not [k for k in os.environ if k.startswith("AWS_")]  # only the Secret can give the Jobs credentials
+    # only the Secret can give the Jobs credentials and the endpoint
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"} & set(os.environ)
     bucket = s3_server.bucket()
     url = f"s3://{bucket}/models"
     st = S3ModelStore(url, client=s3_server.client())
@@ -97,6 +109,8 @@ def test_basemodel_and_adapters_resolve_from_a_bucket(dev_cluster, namespace, s3
     assert refused.returncode != 0 and "exactly one of persistentVolumeClaim, hostPath or s3" in refused.stderr
 
     op_log = tmp_path / "operator.log"
+    tag = uuid.uuid4().hex[:6]  # a (KWOK) node for the Jobs to be scheduled on
+    nodes = dev_cluster.create_gpu_nodes(1, gpus_per_node=1, prefix=f"s3job-{tag}", labels={"loraplane.io/test": tag})
     op = _operator(dev_cluster, namespace, op_log)
     try:
         with HostRunner(dev_cluster.kubeconfig, namespace, tmp_path / "runner", selector="loraplane.io/owner"):
@@ -126,6 +140,8 @@ def test_basemodel_and_adapters_resolve_from_a_bucket(dev_cluster, namespace, s3
     finally:
         _stop(op)
         print("\n".join(op_log.read_text().splitlines()[-40:]))  # shown when the test fails
+        _dump(dev_cluster, namespace, tmp_path / "runner")
+        dev_cluster.delete_nodes(nodes)
 
     # The verify Jobs materialised into the node's cache, keyed by checksum (a worker there reuses it).
     assert {base.checksum, good.checksum} <= {p.name for p in cache.iterdir()}
