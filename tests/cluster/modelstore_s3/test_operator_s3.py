@@ -90,7 +90,10 @@ def test_basemodel_and_adapters_resolve_from_a_bucket(dev_cluster, namespace, s3
     base = st.publish(tiny_base_dir, kind="base", name="tiny", version="v1")
     adapter = make_tiny_adapter(seed=1)
     good = st.publish(adapter, kind="adapter", name="synth", version="v1", base_name="tiny", task="synthesizer")
-    st.publish(adapter, kind="adapter", name="synth", version="v2", base_name="tiny", task="synthesizer")
+    # other content: the cache is keyed by manifest checksum, and a verified entry with v1's content
+    # would rightly serve a v2 that claims the very same files
+    st.publish(make_tiny_adapter(seed=2), kind="adapter", name="synth", version="v2", base_name="tiny",
+               task="synthesizer")
     _flip_a_byte(s3_server.data_dir / bucket / "models/default/adapters/synth/versions/v2/adapter_model.safetensors")
 
     dev_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
