@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,19 @@ def test_the_verify_jobs_summary_tool_refuses_what_a_bucket_cannot_hold(monkeypa
     assert "owner/base_models|adapters/<name>/versions/<version>" in capsys.readouterr().err
     assert store_summary.main([URL, "default/base_models/tiny/versions/v1", "--verify"]) == 1
     assert "S3 credentials missing: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({**S3, "hostPath": {"path": "/srv"}}, "exactly one of persistentVolumeClaim, hostPath or s3"),
+    ({}, "exactly one of persistentVolumeClaim, hostPath or s3"),
+    ({"s3": {**S3["s3"], "url": "s3://models/a/../b"}}, "must not have '.' or '..' components"),
+    ({"s3": {**S3["s3"], "cache": {"hostPath": {"path": "/c"}, "sizeLimit": "1Gi"}}}, "applies to the default emptyDir"),
+    ({"s3": {**S3["s3"], "cache": {"sizeLimit": "lots"}}}, "sizeLimit"),
+    ({"s3": {"url": URL}}, "credentialsSecretRef"),
+])
+def test_the_operator_refuses_what_the_api_server_refuses(raw, message):
+    """The pydantic twins of the CEL rules: an object stored before them is a condition, not a traceback."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        StoreVolume.model_validate(raw)
