@@ -149,6 +149,23 @@ def backup(store, url: str, keep_daily: int = 7, keep_weekly: int = 4, when: dat
     when = when or now()
     sid = snapshot_id(when)
     rep = BackupReport(snapshot=sid)
+    entries, todo = _plan_uploads(store, remote, owner, rep)
+    sizes = _upload_blobs(remote, todo)
+    rep.uploaded_files, rep.uploaded_bytes = len(sizes), sum(sizes)
+    index = {"format": SNAPSHOT_FORMAT, "id": sid, "created": when.isoformat(), "versions": entries}
+    # the index last: a backup killed before this line leaves only reusable blobs
+    if not remote._put_bytes(remote._key(SNAPSHOTS, f"{sid}.json"),
+                             (json.dumps(index, indent=2, sort_keys=True) + "\n").encode(), if_none_match=True):
+        raise StoreError(f"snapshot {sid} already exists at {url}")
+    _rotate(remote, keep_daily, keep_weekly, rep)
+    rep.puts = remote.stats.puts
+    rep.seconds = time.perf_counter() - start
+    return rep
+
+
+def _plan_uploads(store, remote: S3ModelStore, owner: str | None, rep: BackupReport) -> tuple[list[dict], dict[str, Path]]:
+    """(the snapshot's version entries, sha256 -> a file to upload): incremental by
+    checksum, a content already under ``blobs/`` (or queued) is not sent again."""
     rows = [r for r in store.list(owner=owner) if r.manifest is not None]
     have = _existing_blobs(remote)
     todo: dict[str, Path] = {}
@@ -163,6 +180,12 @@ def backup(store, url: str, keep_daily: int = 7, keep_weekly: int = 4, when: dat
                 rep.skipped_files += 1
                 continue
             todo[e.sha256] = r.path / rel
+    return entries, todo
+
+
+def _upload_blobs(remote: S3ModelStore, todo: dict[str, Path]) -> list[int]:
+    """Upload each file as ``blobs/<sha256>`` in parallel, refusing one whose
+    content no longer has the sha256 its manifest recorded; their sizes."""
     from concurrent.futures import ThreadPoolExecutor
 
     def up(item):
@@ -174,37 +197,33 @@ def backup(store, url: str, keep_daily: int = 7, keep_weekly: int = 4, when: dat
         return size
 
     with ThreadPoolExecutor(max_workers=remote.workers, thread_name_prefix="backup") as pool:
-        sizes = list(pool.map(up, sorted(todo.items())))
-    rep.uploaded_files, rep.uploaded_bytes = len(sizes), sum(sizes)
-    index = {"format": SNAPSHOT_FORMAT, "id": sid, "created": when.isoformat(), "versions": entries}
-    if not remote._put_bytes(remote._key(SNAPSHOTS, f"{sid}.json"),
-                             (json.dumps(index, indent=2, sort_keys=True) + "\n").encode(), if_none_match=True):
-        raise StoreError(f"snapshot {sid} already exists at {url}")
-    # rotation
+        return list(pool.map(up, sorted(todo.items())))
+
+
+def _rotate(remote: S3ModelStore, keep_daily: int, keep_weekly: int, rep: BackupReport) -> None:
+    """Delete the snapshots ``plan_rotation`` drops, then the blobs no kept snapshot references."""
+    from minio.deleteobjects import DeleteObject
+
     ids = list_snapshots(remote)
     keep, delete = plan_rotation([parse_snapshot_id(s) for s in ids], keep_daily, keep_weekly)
     rep.kept_snapshots = [snapshot_id(t) for t in keep]
     rep.deleted_snapshots = [snapshot_id(t) for t in delete]
-    from minio.deleteobjects import DeleteObject
-
-    if delete:
-        errs = list(remote.client.remove_objects(remote.bucket, [DeleteObject(remote._key(SNAPSHOTS, f"{s}.json"))
-                                                                 for s in rep.deleted_snapshots]))
+    if not delete:
+        return
+    errs = list(remote.client.remove_objects(remote.bucket, [DeleteObject(remote._key(SNAPSHOTS, f"{s}.json"))
+                                                             for s in rep.deleted_snapshots]))
+    if errs:
+        raise StoreError(f"rotation: {errs[0]}")
+    referenced = set()
+    for s in rep.kept_snapshots:
+        for v in _load_index(remote, s)["versions"]:
+            referenced.update(f["sha256"] for f in v["manifest"]["files"].values())
+    doomed = [sha for sha in _existing_blobs(remote) if sha not in referenced]
+    if doomed:
+        errs = list(remote.client.remove_objects(remote.bucket, [DeleteObject(remote._key(BLOBS, s)) for s in doomed]))
         if errs:
             raise StoreError(f"rotation: {errs[0]}")
-        referenced = set()
-        for s in rep.kept_snapshots:
-            for v in _load_index(remote, s)["versions"]:
-                referenced.update(f["sha256"] for f in v["manifest"]["files"].values())
-        doomed = [sha for sha in _existing_blobs(remote) if sha not in referenced]
-        if doomed:
-            errs = list(remote.client.remove_objects(remote.bucket, [DeleteObject(remote._key(BLOBS, s)) for s in doomed]))
-            if errs:
-                raise StoreError(f"rotation: {errs[0]}")
-        rep.deleted_blobs = len(doomed)
-    rep.puts = remote.stats.puts
-    rep.seconds = time.perf_counter() - start
-    return rep
+    rep.deleted_blobs = len(doomed)
 
 
 def _load_index(remote: S3ModelStore, sid: str) -> dict:

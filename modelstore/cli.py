@@ -33,7 +33,14 @@ def _ref(p: argparse.ArgumentParser, version_help: str = "version (default: the 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="ms_command", metavar="ACTION", required=True)
+    _publish_parser(sub)
+    _inspect_parsers(sub)
+    _maintenance_parsers(sub)
+    _backup_parsers(sub)
 
+
+def _publish_parser(sub) -> None:
+    """``publish``: a local directory or a hub snapshot becomes a new version."""
     p = sub.add_parser("publish", help="publish a local dir (or a hub snapshot) as a new version")
     _common(p)
     p.add_argument("src", nargs="?", help="local directory (save_pretrained model or PEFT adapter)")
@@ -51,6 +58,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--token-env", default="HF_TOKEN", help="env var holding the hub token (default: HF_TOKEN)")
     p.add_argument("--workers", type=int, default=None)
 
+
+def _inspect_parsers(sub) -> None:
+    """Read-only actions: ``verify``, ``check``, ``list``, ``show``."""
     p = sub.add_parser("verify", help="check files against the manifest (exit 1 on damage)")
     _common(p)
     _ref(p)
@@ -74,6 +84,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _common(p)
     _ref(p)
 
+
+def _maintenance_parsers(sub) -> None:
+    """Actions that change what is kept or current: ``gc``, ``set-current``; and ``schema``."""
     p = sub.add_parser("gc", help="delete old versions (keeps current and protected ones)")
     _common(p)
     p.add_argument("--keep", type=int, default=3, help="newest versions to keep per name (default 3)")
@@ -84,8 +97,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _common(p, json_flag=False)
     _ref(p, "version to make current")
 
-    p = sub.add_parser("schema", help="print the manifest JSON schema")
+    sub.add_parser("schema", help="print the manifest JSON schema")
 
+
+def _backup_parsers(sub) -> None:
+    """``backup``, ``restore``, ``snapshots``: the store's copies on a bucket."""
     p = sub.add_parser("backup", help="snapshot the store to s3://bucket/prefix (incremental by sha256, rotated)")
     _common(p)
     p.add_argument("--to", required=True, metavar="S3_URL", help="s3://bucket/prefix (credentials: AWS_* env)")

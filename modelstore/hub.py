@@ -3,7 +3,9 @@
 Why: the base checkpoint must come from a known commit, downloaded once,
 then go through exactly the same stage/fsync/rename path as a local
 directory. The download lands in ``<root>/.downloads/<unique>`` (same
-filesystem as the store, removed afterwards). Network failures become a
+filesystem as the store, removed afterwards); for a store on a bucket, in
+``$LORAPLANE_MODEL_CACHE/.downloads`` (the Job's node-local cache volume),
+else the temp dir. Network failures become a
 StoreError quickly: a single ``model_info`` probe with a short timeout runs
 before the (retrying) snapshot download, and ``HF_HUB_OFFLINE=1`` makes
 huggingface_hub fail at once. The manifest's source records the resolved
@@ -12,8 +14,10 @@ commit sha, so ``main`` becomes a pinned revision in the store.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -57,7 +61,9 @@ def publish_from_hub(store, repo_id: str, revision: str, token: str | None = Non
         raise StoreError("a hub publish needs an explicit revision (a commit sha pins it)")
     if require_pinned and not PINNED.match(revision):
         raise StoreError(f"revision {revision!r} is not a 40-hex commit sha; refusing an unpinned download")
-    downloads = store.root / ".downloads"
+    root = getattr(store, "root", None)  # an S3ModelStore has none: use the node-local cache
+    scratch = Path(root) if root is not None else Path(os.environ.get("LORAPLANE_MODEL_CACHE") or tempfile.gettempdir())
+    downloads = scratch / ".downloads"
     downloads.mkdir(parents=True, exist_ok=True)
     dest = downloads / f"{name}-{version}-{uuid.uuid4().hex[:12]}"
     try:

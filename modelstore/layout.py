@@ -121,3 +121,20 @@ def read_current(link: Path) -> str | None:
     if link.exists():
         raise StoreError(f"{link} is neither a symlink nor a file")
     return None
+
+
+def parse_version_relpath(rel: str) -> tuple[str, str, str, str]:
+    """``owner/base_models|adapters/name/versions/version`` -> (owner, kind, name, version).
+
+    A bucket has no directories to point at: a version is named by its place
+    in the layout, and any other path is refused."""
+    parts = rel.strip("/").split("/") if not rel.startswith("/") else []
+    if len(parts) != 5 or parts[1] not in DIR_KINDS or parts[3] != VERSIONS:
+        raise StoreError(f"{rel!r} is not a version in the store layout "
+                         f"(owner/base_models|adapters/<name>/versions/<version>)")
+    try:
+        owner, name, version = (validate_part(w, parts[i]) for w, i in (("owner", 0), ("name", 2), ("version", 4)))
+    except StoreError as e:
+        raise StoreError(f"{rel!r} is not a version in the store layout "
+                         f"(owner/base_models|adapters/<name>/versions/<version>): {e}") from None
+    return owner, DIR_KINDS[parts[1]], name, version

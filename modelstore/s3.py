@@ -398,26 +398,51 @@ class S3ModelStore:
                 task: str | None = None, base_name: str | None = None, base_version: str | None = None,
                 progress=None, set_current: bool = True, workers: int | None = None,
                 base_owner: str | None = None) -> Manifest:
-        from .publish import adapter_metadata, base_metadata, source_files
-
+        """Stage, verify, claim, commit (module docstring): readers see the
+        version only once its manifest exists; of two publishers one wins."""
         validate_kind(kind)
         vkey = self.version_key(owner, kind, name, version)
         if force:
             raise StoreError("force is not supported on an S3 store: versions on a bucket are immutable; "
                              "publish a new version and move current instead")
         src = Path(src_dir)
-        files = source_files(src)
-        if kind == "base":
-            extra = base_metadata(src)
-        else:
-            if not base_name:
-                raise StoreError("publishing an adapter needs base_name (the base it was trained on)")
-            base = self.resolve(base_owner or owner, "base", base_name, base_version).manifest
-            extra = {"adapter": adapter_metadata(src, base, task, owner)}
+        files, extra = self._source(src, owner, kind, task, base_name, base_version, base_owner)
         if self._stat(f"{vkey}/{MANIFEST}") is not None:
             raise StoreError(f"{owner}/{kind}/{name} version {version!r} already exists at {self.url_of(vkey)}")
         publisher = f"{os.uname().nodename}.{os.getpid()}.{uuid.uuid4().hex[:12]}"
         staging = f"{self.name_key(owner, kind, name)}/{STAGING_DIR}/{version}.{publisher}"
+        try:
+            entries = self._stage(files, staging, progress, workers)
+            manifest = Manifest(kind=kind, owner=owner, name=name, version=version,
+                                checksum=total_checksum(entries), files=entries,
+                                total_size=sum(e.size for e in entries.values()), created=now(),
+                                source=source or f"local:{src.resolve()}", license=license, **extra)
+        except BaseException:
+            self._cleanup(staging + "/")  # nothing was claimed: only our staging objects exist
+            raise
+        self._claim(vkey, staging, publisher, f"{owner}/{kind}/{name} version {version!r}")
+        self._commit(vkey, staging, manifest)
+        self._delete_prefix(staging + "/")
+        if set_current:
+            self.set_current(owner, kind, name, version)
+        return manifest
+
+    def _source(self, src: Path, owner: str, kind: str, task: str | None, base_name: str | None,
+                base_version: str | None, base_owner: str | None) -> tuple[dict[str, Path], dict]:
+        """The files to publish and the kind's manifest fields (an adapter's base must be on the bucket)."""
+        from .publish import adapter_metadata, base_metadata, source_files
+
+        files = source_files(src)
+        if kind == "base":
+            return files, base_metadata(src)
+        if not base_name:
+            raise StoreError("publishing an adapter needs base_name (the base it was trained on)")
+        base = self.resolve(base_owner or owner, "base", base_name, base_version).manifest
+        return files, {"adapter": adapter_metadata(src, base, task, owner)}
+
+    def _stage(self, files: dict[str, Path], staging: str, progress, workers: int | None) -> dict[str, FileEntry]:
+        """Steps 1-2: stream every file to ``staging`` (hashed as read), then check
+        that the server holds exactly what was sent (size and ETag)."""
         delay = float(os.environ.get(UPLOAD_DELAY_ENV) or 0)
         total = sum(p.stat().st_size for p in files.values())
         done = [0]
@@ -429,63 +454,56 @@ class S3ModelStore:
                     done[0] += n
                     progress("upload", done[0], total)
 
-        try:
-            # 1. stream every file to staging, hashing as it is read
-            def up(rel: str):
-                sha, size, etag = self.upload_file(files[rel], f"{staging}/{rel}", on_chunk)
-                if delay:
-                    time.sleep(delay)
-                return rel, sha, size, etag
+        def up(rel: str):
+            sha, size, etag = self.upload_file(files[rel], f"{staging}/{rel}", on_chunk)
+            if delay:
+                time.sleep(delay)
+            return rel, sha, size, etag
 
-            order = sorted(files, key=lambda r: -files[r].stat().st_size)
-            n = 1 if delay else (workers or min(self.workers, 4))
-            with ThreadPoolExecutor(max_workers=n, thread_name_prefix="s3put") as pool:
-                sent = list(pool.map(up, order))
-            entries = {rel: FileEntry(sha256=sha, size=size) for rel, sha, size, _ in sent}
-            # 2. verify: the server holds exactly what was sent (size and ETag)
-            for rel, _sha, size, etag in sent:
-                st = self._stat(f"{staging}/{rel}")
-                got = (st.etag or "").strip('"') if st else None
-                if st is None or st.size != size or (got and got != etag and _md5_like(got)):
-                    raise StoreError(f"staged {rel} does not match what was sent (size {getattr(st, 'size', None)} "
-                                     f"vs {size}, etag {got} vs {etag}); nothing was committed")
-            manifest = Manifest(kind=kind, owner=owner, name=name, version=version,
-                                checksum=total_checksum(entries), files=entries,
-                                total_size=sum(e.size for e in entries.values()), created=now(),
-                                source=source or f"local:{src.resolve()}", license=license, **extra)
-        except BaseException:
-            self._cleanup(staging + "/")  # nothing was claimed: only our staging objects exist
-            raise
-        # 3. claim the version: one publisher wins
+        order = sorted(files, key=lambda r: -files[r].stat().st_size)
+        n = 1 if delay else (workers or min(self.workers, 4))
+        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="s3put") as pool:
+            sent = list(pool.map(up, order))
+        for rel, _sha, size, etag in sent:
+            st = self._stat(f"{staging}/{rel}")
+            got = (st.etag or "").strip('"') if st else None
+            if st is None or st.size != size or (got and got != etag and _md5_like(got)):
+                raise StoreError(f"staged {rel} does not match what was sent (size {getattr(st, 'size', None)} "
+                                 f"vs {size}, etag {got} vs {etag}); nothing was committed")
+        return {rel: FileEntry(sha256=sha, size=size) for rel, sha, size, _ in sent}
+
+    def _claim(self, vkey: str, staging: str, publisher: str, what: str) -> None:
+        """Step 3: a conditional PUT of the claim; the loser deletes its staging and is told why."""
         claim = json.dumps({"publisher": publisher, "claimed": now().isoformat(), "staging": staging}).encode()
-        if not self._put_bytes(f"{vkey}/{CLAIM}", claim, if_none_match=True):
-            self._delete_prefix(staging + "/")
-            if self._stat(f"{vkey}/{MANIFEST}") is not None:
-                raise StoreError(f"{owner}/{kind}/{name} version {version!r} already exists "
-                                 f"(published by another publisher or earlier)")
-            held = (self._get_bytes(f"{vkey}/{CLAIM}") or b"{}").decode(errors="replace")
-            raise StoreError(f"{owner}/{kind}/{name} version {version!r} is being published by another publisher "
-                             f"(claim {self.url_of(vkey + '/' + CLAIM)}: {held}); if that publisher died, delete "
-                             f"the claim object and publish again")
+        if self._put_bytes(f"{vkey}/{CLAIM}", claim, if_none_match=True):
+            return
+        self._delete_prefix(staging + "/")
+        if self._stat(f"{vkey}/{MANIFEST}") is not None:
+            raise StoreError(f"{what} already exists (published by another publisher or earlier)")
+        held = (self._get_bytes(f"{vkey}/{CLAIM}") or b"{}").decode(errors="replace")
+        raise StoreError(f"{what} is being published by another publisher "
+                         f"(claim {self.url_of(vkey + '/' + CLAIM)}: {held}); if that publisher died, delete "
+                         f"the claim object and publish again")
+
+    def _commit(self, vkey: str, staging: str, manifest: Manifest) -> None:
+        """Step 4: server-side copy into the version prefix, the manifest last.
+
+        On failure we hold the claim and no manifest exists: nobody else writes
+        under the version, so removing what we copied and the claim leaves the
+        version publishable again."""
         try:
-            # 4. server-side copy into the version prefix, manifest last
-            self._copy_all([(f"{staging}/{rel}", f"{vkey}/{rel}", entries[rel].size) for rel in entries])
-            body = (json.dumps(manifest.model_dump(mode="json", exclude_none=True), indent=2, sort_keys=True) + "\n").encode()
+            self._copy_all([(f"{staging}/{rel}", f"{vkey}/{rel}", e.size) for rel, e in manifest.files.items()])
+            body = (json.dumps(manifest.model_dump(mode="json", exclude_none=True), indent=2, sort_keys=True)
+                    + "\n").encode()
             if not self._put_bytes(f"{vkey}/{MANIFEST}", body, if_none_match=True):
                 raise StoreError(f"{self.url_of(vkey)}: manifest appeared while we held the claim; refusing to overwrite")
         except BaseException:
-            # we hold the claim and no manifest exists: nobody else writes under the version,
-            # so removing what we copied and the claim leaves the version publishable again
             try:
                 committed = self._stat(f"{vkey}/{MANIFEST}") is not None
             except Exception:  # noqa: BLE001 - unknown: leave the version prefix alone
                 committed = True
             self._cleanup(*([staging + "/"] if committed else [vkey + "/", staging + "/"]))
             raise
-        self._delete_prefix(staging + "/")
-        if set_current:
-            self.set_current(owner, kind, name, version)
-        return manifest
 
     def _cleanup(self, *prefixes: str) -> None:
         """Best effort after a failed publish; a failure here must not hide the original error."""

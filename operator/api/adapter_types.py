@@ -17,6 +17,9 @@ from .training_types import TrainingSpec, TrainingStatus
 
 
 class AdapterSource(ApiModel):
+    """A version in the store of the BaseModel (its ``spec.store``: a volume, or an S3 bucket and the
+    credentials Secret), which the verify Job and the workers read it from."""
+
     owner: str = Field(default="default", pattern=STORE_SEGMENT, max_length=63, description="ModelStore owner.")
     store_name: str = Field(alias="storeName", pattern=STORE_SEGMENT, max_length=128,
                             description="Adapter name in the ModelStore.")

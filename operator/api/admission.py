@@ -22,7 +22,10 @@ from __future__ import annotations
 
 from .adapter_types import ONE_OF
 from .basemodel_types import EXCLUSIVE
-from .common_types import RELATIVE_PATH_RULE, RESERVED_MOUNT_MESSAGE, STORE_ONE_OF, TOLERATION_RULES
+from .common_types import (
+    CACHE_SIZE_WITH_HOSTPATH, RELATIVE_PATH_RULE, RESERVED_MOUNT_MESSAGE, S3_DOT_SEGMENTS, STORE_ONE_OF,
+    TOLERATION_RULES,
+)
 from .names import name_message
 from .training_types import DATASET_PATHS_RULE
 
@@ -36,6 +39,8 @@ CEL_TWINS: dict[str, list[str]] = {
     "StoreVolume._not_reserved": [RESERVED_MOUNT_MESSAGE],
     # CEL's cross-field rules, twinned so an object stored without them is a condition, not a traceback
     "StoreVolume._one_volume": [STORE_ONE_OF],
+    "ModelCache._size_only_for_empty_dir": [CACHE_SIZE_WITH_HOSTPATH],
+    "S3Store._no_dot_segments": [S3_DOT_SEGMENTS],
     "AdapterSpec._one_origin": [ONE_OF],
     "AdapterSource._relative": [RELATIVE_PATH_RULE["message"]],
     "BaseModelSource._relative": [RELATIVE_PATH_RULE["message"]],
@@ -63,6 +68,7 @@ CROSS_OBJECT: dict[str, str] = {
     "AdaptersUnavailable": "a route names an Adapter that is missing, not Ready or for another base",
     "SecretMissing": "the hub token Secret or key does not exist",
     "StoreReadOnly": "a publish needs a writable store volume",
+    "StoreUnsupported": "a training Adapter's BaseModel is on an S3 store (training into a bucket is not built)",
     "NotAnAdapter": "the store path holds something other than an adapter",
     "BaseChecksumMismatch": "the adapter was trained on another base checkpoint",
     "InvalidSpec": "an object stored before the current CRD rules that the types refuse",

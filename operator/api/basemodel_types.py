@@ -64,7 +64,9 @@ class BaseModelSpec(ApiModel):
                             description="Name of the base in the ModelStore.")
     version: str = Field(pattern=STORE_SEGMENT, max_length=128, description="Version in the ModelStore.")
     source: BaseModelSource = Field(default_factory=BaseModelSource, json_schema_extra={"default": {}}, description="Where the checkpoint comes from.")
-    store: StoreVolume = Field(description="The store volume, mounted by verify Jobs and workers.")
+    store: StoreVolume = Field(description="Where the store lives: a volume (PVC or hostPath) that verify Jobs and "
+                               "workers mount, or an S3 bucket they read through a node-local cache. The "
+                               "BaseModel's Adapters live in the same store.")
     license: str | None = Field(default=None, max_length=256, description="License of the checkpoint.")
     variants: list[VariantSpec] = Field(
         default_factory=list, max_length=8,

@@ -141,16 +141,79 @@ class HostPathVolume(ApiModel):
         return v
 
 
-STORE_ONE_OF = "store needs exactly one of persistentVolumeClaim or hostPath"
+STORE_ONE_OF = "store needs exactly one of persistentVolumeClaim, hostPath or s3"
+
+
+class LocalObjectReference(ApiModel):
+    """A Secret (or other object) in the resource's own namespace, by name."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="Name of the object in this namespace.")
+
+
+#: ``s3://bucket[/prefix]``: an S3 bucket name, then key-safe prefix components.
+S3_URL = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9._-]+)*/?$"
+S3_DOT_SEGMENTS = "s3.url must not have '.' or '..' components"
+CACHE_SIZE_WITH_HOSTPATH = "cache.sizeLimit applies to the default emptyDir, not to cache.hostPath"
+
+
+class ModelCache(ApiModel):
+    """The node-local directory an S3 store is materialised into (keyed by manifest checksum)."""
+
+    host_path: HostPathVolume | None = Field(
+        default=None, alias="hostPath",
+        description="A directory on the node (writable by uid 10001), shared by every worker and Job there: a "
+                    "second worker on the node skips the download. Default: an emptyDir per pod (Pod Security "
+                    "restricted admits only that).")
+    size_limit: str | None = Field(
+        default=None, alias="sizeLimit", pattern=QUANTITY, max_length=64,
+        description="sizeLimit of the default emptyDir (a quantity, e.g. 40Gi).",
+        json_schema_extra={"x-kubernetes-validations": QUANTITY_RULES})
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("!(has(self.hostPath) && has(self.sizeLimit))", CACHE_SIZE_WITH_HOSTPATH, field_path=".sizeLimit"),
+    ]})
+
+    @model_validator(mode="after")
+    def _size_only_for_empty_dir(self) -> "ModelCache":
+        """The twin of the CEL rule above."""
+        if self.host_path is not None and self.size_limit is not None:
+            raise ValueError(CACHE_SIZE_WITH_HOSTPATH)
+        return self
+
+
+class S3Store(ApiModel):
+    """The ModelStore on an S3-compatible bucket (docs/modelstore.md, "On object storage")."""
+
+    url: str = Field(max_length=1024, pattern=S3_URL,
+                     description="s3://bucket/prefix of the store (same layout as the directory store).",
+                     json_schema_extra={"x-kubernetes-validations": [
+                         cel("!self.matches('/[.]{1,2}(/|$)')", S3_DOT_SEGMENTS)]})
+    credentials_secret_ref: LocalObjectReference = Field(
+        alias="credentialsSecretRef",
+        description="Secret in this namespace with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and "
+                    "optionally AWS_ENDPOINT_URL (http(s)://host:port of MinIO, Ceph, versitygw; default AWS) and "
+                    "AWS_REGION. Pods get them as env through secretKeyRef; the operator never reads it.")
+    cache: ModelCache = Field(default_factory=ModelCache, json_schema_extra={"default": {}},
+                              description="Node-local cache the pods materialise versions into.")
+
+    @field_validator("url")
+    @classmethod
+    def _no_dot_segments(cls, v: str) -> str:
+        """The twin of the CEL rule on the field."""
+        if re.search(r"/[.]{1,2}(/|$)", v):
+            raise ValueError(S3_DOT_SEGMENTS)
+        return v
 
 
 class StoreVolume(ApiModel):
-    """Where the ModelStore lives for pods: exactly one of a PVC or a host path."""
+    """Where the ModelStore lives for pods: exactly one of a PVC, a host path or an S3 bucket."""
 
     persistent_volume_claim: PvcVolume | None = Field(default=None, alias="persistentVolumeClaim")
     host_path: HostPathVolume | None = Field(default=None, alias="hostPath")
+    s3: S3Store | None = Field(default=None, description="Read (and publish) through an S3-compatible bucket.")
     mount_path: str = Field(default="/models", alias="mountPath", max_length=1024,
-                            description="Where the store is mounted in pods (MODEL_STORE_ROOT).",
+                            description="Where a volume store is mounted in pods (MODEL_STORE_ROOT); "
+                                        "unused with s3.",
                             json_schema_extra={"x-kubernetes-validations": [
                                 cel("self.startsWith('/')", "store.mountPath must be absolute"),
                                 cel("!(self in " + str(list(RESERVED_MOUNT_PATHS)) + ")",
@@ -165,12 +228,15 @@ class StoreVolume(ApiModel):
         return v
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        cel("has(self.persistentVolumeClaim) != has(self.hostPath)", STORE_ONE_OF),
+        cel("(has(self.persistentVolumeClaim) ? 1 : 0) + (has(self.hostPath) ? 1 : 0) + (has(self.s3) ? 1 : 0) == 1",
+            STORE_ONE_OF),
     ]})
 
     @model_validator(mode="after")
     def _one_volume(self) -> "StoreVolume":
-        exactly_one(self.persistent_volume_claim, self.host_path, STORE_ONE_OF)
+        """The twin of the CEL rule above."""
+        if sum(x is not None for x in (self.persistent_volume_claim, self.host_path, self.s3)) != 1:
+            raise ValueError(STORE_ONE_OF)
         return self
 
 

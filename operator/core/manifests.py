@@ -97,8 +97,19 @@ def selector(pool: str) -> str:
     return f"{POOL_LABEL}={pool}"
 
 
+#: Where an S3 store's node-local cache is mounted (``LORAPLANE_MODEL_CACHE``).
+CACHE_MOUNT = "/var/cache/loraplane-models"
+#: (Secret key = env var, optional?) passed from ``spec.store.s3.credentialsSecretRef``.
+#: Endpoint and region may be absent (AWS defaults); the keys may not: a pod
+#: whose Secret lacks one does not start (CreateContainerConfigError names it).
+S3_SECRET_KEYS = (("AWS_ENDPOINT_URL", True), ("AWS_REGION", True), ("AWS_ACCESS_KEY_ID", False),
+                  ("AWS_SECRET_ACCESS_KEY", False))
+
+
 def store_volume(store: StoreVolume) -> dict:
-    """core/v1 Volume for a StoreVolume spec."""
+    """core/v1 Volume for a volume store (PVC or hostPath); an S3 store has none."""
+    if store.s3 is not None:
+        raise ValueError("an S3 store has no store volume (see store_pod_parts)")
     if store.persistent_volume_claim:
         pvc = store.persistent_volume_claim
         return {"name": "model-store", "persistentVolumeClaim": {"claimName": pvc.claim_name,
@@ -108,6 +119,31 @@ def store_volume(store: StoreVolume) -> dict:
 
 def store_read_only(store: StoreVolume) -> bool:
     return store.persistent_volume_claim.read_only if store.persistent_volume_claim else False
+
+
+def store_pod_parts(store: StoreVolume, read_only: bool) -> tuple[list[dict], list[dict], list[dict]]:
+    """(env, volumes, mounts) that give a container the store.
+
+    A volume store is mounted at ``mountPath``, which is ``MODEL_STORE_ROOT``.
+    An S3 store is its URL in ``MODEL_STORE_ROOT``, the credentials from the
+    referenced Secret by ``secretKeyRef`` (the operator never holds a value,
+    so no manifest and no log line can carry one), and a writable node-local
+    cache (emptyDir, or the node's ``cache.hostPath`` shared by its pods)."""
+    s3 = store.s3
+    if s3 is None:
+        mount = {"name": "model-store", "mountPath": store.mount_path, "readOnly": read_only}
+        return [{"name": "MODEL_STORE_ROOT", "value": store.mount_path}], [store_volume(store)], [mount]
+    secret = s3.credentials_secret_ref.name
+    env = [{"name": "MODEL_STORE_ROOT", "value": s3.url}, {"name": "LORAPLANE_MODEL_CACHE", "value": CACHE_MOUNT}]
+    for key, optional in S3_SECRET_KEYS:
+        ref = {"name": secret, "key": key, **({"optional": True} if optional else {})}
+        env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+    cache = s3.cache
+    if cache.host_path is not None:
+        volume = {"name": "model-cache", "hostPath": {"path": cache.host_path.path, "type": "Directory"}}
+    else:
+        volume = {"name": "model-cache", "emptyDir": {"sizeLimit": cache.size_limit} if cache.size_limit else {}}
+    return env, [volume], [{"name": "model-cache", "mountPath": CACHE_MOUNT}]
 
 
 def worker_spec_hash(pool_spec: WorkerPoolSpec, image: str, store: StoreVolume, variant: str) -> str:
@@ -125,9 +161,9 @@ def worker_pod(pool: WorkerPoolResource, ordinal: int, node: str, gpu: int, vram
                image: str, store: StoreVolume) -> dict:
     spec = pool.spec
     name, ns = pool.name, pool.namespace
-    mount = store.mount_path
     reservation = {"node": node, "gpu": gpu, "vramMiB": vram_mib, "variant": variant}
     tmp, tmp_mount = tmp_volume()
+    store_env, store_volumes, store_mounts = store_pod_parts(store, read_only=True)
     tolerations = [dump(t) for t in spec.gpu.tolerations]
     return {
         "apiVersion": "v1",
@@ -151,19 +187,20 @@ def worker_pod(pool: WorkerPoolResource, ordinal: int, node: str, gpu: int, vram
             "restartPolicy": "Always",
             "enableServiceLinks": False,
             "securityContext": pod_security(),
-            "containers": [_worker_container(pool, gpu, vram_mib, variant, image, mount, tmp_mount)],
-            "volumes": [store_volume(store), tmp],
+            "containers": [_worker_container(pool, gpu, vram_mib, variant, image, store_env,
+                                             [*store_mounts, tmp_mount])],
+            "volumes": [*store_volumes, tmp],
         },
     }
 
 
-def _worker_container(pool: WorkerPoolResource, gpu: int, vram_mib: int, variant: str, image: str, mount: str,
-                      tmp_mount: dict) -> dict:
+def _worker_container(pool: WorkerPoolResource, gpu: int, vram_mib: int, variant: str, image: str,
+                      store_env: list[dict], mounts: list[dict]) -> dict:
     res, port = pool.spec.resources, pool.spec.port
     env = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        {"name": "MODEL_STORE_ROOT", "value": mount},
+        *store_env,
         {"name": "LORAPLANE_DESIRED_CONFIGMAP", "value": f"{pool.namespace}/{desired_configmap(pool.name)}"},
         {"name": "LORAPLANE_VARIANT", "value": variant},
         {"name": "LORAPLANE_VRAM_MIB", "value": str(vram_mib)},
@@ -183,7 +220,7 @@ def _worker_container(pool: WorkerPoolResource, gpu: int, vram_mib: int, variant
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10,
                           "failureThreshold": 6},
-        "volumeMounts": [{"name": "model-store", "mountPath": mount, "readOnly": True}, tmp_mount],
+        "volumeMounts": mounts,
     }
 
 
@@ -210,7 +247,7 @@ def _job(owner: BaseModelResource | AdapterResource, name: str, command: str, st
          pod_annotations: dict, env: list | None = None, offline: bool = True) -> dict:
     tmp, tmp_mount = tmp_volume()
     labels = {OWNER_LABEL: f"{owner.kind.lower()}.{owner.name}", **MANAGED_BY}
-    mount = store.mount_path
+    store_env, store_volumes, store_mounts = store_pod_parts(store, read_only=store_read_only(store))
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": name, "namespace": owner.namespace, "labels": labels,
@@ -229,14 +266,12 @@ def _job(owner: BaseModelResource | AdapterResource, name: str, command: str, st
                         "image": image,
                         "args": ["sh", "-c", command],
                         "securityContext": container_security(),
-                        "env": [{"name": "MODEL_STORE_ROOT", "value": mount}, *WRITABLE_ENV,
-                                *(OFFLINE_ENV if offline else [])] + (env or []),
+                        "env": [*store_env, *WRITABLE_ENV, *(OFFLINE_ENV if offline else [])] + (env or []),
                         "terminationMessagePolicy": "FallbackToLogsOnError",
-                        "volumeMounts": [{"name": "model-store", "mountPath": mount,
-                                          "readOnly": store_read_only(store)}, tmp_mount],
+                        "volumeMounts": [*store_mounts, tmp_mount],
                         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
                     }],
-                    "volumes": [store_volume(store), tmp],
+                    "volumes": [*store_volumes, tmp],
                 },
             },
         },
@@ -246,13 +281,15 @@ def _job(owner: BaseModelResource | AdapterResource, name: str, command: str, st
 def verify_job(owner: BaseModelResource | AdapterResource, name: str, kind: str, store_owner: str, store_name: str, version: str,
                relpath: str, derived: bool, store: StoreVolume, image: str, pod_annotations: dict) -> dict:
     """``loraplane modelstore verify`` then the summary into the termination
-    message. An explicit ``path`` is verified by directory instead."""
+    message. An explicit ``path`` is verified by directory instead. On a
+    bucket the Job materialises the version into the node-local cache, which
+    checks every sha256 (and warms a ``cache.hostPath`` for the node's workers)."""
     summary = f'python -m loraplane.operator.core.store_summary "$MODEL_STORE_ROOT" {q(relpath)}'
-    if derived:
+    if store.s3 is not None or not derived:
+        command = f"set -e; {summary} --verify > /dev/termination-log"
+    else:
         command = (f'set -e; loraplane modelstore verify --root "$MODEL_STORE_ROOT" --owner {q(store_owner)} '
                    f'{q(kind)} {q(store_name)} --version {q(version)}; {summary} > /dev/termination-log')
-    else:
-        command = f"set -e; {summary} --verify > /dev/termination-log"
     return _job(owner, name, command, store, image, pod_annotations)
 
 

@@ -6,6 +6,11 @@ termination message, which the operator reads from the Job's Pod status: the
 operator then needs no access to the store volume. When the operator does
 mount the store (``--store-root``), it calls ``summarize_dir`` itself.
 Why not the whole manifest: a termination message is capped at 4 KiB.
+
+On an S3 store (ROOT ``s3://bucket/prefix``, credentials from the ``AWS_*``
+env) ``--verify`` materialises the version into ``$LORAPLANE_MODEL_CACHE``,
+which checks every file's sha256 against the manifest before the entry
+appears; RELPATH must then name a version in the layout.
 """
 
 from __future__ import annotations
@@ -41,13 +46,43 @@ def summarize_dir(version_dir: Path) -> dict:
     return summarize_manifest(load_manifest(version_dir))
 
 
+def summarize_s3(url: str, relpath: str, verify: bool, cache_dir: str | None) -> dict:
+    """The summary of a version on a bucket; with ``verify`` it is first
+    materialised (downloaded and sha256-checked) into ``cache_dir``."""
+    import os
+    import tempfile
+
+    from loraplane.modelstore.layout import parse_version_relpath
+    from loraplane.modelstore.s3 import CachingS3Store, S3ModelStore
+
+    owner, kind, name, version = parse_version_relpath(relpath)
+    if verify:
+        cache = cache_dir or os.path.join(tempfile.gettempdir(), "loraplane-model-cache")
+        return summarize_manifest(CachingS3Store(url, cache).resolve(owner, kind, name, version).manifest)
+    return summarize_manifest(S3ModelStore(url).resolve(owner, kind, name, version).manifest)
+
+
+def _main_s3(args) -> int:
+    import os
+
+    try:
+        out = summarize_s3(args.root, args.relpath, args.verify, os.environ.get("LORAPLANE_MODEL_CACHE"))
+    except Exception as e:  # noqa: BLE001 - the message is the Job's failure reason (never holds a secret)
+        print(f"cannot verify {args.relpath} on {args.root}: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(out, separators=(",", ":")))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m loraplane.operator.core.store_summary")
-    ap.add_argument("root", type=Path)
+    ap.add_argument("root", help="store root: a directory or s3://bucket/prefix")
     ap.add_argument("relpath")
     ap.add_argument("--verify", action="store_true", help="hash every file against the manifest first")
     args = ap.parse_args(argv)
-    vd = args.root / args.relpath
+    if args.root.startswith("s3://"):
+        return _main_s3(args)
+    vd = Path(args.root) / args.relpath
     if args.verify:
         from loraplane.modelstore import verify_dir
         rep = verify_dir(vd, full=True)

@@ -437,6 +437,11 @@ def _before_job(adapter: AdapterResource, base: BaseModelResource | InvalidObjec
         _set(adapter, st, now, "Pending", "WaitingForBaseModel", f"BaseModel {ref} is not Ready")
         plan.requeue_after = 10
         return plan
+    if base.spec.store.s3 is not None:  # the trainer publishes into a directory store only
+        msg = f"BaseModel {ref} is on an S3 store: training into a bucket is not built yet (docs/modelstore.md)"
+        _set(adapter, st, now, "Failed", "StoreUnsupported", msg, progressing=False, degraded=True)
+        plan.events.append(("Warning", "StoreUnsupported", msg))
+        return plan
     variants = {v.name: int(v.vram_mib) for v in base.status.variants}
     try:
         plan.need = derive_need(adapter.spec.training, variants)

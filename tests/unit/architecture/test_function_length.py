@@ -20,9 +20,6 @@ PENDING = {
     "worker_image/server.py:_params": 111,
     "worker_image/server.py:_serve": 95,
     "worker_image/server.py:_stream": 74,
-    "modelstore/backup.py:backup": 66,
-    "modelstore/cli.py:configure": 70,
-    "modelstore/s3.py:publish": 93,
 }
 
 

@@ -107,3 +107,32 @@ def test_hub_publish_path_with_a_local_hub_double(store, tiny_base_dir, monkeypa
     assert m.source == f"hf:org/model@{'a' * 40}" and m.license == "Apache-2.0"
     assert store.verify("default", "base", "mistral").ok
     assert not any((store.root / ".downloads").iterdir())
+
+
+def test_hub_publish_to_a_bucket_downloads_into_the_model_cache(tiny_base_dir, tmp_path, monkeypatch):
+    """An S3 store has no root directory: the publish Job's snapshot lands in
+    its node-local cache volume (``LORAPLANE_MODEL_CACHE``) and is removed after."""
+    import shutil
+    from types import SimpleNamespace
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda self, *a, **kw: SimpleNamespace(sha="b" * 40))
+
+    def snapshot_download(repo_id, revision, token, local_dir, **kw):
+        shutil.copytree(tiny_base_dir, local_dir, dirs_exist_ok=True)
+        return local_dir
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setenv("LORAPLANE_MODEL_CACHE", str(tmp_path / "cache"))
+    seen = {}
+
+    class Bucket:  # the S3ModelStore surface publish_from_hub uses: publish, no root
+        def publish(self, src, **kw):
+            seen["src"], seen["files"], seen["source"] = src, sorted(p.name for p in src.iterdir()), kw["source"]
+            return "manifest"
+
+    assert publish_from_hub(Bucket(), "org/model", "main", None, name="m", version="v1") == "manifest"
+    assert str(seen["src"]).startswith(str(tmp_path / "cache" / ".downloads"))
+    assert "config.json" in seen["files"] and seen["source"] == f"hf:org/model@{'b' * 40}"
+    assert not any((tmp_path / "cache" / ".downloads").iterdir())

@@ -64,3 +64,15 @@ def test_root_from_env(monkeypatch, tmp_path):
     monkeypatch.delenv("MODEL_STORE_ROOT")
     with pytest.raises(StoreError, match="MODEL_STORE_ROOT"):
         ModelStore()
+
+
+def test_a_version_relpath_parses_into_its_parts_and_nothing_else_does():
+    """What a verify Job on a bucket needs: an explicit ``source.path`` names one version in the layout."""
+    from loraplane.modelstore.layout import parse_version_relpath
+
+    assert parse_version_relpath("default/base_models/tiny/versions/v1") == ("default", "base", "tiny", "v1")
+    assert parse_version_relpath("team-a/adapters/synth/versions/v2.1/") == ("team-a", "adapter", "synth", "v2.1")
+    for bad in ("default/base_models/tiny/v1", "default/models/tiny/versions/v1", "../x/adapters/a/versions/v1",
+                "default/adapters/a/versions/..", "/default/adapters/a/versions/v1", "some/dir"):
+        with pytest.raises(StoreError, match="owner/base_models"):
+            parse_version_relpath(bad)
