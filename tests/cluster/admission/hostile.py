@@ -17,7 +17,11 @@ import json
 
 from hypothesis import strategies as st
 
-from loraplane.operator.api.rollout_types import COMMAND_ANNOTATION
+from loraplane.operator.api.rollout_types import RolloutCommand
+
+#: one rollout command annotation (each command is its own ``rollout-command.loraplane.io/<id>``)
+COMMAND_ID = "20261202T000000000000-f022f022"
+COMMAND_ANNOTATION = RolloutCommand.key(COMMAND_ID)
 
 STORE = {"hostPath": {"path": "/srv/models"}}
 SEEDS = {

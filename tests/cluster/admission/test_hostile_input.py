@@ -42,7 +42,7 @@ from loraplane.operator.api.names import job_name
 from loraplane.operator.api.resources import (
     AdapterResource, BaseModelResource, InvalidObject, WorkerPoolResource, parse,
 )
-from loraplane.operator.api.rollout_types import COMMAND_ANNOTATION, RolloutCommand
+from loraplane.operator.api.rollout_types import RolloutCommand
 from loraplane.operator.core.manifests import desired_configmap_obj, publish_job, service, verify_job, worker_pod
 from loraplane.operator.core.resolve import relpath_of
 from loraplane.operator.core.training import train_job_name, training_job
@@ -178,8 +178,10 @@ class Judge:
                 msg = (json.loads(e.body) if e.body else {}).get("message")
                 t.problems.append(f"accepted, but the {child['kind']} the operator builds is refused ({msg}): {what}")
                 return
+        text = res.metadata.annotations.get(hostile.COMMAND_ANNOTATION)
         try:
-            RolloutCommand.parse(res.metadata.annotations.get(COMMAND_ANNOTATION))
+            if text is not None:
+                RolloutCommand.parse(hostile.COMMAND_ID, text)
         except ValueError:
             assert "RolloutCommand._cmd" in admission.OPERATOR_ONLY
             t.operator_only += 1
