@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import metrics, prom_source
 from ..core import analysis, inventory, routing as pool_routing, workload_identity
-from ..api.conditions import get_condition, set_condition
+from ..api.conditions import get_condition, kstatus_conditions, set_condition
 from .config import Config
 from .kube import Kube
 from .ledger_cache import LedgerCache
@@ -71,6 +71,7 @@ def _summary(cfg: Config, job: JobState | None, relpath: str) -> tuple[dict | No
 
 
 def _apply_status(kube: Kube, obj: dict, status: dict) -> None:
+    status = kstatus_conditions(status, obj["metadata"].get("generation"))  # GitOps health (kstatus)
     if status != (obj.get("status") or {}):
         kube.patch_status(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"], status)
 
