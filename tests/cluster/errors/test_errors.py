@@ -1,0 +1,193 @@
+"""What only the operator can detect, against the real API server with the
+real operator: objects it cannot build, references to objects that do not
+exist, a terminating namespace. Each must end in a condition with a clear
+reason and at most one Event, with no child object, no traceback and no
+retry faster than the backoff; and kstatus (the library Argo CD and Flux
+use, built from its Go module) must read each state right.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import urllib.request
+
+from loraplane.devcluster import kstatus_build
+from loraplane.devcluster.waiting import wait_for
+
+BASE_NAME, BASE_VERSION = "mistral-7b-instruct", "v0.3"
+API = "loraplane.io/v1alpha1"
+QUIET_SECONDS = 10
+
+
+def base_doc(store, name="m") -> dict:
+    return {"apiVersion": API, "kind": "BaseModel", "metadata": {"name": name},
+            "spec": {"storeName": BASE_NAME, "version": BASE_VERSION,
+                     "store": {"hostPath": {"path": str(store)}, "mountPath": "/models"},
+                     "variants": [{"name": "fp16", "vramMiB": 14336}, {"name": "bnb-int8", "vramMiB": 7680}]}}
+
+
+def pool_doc(name, selector, base="m", replicas=1, **spec) -> dict:
+    return {"apiVersion": API, "kind": "WorkerPool", "metadata": {"name": name},
+            "spec": {"baseModelRef": base, "replicas": replicas, "variants": ["bnb-int8"],
+                     "gpu": {"nodeSelector": selector}, "routes": {}, **spec}}
+
+
+def adapter_doc(name, base="m") -> dict:
+    return {"apiVersion": API, "kind": "Adapter", "metadata": {"name": name},
+            "spec": {"baseModelRef": base, "task": "synthesizer", "version": "v1",
+                     "source": {"storeName": "synthesizer"}}}
+
+
+def apply(cluster, ns, doc) -> str | None:
+    """None when stored, else the API server's refusal."""
+    out = cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(doc), check=False)
+    return None if out.returncode == 0 else out.stderr
+
+
+def get(cluster, ns, kind, name) -> dict | None:
+    out = cluster.kubectl("get", kind, name, "-n", ns, "-o", "json", check=False)
+    return json.loads(out.stdout) if out.returncode == 0 else None
+
+
+def cond(obj: dict | None, type_="Ready") -> dict:
+    return next((c for c in ((obj or {}).get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
+
+
+def passes(port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(v) for v in re.findall(r"^loraplane_operator_reconcile_duration_seconds_count\{[^}]*\} (\S+)$",
+                                            text, re.M))
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tracebacks(op) -> int:
+    return op.log.read_text().count("Traceback") if op.log.exists() else 0
+
+
+def events_of(cluster, ns, name) -> list[dict]:
+    items = json.loads(cluster.kubectl("get", "events", "-n", ns, "-o", "json").stdout)["items"]
+    return [e for e in items if e["involvedObject"]["name"] == name]
+
+
+def children(cluster, ns, name) -> list[str]:
+    found = []
+    for kind, selector in (("pods", f"loraplane.io/pool={name}"), ("jobs", None)):
+        items = json.loads(cluster.kubectl("get", kind, "-n", ns, "-o", "json",
+                                           *(["-l", selector] if selector else [])).stdout)["items"]
+        found += [f"{kind}/{i['metadata']['name']}" for i in items
+                  if selector or name in str((i["metadata"].get("labels") or {}).values())]
+    for kind, child in (("service", name), ("configmap", f"{name}-desired")):
+        if get(cluster, ns, kind, child):
+            found.append(f"{kind}/{child}")
+    return found
+
+
+def kstatus_of(cluster, ns) -> dict[tuple[str, str], str]:
+    objs = []
+    for plural in ("basemodels", "adapters", "workerpools"):
+        objs += json.loads(cluster.kubectl("get", plural, "-n", ns, "-o", "json").stdout)["items"]
+    return {(r["kind"], r["name"]): r["status"] or r["error"] for r in kstatus_build.compute(objs)}
+
+
+HOSTILE = [  # (kind, doc, the field the refusal or the condition must name, expected reason)
+    ("wp", lambda s: pool_doc("pool.a", s), "metadata.name", "InvalidSpec"),
+    ("wp", lambda s: pool_doc("p" * 70, s), "metadata.name", "InvalidSpec"),
+    ("wp", lambda s: pool_doc("cpu-lots", s, resources={"cpu": "lots"}), "resources.cpu", "InvalidSpec"),
+    ("wp", lambda s: pool_doc("mem-neg", s, resources={"memory": "-1Gi"}), "resources.memory", "InvalidSpec"),
+    ("adp", lambda s: adapter_doc("a" * 60), "metadata.name", "InvalidSpec"),
+    ("adp", lambda s: adapter_doc("orphan", base="nope"), "BaseModel nope", "BaseModelMissing"),
+    ("wp", lambda s: pool_doc("no-base", s, base="nope"), "BaseModel nope", "BaseModelMissing"),
+]
+
+
+def test_unbuildable_and_dangling_objects_are_reported_once_and_quietly(dev_cluster, namespace, errors_store,
+                                                                        run_operator, gpu_node):
+    ns, cluster = namespace, dev_cluster
+    op, port = run_operator(ns)
+    assert apply(cluster, ns, base_doc(errors_store)) is None
+    assert apply(cluster, ns, pool_doc("ok", gpu_node)) is None  # the control: a valid pool gets its worker
+    accepted, refused = [], []
+    for kind, make, field, reason in HOSTILE:
+        doc = make(gpu_node)
+        why = apply(cluster, ns, doc)
+        if why is None:
+            accepted.append((kind, doc["metadata"]["name"], field, reason))
+        else:  # a tighter CRD refuses it: then with a message naming the field
+            assert field.split(".")[-1] in why, why
+            refused.append(doc["metadata"]["name"])
+    print(f"accepted {len(accepted)}, refused by the API server {len(refused)}: {refused}")
+    assert any(r == "BaseModelMissing" for *_, r in accepted)
+
+    def reported():
+        return all(cond(get(cluster, ns, k, n)).get("reason") == r for k, n, _, r in accepted) and \
+            children(cluster, ns, "ok")
+    wait_for(reported, timeout=60, interval=0.5, what="every object reported, the valid pool's worker created")
+    for kind, name, field, reason in accepted:
+        c = cond(get(cluster, ns, kind, name))
+        assert c["status"] == "False" and field in c["message"], (name, c)
+
+    p0, c0, t0 = passes(port), cpu_seconds(op.proc.pid), time.monotonic()
+    time.sleep(QUIET_SECONDS)
+    n_passes, cpu = passes(port) - p0, cpu_seconds(op.proc.pid) - c0
+    print(f"over {time.monotonic() - t0:.1f} s: {n_passes:.0f} passes for {len(accepted) + 2} objects, "
+          f"{cpu:.2f} s operator CPU, {tracebacks(op)} tracebacks")
+    assert tracebacks(op) == 0, op.tail(80)
+    # resync 5 s, backoff 1 s doubling (the suite's operator flags): a few passes per object, not ~100
+    assert n_passes <= 4 * (len(accepted) + 2), n_passes
+    assert cpu < 3.0, cpu
+    for kind, name, _, _ in accepted:
+        evs = events_of(cluster, ns, name)
+        assert len(evs) <= 2, [(e["reason"], e["message"]) for e in evs]
+        assert children(cluster, ns, name) == [], name
+
+    health = kstatus_of(cluster, ns)
+    print("kstatus:", {f"{k}/{n[:20]}": s for (k, n), s in sorted(health.items())})
+    assert health[("BaseModel", "m")] == "Current"
+    for kind, name, _, _ in accepted:
+        full = {"wp": "WorkerPool", "adp": "Adapter"}[kind]
+        assert health[(full, name)] == "Failed", (name, health)
+
+    # The missing base appears: the Adapter goes on at once, not at its next backoff.
+    assert apply(cluster, ns, base_doc(errors_store, name="nope")) is None
+    t = time.monotonic()
+    wait_for(lambda: cond(get(cluster, ns, "adp", "orphan")).get("reason") not in ("BaseModelMissing", None),
+             timeout=15, interval=0.2, what="orphan Adapter past BaseModelMissing")
+    print(f"orphan Adapter saw its BaseModel after {time.monotonic() - t:.1f} s")
+    assert tracebacks(op) == 0, op.tail(80)
+
+
+def test_terminating_namespace_gets_no_new_children(dev_cluster, namespace, errors_store, run_operator, gpu_node):
+    ns, cluster = namespace, dev_cluster
+    op, port = run_operator(ns)
+    assert apply(cluster, ns, base_doc(errors_store)) is None
+    pool = pool_doc("p", gpu_node, replicas=2)
+    pool["metadata"]["finalizers"] = ["loraplane.io/test-hold"]  # keeps the pool while its namespace goes
+    assert apply(cluster, ns, pool) is None
+    wait_for(lambda: len(children(cluster, ns, "p")) >= 3, timeout=60, interval=0.5, what="the pool's workers")
+    cluster.kubectl("delete", "namespace", ns, "--wait=false")
+    try:
+        wait_for(lambda: not [c for c in children(cluster, ns, "p") if c.startswith("pods/")], timeout=60,
+                 interval=0.5, what="the namespace's pods deleted")
+        p0 = passes(port)
+        time.sleep(QUIET_SECONDS)
+        pods = [c for c in children(cluster, ns, "p") if c.startswith("pods/")]
+        log = op.log.read_text()
+        refusals = log.count("NamespaceTerminating")
+        pool_now = get(cluster, ns, "wp", "p")
+        print(f"terminating namespace: {passes(port) - p0:.0f} passes in {QUIET_SECONDS} s, {refusals} refusal "
+              f"lines, {tracebacks(op)} tracebacks, pods {pods}, Ready {cond(pool_now)}, "
+              f"kstatus {kstatus_of(cluster, ns)}")
+        assert tracebacks(op) == 0, op.tail(80)
+        assert pods == []
+        assert refusals <= 2, op.tail(40)
+        assert cond(pool_now).get("reason") == "NamespaceTerminating", cond(pool_now)
+    finally:
+        cluster.kubectl("patch", "wp", "p", "-n", ns, "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
+                        check=False)
