@@ -1,7 +1,8 @@
 """Failed passes: what the API server refused, said on the object, once.
 
 A pass that meets a refusal from the API server (a child it will not take:
-400/422; a namespace being deleted: 403 "being terminated") must not crash
+400/422, or 403 from Pod Security admission or a ResourceQuota; a namespace
+being deleted: 403 "being terminated") must not crash
 into a traceback and must not retry at once. ``Guarded`` wraps one object's
 pass: a refusal it knows becomes a condition naming the reason and the
 server's message plus one (deduplicated) Event, logged as one line; any
@@ -43,7 +44,8 @@ def classify(exc: BaseException) -> tuple[str, str] | None:
     message = api_message(exc)
     if exc.status == 403 and "being terminated" in message:
         return TERMINATING, message
-    if exc.status in (400, 422):
+    if exc.status in (400, 422) or (exc.status == 403 and ("violates PodSecurity" in message
+                                                           or "exceeded quota" in message)):
         return REFUSED, f"the API server refused a child object: {message}"
     return None
 

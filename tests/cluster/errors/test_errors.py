@@ -101,6 +101,9 @@ HOSTILE = [  # (kind, doc, the field the refusal or the condition must name, exp
     ("wp", lambda s: pool_doc("p" * 70, s), "metadata.name", "InvalidSpec"),
     ("wp", lambda s: pool_doc("cpu-lots", s, resources={"cpu": "lots"}), "resources.cpu", "InvalidSpec"),
     ("wp", lambda s: pool_doc("mem-neg", s, resources={"memory": "-1Gi"}), "resources.memory", "InvalidSpec"),
+    ("wp", lambda s: pool_doc("steps-order", s, routes={"synthesizer": [{"adapter": "syn-v1", "weight": 100}]},
+                              rollouts={"synthesizer": {"canary": "syn-v2", "steps": [50, 25, 100]}}),
+     "steps", "InvalidSpec"),  # pydantic refuses the order, today's CRD does not
     ("adp", lambda s: adapter_doc("a" * 60), "metadata.name", "InvalidSpec"),
     ("adp", lambda s: adapter_doc("orphan", base="nope"), "BaseModel nope", "BaseModelMissing"),
     ("wp", lambda s: pool_doc("no-base", s, base="nope"), "BaseModel nope", "BaseModelMissing"),

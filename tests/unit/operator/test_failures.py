@@ -26,6 +26,8 @@ def test_classify():
     bad = refusal(422, 'Service "pool.a" is invalid: metadata.name: Invalid value: "pool.a"')
     reason, message = failures.classify(bad)
     assert reason == "ChildRefused" and 'metadata.name: Invalid value: "pool.a"' in message
+    psa = refusal(403, 'pods "p-0" is forbidden: violates PodSecurity "restricted:latest": runAsNonRoot != true')
+    assert failures.classify(psa)[0] == "ChildRefused"
     assert failures.classify(refusal(403, "forbidden: RBAC")) is None  # not the object's fault: logged as is
     assert failures.classify(refusal(500, "etcd")) is None
     assert failures.classify(ValueError("x")) is None
