@@ -115,7 +115,9 @@ def test_unbuildable_and_dangling_objects_are_reported_once_and_quietly(dev_clus
     ns, cluster = namespace, dev_cluster
     op, port = run_operator(ns)
     assert apply(cluster, ns, base_doc(errors_store)) is None
-    assert apply(cluster, ns, pool_doc("ok", gpu_node)) is None  # the control: a valid pool gets its worker
+    # The control: a valid pool gets its worker (its route names an Adapter that does not exist: said, not fatal)
+    ghost = {"synthesizer": [{"adapter": "ghost", "weight": 100}]}
+    assert apply(cluster, ns, pool_doc("ok", gpu_node, routes=ghost)) is None
     accepted, refused = [], []
     for kind, make, field, reason in HOSTILE:
         doc = make(gpu_node)
@@ -136,6 +138,8 @@ def test_unbuildable_and_dangling_objects_are_reported_once_and_quietly(dev_clus
         c = cond(get(cluster, ns, kind, name))
         assert c["status"] == "False" and field in c["message"], (name, c)
 
+    assert "adapter ghost (route synthesizer) not found" in cond(get(cluster, ns, "wp", "ok"), "Degraded")["message"]
+
     p0, c0, t0 = passes(port), cpu_seconds(op.proc.pid), time.monotonic()
     time.sleep(QUIET_SECONDS)
     n_passes, cpu = passes(port) - p0, cpu_seconds(op.proc.pid) - c0
@@ -153,6 +157,7 @@ def test_unbuildable_and_dangling_objects_are_reported_once_and_quietly(dev_clus
     health = kstatus_of(cluster, ns)
     print("kstatus:", {f"{k}/{n[:20]}": s for (k, n), s in sorted(health.items())})
     assert health[("BaseModel", "m")] == "Current"
+    assert health[("WorkerPool", "ok")] in ("InProgress", "Failed")  # starting, or up with its route broken
     for kind, name, _, _ in accepted:
         full = {"wp": "WorkerPool", "adp": "Adapter"}[kind]
         assert health[(full, name)] == "Failed", (name, health)
