@@ -89,11 +89,40 @@ def children(cluster, ns, name) -> list[str]:
     return found
 
 
-def kstatus_of(cluster, ns) -> dict[tuple[str, str], str]:
+def all_objects(cluster, ns) -> list[dict]:
     objs = []
     for plural in ("basemodels", "adapters", "workerpools"):
         objs += json.loads(cluster.kubectl("get", plural, "-n", ns, "-o", "json").stdout)["items"]
-    return {(r["kind"], r["name"]): r["status"] or r["error"] for r in kstatus_build.compute(objs)}
+    return objs
+
+
+def kstatus_of(cluster, ns) -> dict[tuple[str, str], str]:
+    return {(r["kind"], r["name"]): r["status"] or r["error"] for r in kstatus_build.compute(all_objects(cluster, ns))}
+
+
+class Health:
+    """kstatus over every object each time ``sample`` runs (at most once a second), checked
+    against the object's own Ready condition: Current only when Ready, Failed never when Ready."""
+
+    def __init__(self, cluster, ns):
+        self.cluster, self.ns, self.last, self.samples = cluster, ns, 0.0, 0
+        self.seen: dict[str, list[str]] = {}
+
+    def sample(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self.last < 1.0:
+            return
+        self.last, self.samples = time.monotonic(), self.samples + 1
+        objs = all_objects(self.cluster, self.ns)
+        for obj, r in zip(objs, kstatus_build.compute(objs)):
+            ready = cond(obj)
+            state = f"{r['status'] or r['error']}({ready.get('reason', 'no status')})"
+            key = f"{obj['kind']}/{obj['metadata']['name'][:20]}"
+            if state not in self.seen.setdefault(key, []):
+                self.seen[key].append(state)
+            if ready:  # before the operator's first status write kstatus can only say Current
+                assert (r["status"] == "Current") == (ready["status"] == "True" and
+                                                      cond(obj, "Progressing").get("status") != "True"), (key, r, obj)
+                assert r["status"] != "Failed" or ready["status"] != "True", (key, r)
 
 
 HOSTILE = [  # (kind, doc, the field the refusal or the condition must name, expected reason)
@@ -130,7 +159,10 @@ def test_unbuildable_and_dangling_objects_are_reported_once_and_quietly(dev_clus
     print(f"accepted {len(accepted)}, refused by the API server {len(refused)}: {refused}")
     assert any(r == "BaseModelMissing" for *_, r in accepted)
 
+    health = Health(cluster, ns)
+
     def reported():
+        health.sample()
         return all(cond(get(cluster, ns, k, n)).get("reason") == r for k, n, _, r in accepted) and \
             children(cluster, ns, "ok")
     wait_for(reported, timeout=60, interval=0.5, what="every object reported, the valid pool's worker created")
@@ -157,13 +189,13 @@ def test_unbuildable_and_dangling_objects_are_reported_once_and_quietly(dev_clus
             made = [c for c in made if not c.startswith("service/")]
         assert made == [], (name, made)
 
-    health = kstatus_of(cluster, ns)
-    print("kstatus:", {f"{k}/{n[:20]}": s for (k, n), s in sorted(health.items())})
-    assert health[("BaseModel", "m")] == "Current"
-    assert health[("WorkerPool", "ok")] in ("InProgress", "Failed")  # starting, or up with its route broken
+    health.sample(force=True)
+    final = kstatus_of(cluster, ns)
+    assert final[("BaseModel", "m")] == "Current"
+    assert final[("WorkerPool", "ok")] in ("InProgress", "Failed")  # starting, or up with its route broken
     for kind, name, _, _ in accepted:
         full = {"wp": "WorkerPool", "adp": "Adapter"}[kind]
-        assert health[(full, name)] == "Failed", (name, health)
+        assert final[(full, name)] == "Failed", (name, final)
 
     # The missing base appears: the Adapter goes on at once, not at its next backoff.
     assert apply(cluster, ns, base_doc(errors_store, name="nope")) is None
@@ -171,6 +203,8 @@ def test_unbuildable_and_dangling_objects_are_reported_once_and_quietly(dev_clus
     wait_for(lambda: cond(get(cluster, ns, "adp", "orphan")).get("reason") not in ("BaseModelMissing", None),
              timeout=15, interval=0.2, what="orphan Adapter past BaseModelMissing")
     print(f"orphan Adapter saw its BaseModel after {time.monotonic() - t:.1f} s")
+    health.sample(force=True)
+    print(f"kstatus over {health.samples} samples: {json.dumps(health.seen)}")
     assert tracebacks(op) == 0, op.tail(80)
 
 
