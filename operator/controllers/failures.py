@@ -42,7 +42,8 @@ def classify(exc: BaseException) -> tuple[str, str] | None:
     if not isinstance(exc, ApiException):
         return None
     message = api_message(exc)
-    if exc.status == 403 and "being terminated" in message:
+    if (exc.status == 403 and "being terminated" in message) or \
+            (exc.status == 404 and message.startswith("namespaces ") and message.endswith("not found")):
         return TERMINATING, message
     if exc.status in (400, 422) or (exc.status == 403 and ("violates PodSecurity" in message
                                                            or "exceeded quota" in message)):

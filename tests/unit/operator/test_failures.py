@@ -23,6 +23,7 @@ def test_classify():
     term = refusal(403, 'pods "p-0" is forbidden: unable to create new content in namespace t because it is '
                         'being terminated')
     assert failures.classify(term)[0] == "NamespaceTerminating"
+    assert failures.classify(refusal(404, 'namespaces "t" not found'))[0] == "NamespaceTerminating"  # already gone
     bad = refusal(422, 'Service "pool.a" is invalid: metadata.name: Invalid value: "pool.a"')
     reason, message = failures.classify(bad)
     assert reason == "ChildRefused" and 'metadata.name: Invalid value: "pool.a"' in message
