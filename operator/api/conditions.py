@@ -61,8 +61,9 @@ def kstatus_conditions(status: dict, generation: int | None, now: dt.datetime | 
     (Argo CD, Flux) reads the object right:
 
     - Ready=True and Progressing not True: neither (Current);
-    - not Ready and failed (Degraded=True with nothing under way, or a
-      Progressing reason in ``STALLED_REASONS``): Stalled=True (Failed);
+    - not Ready and failed (Degraded=True or RoutesValid=False with nothing
+      under way, or a Progressing reason in ``STALLED_REASONS``): Stalled=True
+      (Failed);
     - otherwise (Progressing=True, e.g. a pool whose canary weights are still
       pending, or not Ready yet): Reconciling=True (InProgress).
 
@@ -76,12 +77,15 @@ def kstatus_conditions(status: dict, generation: int | None, now: dt.datetime | 
         return status
     prog = get_condition(conds, "Progressing") or {}
     deg = get_condition(conds, "Degraded") or {}
+    routes = get_condition(conds, "RoutesValid") or {}  # a pool's routes name what it cannot serve as asked
     is_ready, progressing = ready.get("status") == "True", prog.get("status") == "True"
     stalled = reconciling = None
     if not is_ready and progressing and prog.get("reason") in STALLED_REASONS:
         stalled = (deg.get("reason") if deg.get("status") == "True" else prog.get("reason"), ready.get("message", ""))
     elif not is_ready and not progressing and deg.get("status") == "True":
         stalled = (deg.get("reason", ""), deg.get("message") or ready.get("message", ""))
+    elif not is_ready and not progressing and routes.get("status") == "False":
+        stalled = (routes.get("reason", ""), routes.get("message", ""))
     elif progressing:
         reconciling = (prog.get("reason", ""), prog.get("message", ""))
     elif not is_ready:

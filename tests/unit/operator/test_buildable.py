@@ -65,5 +65,6 @@ def test_quantities_kubernetes_refuses(q):
 
 
 def test_manifest_backstop_sees_the_service_rule():
-    p = WorkerPoolResource.model_validate(pool("pool.a"))
+    p = WorkerPoolResource.model_validate(pool("p"))  # the types refuse "pool.a" too now: named after parsing
+    p = p.model_copy(update={"metadata": p.metadata.model_copy(update={"name": "pool.a"})})
     assert any("Service name" in m for m in buildable.manifest_problems(service(p)))

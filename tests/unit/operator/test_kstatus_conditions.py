@@ -26,6 +26,15 @@ def blocked(reason, message) -> dict:
     return status((False, reason, message), (True, reason, message), (True, reason, message))
 
 
+def routes_invalid() -> dict:
+    """A pool up but routing a task to an adapter of another task (core.routing.report_problems)."""
+    msg = "route critic -> sum-v1: adapter sum-v1 serves task summarize"
+    st = status((False, "RouteTaskMismatch", msg), (False, "Stable", "2/2"), OK)
+    st["conditions"].append({"type": "RoutesValid", "status": "False", "reason": "RouteTaskMismatch",
+                             "message": msg, "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 3})
+    return st
+
+
 STATES = {  # name -> (status, what kstatus must read)
     "ready": (status((True, "AllWorkersReady", "2/2"), (False, "Stable", "2/2"), OK), "Current"),
     "canary weights pending": (status((True, "AllWorkersReady", "2/2"),
@@ -42,6 +51,7 @@ STATES = {  # name -> (status, what kstatus must read)
                             (True, "InvalidSpec", "spec.x: bad")), "Failed"),
     "training failed": (status((False, "TrainingFailed", "exit 1"), (False, "TrainingFailed", "exit 1"),
                                (True, "TrainingFailed", "exit 1")), "Failed"),
+    "route to an adapter of another task": (routes_invalid(), "Failed"),
     "not ready, nothing said": (status((False, "Pending", ""), (False, "Pending", ""), OK), "InProgress"),
 }
 
