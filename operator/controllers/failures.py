@@ -20,6 +20,7 @@ import logging
 
 from kubernetes.client.rest import ApiException
 
+from ..api.common_types import GROUP
 from ..api.conditions import kstatus_conditions, set_condition
 from .kube import Kube
 from .state import State
@@ -28,6 +29,7 @@ log = logging.getLogger("loraplane.operator")
 
 TERMINATING = "NamespaceTerminating"
 REFUSED = "ChildRefused"
+INVALID = "InvalidSpec"
 
 
 def api_message(exc: ApiException) -> str:
@@ -37,11 +39,15 @@ def api_message(exc: ApiException) -> str:
         return str(exc.reason or exc.status)
 
 
-def classify(exc: BaseException) -> tuple[str, str] | None:
+def classify(exc: BaseException, kind: str = "", name: str = "") -> tuple[str, str] | None:
     """(reason, message) for a refusal the object's status can explain; None otherwise."""
     if not isinstance(exc, ApiException):
         return None
     message = api_message(exc)
+    if exc.status == 422 and kind and message.startswith(f'{kind}.{GROUP} "{name}" is invalid'):
+        # the object itself, stored before its CRD's current rules: even its status cannot be written
+        return INVALID, (f"{kind} {name} breaks its CRD's current rules, so the API server refuses any write "
+                         f"to it, its status too: {message}; fix or re-create it")
     if (exc.status == 403 and "being terminated" in message) or \
             (exc.status == 404 and message.startswith("namespaces ") and message.endswith("not found")):
         return TERMINATING, message
@@ -68,10 +74,12 @@ def report(kube: Kube, kind: str, ns: str, name: str, reason: str, message: str,
         conds = set_condition(conds, type_, value, why, text, gen)
     status["conditions"] = conds
     status = kstatus_conditions(status, gen)
-    if status != (raw.get("status") or {}):
-        kube.patch_status(kind, ns, name, status)
-    if reason != TERMINATING:
-        kube.event(raw, "Warning", reason, message)
+    try:
+        if reason != INVALID and status != (raw.get("status") or {}):
+            kube.patch_status(kind, ns, name, status)
+    finally:  # the Event even when the status write is refused: the one place left to say it
+        if reason != TERMINATING:
+            kube.event(raw, "Warning", reason, message)
 
 
 class Guarded:
@@ -91,7 +99,7 @@ class Guarded:
         try:
             result = self.fn(ns, name)
         except ApiException as e:
-            why = classify(e)
+            why = classify(e, self.kind, name)
             if why is None:
                 raise
             if why[0] == TERMINATING:

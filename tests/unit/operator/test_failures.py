@@ -31,6 +31,9 @@ def test_classify():
     assert failures.classify(psa)[0] == "ChildRefused"
     assert failures.classify(refusal(403, "forbidden: RBAC")) is None  # not the object's fault: logged as is
     assert failures.classify(refusal(500, "etcd")) is None
+    itself = refusal(422, 'Adapter.loraplane.io "a" is invalid: <nil>: Invalid value: metadata.name of a Adapter')
+    assert failures.classify(itself, "Adapter", "a")[0] == "InvalidSpec"  # its own status write refused
+    assert failures.classify(itself, "Adapter", "b")[0] == "ChildRefused"
     assert failures.classify(ValueError("x")) is None
 
 
