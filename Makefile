@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 .PHONY: test unit cluster e2e demo venv control-plane crds images dev-cluster-up dev-cluster-down clean
 
-test: venv control-plane node prometheus images s3-server
+test: venv control-plane node prometheus images s3-server kstatus
 	$(PY) -m pytest -m "unit or cluster or e2e" $(PYTEST_ARGS)
 
 unit: venv
@@ -50,6 +50,13 @@ control-plane: venv
 .PHONY: prometheus
 prometheus: venv
 	$(PY) -m loraplane.devcluster.prom_build
+
+# kstatus (loraplane/devcluster/kstatus_build.py): the kstatus library Argo CD
+# and Flux read health with, built from its Go module and cached; the
+# GitOps-health tests ask it how it reads each object state.
+.PHONY: kstatus
+kstatus: venv
+	$(PY) -m loraplane.devcluster.kstatus_build
 
 # A real S3 server (versitygw) from its Go module (loraplane/devcluster/s3_build.py),
 # cached next to the control plane: the ModelStore's S3 backend tests.

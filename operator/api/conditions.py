@@ -46,3 +46,53 @@ def triple(conditions: list[dict], *, ready: tuple[bool, str, str], progressing:
     for t, (s, r, m) in (("Ready", ready), ("Progressing", progressing), ("Degraded", degraded)):
         conditions = set_condition(conditions, t, s, r, m, generation, now)
     return conditions
+
+
+#: Progressing reasons that mean the object waits for a person (or for the
+#: scheduled retry of a failure), not for work under way: kstatus Failed.
+STALLED_REASONS = frozenset({
+    "RetryScheduled", "InvalidSpec", "BaseModelMissing", "BaseModelInvalid", "NoVariant", "ChildRefused",
+})
+
+
+def kstatus_conditions(status: dict, generation: int | None, now: dt.datetime | None = None) -> dict:
+    """``status`` with kstatus' ``Reconciling`` and ``Stalled`` conditions
+    derived from Ready, Progressing and Degraded, so the kstatus library
+    (Argo CD, Flux) reads the object right:
+
+    - Ready=True and Progressing not True: neither (Current);
+    - not Ready and failed (Degraded=True or RoutesValid=False with nothing
+      under way, or a Progressing reason in ``STALLED_REASONS``): Stalled=True
+      (Failed);
+    - otherwise (Progressing=True, e.g. a pool whose canary weights are still
+      pending, or not Ready yet): Reconciling=True (InProgress).
+
+    Both are "abnormal-true": False when they do not apply, never True at
+    once. A status without a Ready condition (nothing computed yet) is left
+    as it is. Pure and idempotent: applied to every status the operator writes.
+    """
+    conds = status.get("conditions") or []
+    ready = get_condition(conds, "Ready")
+    if ready is None:
+        return status
+    prog = get_condition(conds, "Progressing") or {}
+    deg = get_condition(conds, "Degraded") or {}
+    routes = get_condition(conds, "RoutesValid") or {}  # a pool's routes name what it cannot serve as asked
+    is_ready, progressing = ready.get("status") == "True", prog.get("status") == "True"
+    stalled = reconciling = None
+    if not is_ready and progressing and prog.get("reason") in STALLED_REASONS:
+        stalled = (deg.get("reason") if deg.get("status") == "True" else prog.get("reason"), ready.get("message", ""))
+    elif not is_ready and not progressing and deg.get("status") == "True":
+        stalled = (deg.get("reason", ""), deg.get("message") or ready.get("message", ""))
+    elif not is_ready and not progressing and routes.get("status") == "False":
+        stalled = (routes.get("reason", ""), routes.get("message", ""))
+    elif progressing:
+        reconciling = (prog.get("reason", ""), prog.get("message", ""))
+    elif not is_ready:
+        reconciling = (ready.get("reason", ""), ready.get("message", ""))
+    out = dict(status)
+    for type_, value in (("Reconciling", reconciling), ("Stalled", stalled)):
+        reason, message = value or ("AsExpected", "")
+        out["conditions"] = conds = set_condition(conds, type_, value is not None, reason or type_, message,
+                                                  generation, now)
+    return out

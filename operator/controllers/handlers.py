@@ -19,6 +19,7 @@ import kopf
 from . import metrics
 from ..api.common_types import GROUP, VERSION
 from ..core.inventory import node_info
+from .failures import Guarded
 from .state import State, wake as _wake
 from .training_handlers import reconcile_adapter
 from ..api.names import OWNER_LABEL, POOL_LABEL
@@ -26,19 +27,43 @@ from .reconcile import reconcile_pool, reconcile_resolve, timed
 
 
 async def _loop(kind: str, namespace: str, name: str, stopped, fn) -> None:
-    ev = State.wakeups.setdefault((kind, namespace, name), asyncio.Event())
+    """Passes for one object: after each, wait for a wake-up or the requeue
+    time. After a failed pass, wait the backoff (``Config.backoff``: 5 s
+    doubling to 300 s), woken early only by a change of the object's spec."""
+    key = (kind, namespace, name)
+    ev = State.wakeups.setdefault(key, asyncio.Event())
     loop = asyncio.get_running_loop()
+    guarded = Guarded(lambda: State.kube, kind, fn)
     try:
         while not stopped:
             ev.clear()
-            delay = await loop.run_in_executor(None, functools.partial(timed, kind, fn, namespace, name))
+            guarded.retry_in = State.cfg.backoff(guarded.failures + 1)
+            delay = await loop.run_in_executor(None, functools.partial(timed, kind, guarded, namespace, name))
+            guarded.failures = guarded.failures + 1 if guarded.failed else 0
+            if guarded.failed:
+                await _hold(key, ev, guarded.retry_in, stopped)
+                continue
             timeout = min(delay, State.cfg.resync_seconds) if delay else State.cfg.resync_seconds
             try:
                 await asyncio.wait_for(ev.wait(), timeout=timeout)
             except asyncio.TimeoutError:
                 pass
     finally:
-        State.wakeups.pop((kind, namespace, name), None)
+        State.wakeups.pop(key, None)
+
+
+async def _hold(key, ev: asyncio.Event, seconds: float, stopped) -> None:
+    """Sleep ``seconds``, cut short only by a new generation of the object (or stopping)."""
+    loop = asyncio.get_running_loop()
+    deadline, generation = loop.time() + seconds, State.spec_generations.get(key)
+    while not stopped and loop.time() < deadline:
+        ev.clear()
+        try:
+            await asyncio.wait_for(ev.wait(), timeout=min(1.0, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            continue
+        if State.spec_generations.get(key) != generation:
+            return
 
 
 @kopf.daemon(GROUP, VERSION, "workerpools", cancellation_timeout=10)
@@ -61,12 +86,22 @@ async def adapter_daemon(name, namespace, stopped, **_):
 
 # --- wake-ups ------------------------------------------------------------
 
+def _seen(kind: str, namespace: str, name: str, body, type_) -> None:
+    """Record the generation a watch event shows (a failed object's hold ends on a new one)."""
+    key = (kind, namespace, name)
+    if type_ == "DELETED":
+        State.spec_generations.pop(key, None)
+    else:
+        State.spec_generations[key] = ((body or {}).get("metadata") or {}).get("generation")
+
+
 @kopf.on.event(GROUP, VERSION, "workerpools")
 async def pool_changed(name, namespace, body, type, **_):
     """Wake on spec (generation) or metadata changes, not on our own status
     patches (each would cost one more pass)."""
     meta = body.get("metadata") or {}
     key = (namespace, name)
+    _seen("WorkerPool", namespace, name, body, type)
     seen = (meta.get("generation"), meta.get("deletionTimestamp"), str(meta.get("annotations")))
     if type == "DELETED":
         State.generations.pop(key, None)
@@ -77,14 +112,16 @@ async def pool_changed(name, namespace, body, type, **_):
 
 
 @kopf.on.event(GROUP, VERSION, "basemodels")
-async def base_changed(name, namespace, **_):
+async def base_changed(name, namespace, body=None, type=None, **_):
+    _seen("BaseModel", namespace, name, body, type)
     _wake("BaseModel", namespace, name)
     _wake("Adapter", namespace)
     _wake("WorkerPool", namespace)
 
 
 @kopf.on.event(GROUP, VERSION, "adapters")
-async def adapter_changed(name, namespace, type=None, **_):
+async def adapter_changed(name, namespace, body=None, type=None, **_):
+    _seen("Adapter", namespace, name, body, type)
     if type == "DELETED":
         metrics.forget_adapter(namespace, name)
     _wake("Adapter", namespace, name)

@@ -6,8 +6,8 @@ with the operator's field manager, core/v1 Events."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
-import uuid
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
@@ -62,6 +62,16 @@ class Kube:
     def list_jobs(self, ns: str, selector: str) -> list[dict]:
         return self._json(self.batch.list_namespaced_job(ns, label_selector=selector,
                                                          _preload_content=False))["items"]
+
+    def namespace_terminating(self, ns: str) -> bool:
+        """Is ``ns`` being deleted (or gone)? The API server refuses new objects there."""
+        try:
+            got = self._json(self.core.read_namespace(ns, _preload_content=False))
+        except ApiException as e:
+            if e.status == 404:
+                return True
+            raise
+        return bool(got["metadata"].get("deletionTimestamp")) or (got.get("status") or {}).get("phase") == "Terminating"
 
     def secret_key_present(self, ns: str, name: str, key: str) -> str | None:
         """None when present, else why not. The value is never returned or logged.
@@ -139,19 +149,36 @@ class Kube:
                 raise
 
     def event(self, obj: dict, type_: str, reason: str, message: str) -> None:
+        """Post an Event, deduplicated as kubelets and controllers do: one Event
+        object per (object, type, reason, message), named by their hash, whose
+        ``lastTimestamp`` moves when the same thing happens again (in a later
+        pass, or after a restart) instead of a new Event each time."""
         meta = obj["metadata"]
-        now = dt.datetime.now(dt.timezone.utc)
+        ns, message = meta["namespace"], message[:1024]
+        key = "\0".join((meta.get("uid") or meta["name"], type_, reason, message))
+        name = f"{meta['name'][:200]}.{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
             "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:10]}", "namespace": meta["namespace"]},
+            "metadata": {"name": name, "namespace": ns},
             "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta["name"],
-                               "namespace": meta["namespace"], "uid": meta.get("uid")},
-            "type": type_, "reason": reason, "message": message[:1024],
+                               "namespace": ns, "uid": meta.get("uid")},
+            "type": type_, "reason": reason, "message": message,
             "source": {"component": "loraplane-operator"},
-            "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "firstTimestamp": now, "lastTimestamp": now,
             "count": 1, "reportingComponent": "loraplane-operator", "reportingInstance": "loraplane-operator",
         }
         try:
-            self.core.create_namespaced_event(meta["namespace"], body)
+            self.core.create_namespaced_event(ns, body)
+        except ApiException as e:
+            if e.status == 409:
+                self._repeat_event(ns, name, now)
+            # anything else: events are best effort (a terminating namespace refuses them)
+
+    def _repeat_event(self, ns: str, name: str, now: str) -> None:
+        """The same Event again: only its ``lastTimestamp`` moves (the chart's
+        RBAC grants create and patch on Events, not get, so ``count`` stays)."""
+        try:
+            self.core.patch_namespaced_event(name, ns, {"lastTimestamp": now})
         except ApiException:
-            pass  # events are best effort
+            pass

@@ -19,13 +19,14 @@ from pathlib import Path
 
 from . import metrics, prom_source
 from ..core import analysis, inventory, routing as pool_routing, workload_identity
-from ..api.conditions import get_condition, set_condition
+from ..api.conditions import get_condition, kstatus_conditions, set_condition
 from .config import Config
 from .kube import Kube
 from .ledger_cache import LedgerCache
 from ..core.manifests import desired_configmap_obj, publish_job, service, verify_job, with_pull_settings
 from ..api.names import OWNER_LABEL, POOL_LABEL
 from ..core.inventory import pod_done
+from ..core.buildable import parse_checked
 from ..core.pool import plan_pool, worker_report
 from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, WorkerPoolResource, as_read, parse
 from .scrape import endpoint_of, scrape
@@ -71,6 +72,7 @@ def _summary(cfg: Config, job: JobState | None, relpath: str) -> tuple[dict | No
 
 
 def _apply_status(kube: Kube, obj: dict, status: dict) -> None:
+    status = kstatus_conditions(status, obj["metadata"].get("generation"))  # GitOps health (kstatus)
     if status != (obj.get("status") or {}):
         kube.patch_status(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"], status)
 
@@ -79,7 +81,7 @@ def reconcile_resolve(kube: Kube, cfg: Config, kind: str, ns: str, name: str) ->
     raw = kube.get_custom(kind, ns, name)
     if raw is None:
         return None
-    obj = parse(BaseModelResource if kind == "BaseModel" else AdapterResource, raw)
+    obj = parse_checked(BaseModelResource if kind == "BaseModel" else AdapterResource, raw)
     if isinstance(obj, InvalidObject):
         return report_invalid(kube, raw, obj)
     store_kind = "base" if kind == "BaseModel" else "adapter"
@@ -153,7 +155,7 @@ def reconcile_pool(kube: Kube, cfg: Config, ledger: LedgerCache, applied: Applie
     if raw is None:
         metrics.forget_pool(ns, name)
         return None
-    pool = parse(WorkerPoolResource, raw)
+    pool = parse_checked(WorkerPoolResource, raw)  # children buildable, or InvalidSpec before any is made
     if isinstance(pool, InvalidObject):
         return report_invalid(kube, raw, pool)
     base = _parsed(BaseModelResource, kube.get_custom("BaseModel", ns, pool.spec.base_model_ref))

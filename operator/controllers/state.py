@@ -19,6 +19,10 @@ class State:
     wakeups: dict[tuple[str, str, str], asyncio.Event] = {}
     nodes: dict[str, object] = {}
     generations: dict[tuple[str, str], object] = {}
+    #: (kind, namespace, name) -> metadata.generation last seen by a watch event
+    spec_generations: dict[tuple[str, str, str], int | None] = {}
+    #: namespaces whose API refused a create as "being terminated" (see failures.Guarded)
+    terminating: set[str] = set()
 
 
 def wake(kind: str, ns: str | None = None, name: str | None = None) -> None:

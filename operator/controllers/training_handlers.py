@@ -25,6 +25,7 @@ from ..core.manifests import verify_job, with_pull_settings
 from ..api.names import OWNER_LABEL
 from .reconcile import PLACEMENT_LOCK, _apply_status, _job_state, _summary, reconcile_resolve, report_invalid
 from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, parse
+from ..core.buildable import parse_checked
 from ..core.resolve import World, plan_adapter
 from ..core.training import (
     GENERATION_LABEL, TRAINING_LABEL, adapter_relpath, adapter_store_name, job_state, pending_reservation_pod,
@@ -48,7 +49,7 @@ def reconcile_adapter(kube: Kube, cfg, ledger, ns: str, name: str) -> float | No
     if obj is None:
         metrics.forget_adapter(ns, name)
         return None
-    parsed = parse(AdapterResource, obj)
+    parsed = parse_checked(AdapterResource, obj)
     if isinstance(parsed, InvalidObject):
         return report_invalid(kube, obj, parsed)
     if parsed.spec.training is None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from ..api.adapter_types import AdapterSpec
 from ..api.basemodel_types import BaseModelSpec
-from ..api.conditions import now_iso, triple
+from ..api.conditions import get_condition, now_iso, triple
 from ..api.names import job_name
 from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, as_read
 from .store_summary import store_relpath
@@ -67,6 +67,8 @@ def _parse_time(s: str | None) -> dt.datetime | None:
 
 
 Resource = BaseModelResource | AdapterResource
+#: Ready reasons of an Adapter whose BaseModel is missing or invalid
+BASE_FAILURES = ("BaseModelMissing", "BaseModelInvalid")
 
 
 def _fail(obj: Resource, status: dict, world: World, reason: str, message: str, backoff, phase="Failed") -> Plan:
@@ -192,12 +194,19 @@ def plan_adapter(obj: AdapterResource, world: World, backoff) -> Plan:
     if spec.training and not spec.source:
         return Plan(status=_progress(obj, status, world, "Pending", "TrainingNotHandled",
                                      "spec.training is handled by the training controller"))
-    if base is None:
-        return _fail(obj, status, world, "BaseModelMissing",
-                     f"BaseModel {spec.base_model_ref} not found in this namespace", backoff, phase="Pending")
-    if isinstance(base, InvalidObject):
+    if base is None or isinstance(base, InvalidObject):
+        # Wait out the scheduled retry: every event in the namespace wakes this Adapter, and each
+        # pass must not count (and report) another attempt. The base appearing is seen at once.
+        waiting = _retry_pending(status, world)
+        if waiting is not None:
+            return waiting
+        if base is None:
+            return _fail(obj, status, world, "BaseModelMissing",
+                         f"BaseModel {spec.base_model_ref} not found in this namespace", backoff, phase="Pending")
         return _fail(obj, status, world, "BaseModelInvalid",
                      f"BaseModel {spec.base_model_ref} is invalid: {base.message}", backoff, phase="Pending")
+    if (get_condition(status.get("conditions"), "Ready") or {}).get("reason") in BASE_FAILURES:
+        status["nextRetry"] = None  # the retry waited for the base, which is there now: go on at once
     if not base_ready:
         _progress(obj, status, world, "Pending", "WaitingForBaseModel", f"BaseModel {spec.base_model_ref} not Ready")
         return Plan(status=status, requeue_after=10)
