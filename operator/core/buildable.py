@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 
 from ..api.common_types import HostPathVolume, StoreVolume
-from ..api.names import OWNER_LABEL, desired_configmap, worker_name
+from ..api.names import OWNER_LABEL, desired_configmap, owner_label_value, worker_name
 from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, WorkerPoolResource, parse
 from .manifests import desired_configmap_obj, service, worker_pod
 
@@ -112,7 +112,7 @@ def pool_problems(pool: WorkerPoolResource) -> list[tuple[str, str]]:
 
 def resolve_problems(obj: BaseModelResource | AdapterResource) -> list[tuple[str, str]]:
     """(field, why) for the labels of the publish/verify/training Jobs and pods."""
-    out = _named("metadata.name", label_value_problem(f"{obj.kind.lower()}.{obj.name}"))
+    out = _named("metadata.name", label_value_problem(owner_label_value(obj.kind, obj.name)))
     training = getattr(obj.spec, "training", None)
     if training is not None:
         out += _named("metadata.name", label_value_problem(obj.name))  # training pods' loraplane.io/training

@@ -29,7 +29,7 @@ from ..api.resources import AdapterResource, BaseModelResource, WorkerPoolResour
 from ..api.workerpool_types import WorkerPoolSpec
 from ..api.names import (
     GPU_ANNOTATION, MANAGED_BY, ORDINAL_LABEL, OWNER_LABEL, POOL_LABEL, RESERVATION_ANNOTATION,
-    SPEC_HASH_ANNOTATION, WORKLOAD_SERVICE_ACCOUNT, desired_configmap, worker_name,
+    SPEC_HASH_ANNOTATION, WORKLOAD_SERVICE_ACCOUNT, desired_configmap, owner_label_value, worker_name,
 )
 
 
@@ -246,7 +246,7 @@ def desired_configmap_obj(pool: WorkerPoolResource, desired_json: str) -> dict:
 def _job(owner: BaseModelResource | AdapterResource, name: str, command: str, store: StoreVolume, image: str,
          pod_annotations: dict, env: list | None = None, offline: bool = True) -> dict:
     tmp, tmp_mount = tmp_volume()
-    labels = {OWNER_LABEL: f"{owner.kind.lower()}.{owner.name}", **MANAGED_BY}
+    labels = {OWNER_LABEL: owner_label_value(owner.kind, owner.name), **MANAGED_BY}
     store_env, store_volumes, store_mounts = store_pod_parts(store, read_only=store_read_only(store))
     return {
         "apiVersion": "batch/v1", "kind": "Job",
