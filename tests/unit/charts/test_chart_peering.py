@@ -6,7 +6,25 @@ watches namespaces)."""
 
 from __future__ import annotations
 
-from test_chart import needs_helm, render
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loraplane.devcluster import build
+
+CHART = Path(__file__).resolve().parents[3] / "charts" / "loraplane"
+HELM = build.bin_dir() / "helm"
+needs_helm = pytest.mark.skipif(not HELM.exists(), reason="helm not built (make control-plane builds it)")
+
+
+def render(*sets: str) -> list[dict]:
+    args = [str(HELM), "template", "lp", str(CHART), "--namespace", "loraplane-system"]
+    for s in sets:
+        args += ["--set", s]
+    out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=60).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
 
 
 def operator_env(docs: list[dict]) -> dict:
