@@ -124,6 +124,7 @@ class Run:
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline:
                 self.snap(name)
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
             s = self.snap(name)
             self.op.kill()
             self.killed.append(f"{name}+{delay}s: pods={len(s.pods)} jobs={len(s.jobs)} "
@@ -181,7 +182,7 @@ def scenario(run: Run) -> None:
              lambda s: _ready_pool(s, 1, {"syn-v2": 100}))
 
     def delete():
-        run.cluster.kubectl("delete", "wp", "p", "adapter", "trained", "-n", run.ns, "--wait=false")
+        run.cluster.kubectl("delete", "wp/p", "adapter/trained", "-n", run.ns, "--wait=false")
 
     run.step("deletion", delete, lambda s: not s.pools and not any(
         "loraplane.io/pool" in (o["metadata"].get("labels") or {}) for o in s.pods + s.configmaps + s.services
