@@ -5,7 +5,7 @@ kopf peers through a KopfPeering in the watched namespace, which the chart
 creates when ``watchNamespaces`` is set).
 
 "Acts" is read from each process's own ``/metrics``: the count of reconcile
-passes (``loraplane_operator_reconcile_seconds_count``) of a paused standby
+passes (``loraplane_operator_reconcile_duration_seconds_count``) of a paused standby
 stays 0. Takeover time = from the SIGKILL until the standby has reconciled a
 spec change made right after the kill (``status.observedGeneration``); it is
 bounded by the peering keep-alive lifetime (the dead peer's entry must
@@ -44,7 +44,7 @@ def crds(dev_cluster):
 def passes(port: int) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith("loraplane_operator_reconcile_seconds_count"))
+               if line.startswith("loraplane_operator_reconcile_duration_seconds_count"))
 
 
 def observed(cluster, ns: str) -> int | None:
