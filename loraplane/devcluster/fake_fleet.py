@@ -31,6 +31,7 @@ class Fleet:
         self.core, self.ns, self.pool = client.CoreV1Api(api_client), namespace, pool
         self.loaded_at: dict[str, dict[str, tuple[str, float]]] = {}  # pod -> adapter -> (task, since)
         self.reported: dict[str, str] = {}
+        self.desired: dict | None = None  # the last desired document read (the watcher reports with it)
         self.lock, self.stop = threading.Lock(), threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.port = self.server.server_address[1]
@@ -88,11 +89,11 @@ class Fleet:
         while not self.stop.is_set():
             try:
                 w = watch.Watch()
-                for ev in w.stream(self.core.list_namespaced_pod, self.ns, timeout_seconds=30,
+                for ev in w.stream(self.core.list_namespaced_pod, self.ns, timeout_seconds=300,
                                    label_selector=f"loraplane.io/pool={self.pool}", deserialize=False):
                     obj = ev.get("raw_object") or ev["object"]
                     if ev["type"] in ("ADDED", "MODIFIED") and self.reported.get(obj["metadata"]["name"]) is None:
-                        self._sync(obj, self._desired())
+                        self._sync(obj, self.desired)  # one round trip: the race is with KWOK's Ready
                     if self.stop.is_set():
                         return
             except Exception:  # noqa: BLE001 - a test harness thread: reconnect
@@ -101,7 +102,7 @@ class Fleet:
     def _poll_desired(self) -> None:
         while not self.stop.is_set():
             try:
-                desired = self._desired()
+                desired = self.desired = self._desired()
                 for pod in self._pods():
                     self._sync(pod, desired)
             except Exception:  # noqa: BLE001

@@ -285,9 +285,9 @@ def _report(pod: dict) -> dict:
         return {}
 
 
-def ready_workers(snap: Snapshot, pool: dict) -> list[tuple[dict, set[str]]]:
-    """(pod, loaded adapters) of the pool's ready workers, as the operator counts them: pod
-    Ready, not terminating, and its own report not saying otherwise (no report: nothing loaded)."""
+def ready_workers(snap: Snapshot, pool: dict) -> list[tuple[dict, set[str] | None]]:
+    """(pod, loaded adapters or None when it has not reported yet) of the pool's ready workers,
+    as the operator counts them: pod Ready, not terminating, its own report not saying otherwise."""
     meta = pool["metadata"]
     out = []
     for p in snap.pods:
@@ -296,9 +296,9 @@ def ready_workers(snap: Snapshot, pool: dict) -> list[tuple[dict, set[str]]]:
         if not _live(p) or p["metadata"].get("deletionTimestamp"):
             continue
         conds = (p.get("status") or {}).get("conditions") or []
-        rep = _report(p)
-        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds) and rep.get("ready", True):
-            out.append((p, set(rep.get("loaded") or [])))
+        rep = _report(p) if STATUS_ANNOTATION in _annotations(p) else None
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds) and (rep or {}).get("ready", True):
+            out.append((p, None if rep is None else set(rep.get("loaded") or [])))
     return out
 
 
@@ -319,18 +319,26 @@ def _weighted(pool: dict, snap: Snapshot) -> dict[str, set[str]]:
 
 
 def routes_to_unloaded(snap: Snapshot) -> list[Violation]:
-    """Routes give weight only to versions loaded on every ready worker (load before route)."""
+    """Routes give weight only to versions loaded on every ready worker (load before route).
+
+    A Ready pod that has not reported at all is held to the SETTLED strength: a real worker
+    reports before its readiness probe passes (/readyz answers 200 only once it has loaded), so
+    such a pod exists only where readiness is not the worker's (KWOK, a custom probe); the
+    operator then counts it as having loaded nothing and withdraws the weight on its next pass.
+    A worker whose own report lacks the version is ALWAYS a violation."""
     out = []
     for pool in snap.pools:
         workers = ready_workers(snap, pool)
         for where, adapters in _weighted(pool, snap).items():
             for adapter in sorted(adapters):
-                missing = [p for p, loaded in workers if adapter not in loaded]
-                if missing:
-                    out.append(Violation(ROUTE_TO_UNLOADED, ALWAYS,
-                                         (ref("WorkerPool", pool), *sorted(ref("Pod", p) for p in missing)),
-                                         f"{where} gives weight to {adapter}, not loaded on "
-                                         f"{len(missing)}/{len(workers)} ready workers"))
+                lacking = [p for p, loaded in workers if loaded is not None and adapter not in loaded]
+                silent = [p for p, loaded in workers if loaded is None]
+                for pods, strength, why in ((lacking, ALWAYS, "not loaded on"), (silent, SETTLED, "not reported by")):
+                    if pods:
+                        out.append(Violation(ROUTE_TO_UNLOADED, strength,
+                                             (ref("WorkerPool", pool), *sorted(ref("Pod", p) for p in pods)),
+                                             f"{where} gives weight to {adapter}, {why} "
+                                             f"{len(pods)}/{len(workers)} ready workers"))
     return out
 
 

@@ -198,6 +198,13 @@ def test_weight_on_a_version_one_ready_worker_has_not_loaded_is_reported(where):
     assert found[0].objects == ("WorkerPool ml/p", "Pod ml/p-1") and "a2" in found[0].message
 
 
+def test_a_ready_worker_that_has_not_reported_yet_is_only_unsettled():
+    snap = healthy()
+    del snap.pods[1]["metadata"]["annotations"]["loraplane.io/worker-status"]
+    found = only(snap, inv.ROUTE_TO_UNLOADED, inv.SETTLED)
+    assert "not reported by 1/2 ready workers" in found[0].message
+
+
 def test_a_not_ready_worker_need_not_have_loaded_the_routed_versions():
     snap = healthy()
     snap.pods[1] = worker(1, loaded=(), ready=False)
