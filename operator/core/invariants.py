@@ -44,6 +44,7 @@ DUPLICATE_JOB = "duplicate-job"
 ROUTE_TO_UNLOADED = "route-to-unloaded-version"
 GENERATION = "observed-generation"
 CONDITIONS = "conditions"
+STALE_STATUS = "status-behind-pods"
 
 TRAINING_LABEL = "loraplane.io/training"  # = core.training.TRAINING_LABEL (training imports pool: no cycle here)
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
@@ -80,7 +81,7 @@ def check(snap: Snapshot) -> list[Violation]:
     """Every invariant violated in ``snap`` (empty: all hold)."""
     out: list[Violation] = []
     for rule in (gpu_overcommit, pods_without_reservation, reservations_without_pod, orphans, excess_workers,
-                 duplicate_jobs, routes_to_unloaded, generations):
+                 duplicate_jobs, routes_to_unloaded, generations, worker_status):
         out += rule(snap)
     return out
 
@@ -387,4 +388,35 @@ def generations(snap: Snapshot) -> list[Violation]:
                 out.append(Violation(GENERATION, SETTLED, (ref(kind, obj),),
                                      f"observedGeneration {seen}, generation {gen}"))
             out += _conditions_of(kind, obj)
+    return out
+
+
+def _pod_ready(pod: dict) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def worker_status(snap: Snapshot) -> list[Violation]:
+    """Once settled, a pool's status describes its pods: every live worker is listed, with the
+    readiness and loaded adapters its pod and report show, and readyReplicas counts them."""
+    out = []
+    for pool in snap.pools:
+        meta, st = pool["metadata"], pool.get("status") or {}
+        if meta.get("deletionTimestamp") or not st:
+            continue
+        listed = {w.get("pod"): w for w in st.get("workers") or []}
+        pods = [p for p in snap.pods if p["metadata"].get("namespace") == meta.get("namespace") and _live(p)
+                and not p["metadata"].get("deletionTimestamp") and _labels(p).get(POOL_LABEL) == meta["name"]
+                and ordinal_of(p["metadata"]["name"], meta["name"]) is not None]
+        wrong = []
+        for p in pods:
+            rep, w = _report(p), listed.get(p["metadata"]["name"])
+            ready = _pod_ready(p) and rep.get("ready", True) is not False
+            if w is None or bool(w.get("ready")) != ready or sorted(w.get("loaded") or []) != sorted(rep.get("loaded") or []):
+                wrong.append(ref("Pod", p))
+        ready_n = sum(1 for p in pods if _pod_ready(p))
+        if wrong or int(st.get("readyReplicas") or 0) != ready_n:
+            out.append(Violation(STALE_STATUS, SETTLED, (ref("WorkerPool", pool), *wrong),
+                                 f"status.workers/readyReplicas ({st.get('readyReplicas')}) do not describe the "
+                                 f"pods ({ready_n} ready; differing: {len(wrong)})"))
     return out

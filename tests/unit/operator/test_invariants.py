@@ -51,7 +51,8 @@ def healthy() -> inv.Snapshot:
     pool = {"metadata": {"name": "p", "namespace": NS, "uid": "u-pool", "generation": 1},
             "spec": {"replicas": 2},
             "status": {"observedGeneration": 1, "readyReplicas": 2, "conditions": copy.deepcopy(COND),
-                       "workers": [{"pod": "p-0", "node": "n1", "gpu": 0}, {"pod": "p-1", "node": "n1", "gpu": 0}],
+                       "workers": [{"pod": f"p-{i}", "node": "n1", "gpu": 0, "ready": True, "loaded": ["a1"]}
+                                   for i in (0, 1)],
                        "effectiveRoutes": {"t": [{"adapter": "a1", "weight": 100}]}}}
     cm = {"metadata": {"name": "p-desired", "namespace": NS, "labels": {"loraplane.io/pool": "p", **MANAGED},
                        "ownerReferences": owner("WorkerPool", "p", "u-pool")},
@@ -65,6 +66,18 @@ def healthy() -> inv.Snapshot:
     return inv.Snapshot(nodes=[node()], pods=[worker(0), worker(1)], jobs=[job("adp-a1-verify-g1-a0")],
                         configmaps=[cm], services=[svc], pools=[pool], adapters=[resolved("Adapter", "a1")],
                         basemodels=[resolved("BaseModel", "m")])
+
+
+def describe_workers(snap):
+    """status.workers as the operator would write them for the pods now in ``snap``."""
+    workers = []
+    for p in snap.pods:
+        rep = json.loads(p["metadata"]["annotations"].get("loraplane.io/worker-status") or "{}")
+        ready = p["status"]["conditions"][0]["status"] == "True" and rep.get("ready", True) is not False
+        workers.append({"pod": p["metadata"]["name"], "node": "n1", "gpu": 0, "ready": ready,
+                        "loaded": rep.get("loaded") or []})
+    snap.pools[0]["status"]["workers"] = workers
+    return snap
 
 
 def only(snap, invariant, strength):
@@ -83,7 +96,7 @@ def test_two_reservations_over_one_cards_memory_are_an_overcommit():
     snap.pods.append(worker(2, mib=10000))  # 7680 * 2 + 10000 > 24576 on n1/gpu0
     snap.pools[0]["spec"]["replicas"] = 3
     snap.pools[0]["status"]["readyReplicas"] = 3
-    found = only(snap, inv.GPU_OVERCOMMITTED, inv.ALWAYS)
+    found = only(describe_workers(snap), inv.GPU_OVERCOMMITTED, inv.ALWAYS)
     assert "25360 MiB reserved > 24576" in found[0].message
     assert found[0].objects == ("holder ml/p-0", "holder ml/p-1", "holder ml/p-2")
 
@@ -194,14 +207,14 @@ def test_weight_on_a_version_one_ready_worker_has_not_loaded_is_reported(where):
         snap.configmaps[0]["data"]["desired.json"] = json.dumps(
             {"routes": {"t": [{"adapter": "a1", "weight": 90}, {"adapter": "a2", "weight": 10}]}})
     snap.pods[0] = worker(0, loaded=("a1", "a2"))
-    found = only(snap, inv.ROUTE_TO_UNLOADED, inv.ALWAYS)
+    found = only(describe_workers(snap), inv.ROUTE_TO_UNLOADED, inv.ALWAYS)
     assert found[0].objects == ("WorkerPool ml/p", "Pod ml/p-1") and "a2" in found[0].message
 
 
 def test_a_ready_worker_that_has_not_reported_yet_is_only_unsettled():
     snap = healthy()
     del snap.pods[1]["metadata"]["annotations"]["loraplane.io/worker-status"]
-    found = only(snap, inv.ROUTE_TO_UNLOADED, inv.SETTLED)
+    found = only(describe_workers(snap), inv.ROUTE_TO_UNLOADED, inv.SETTLED)
     assert "not reported by 1/2 ready workers" in found[0].message
 
 
@@ -210,7 +223,7 @@ def test_a_not_ready_worker_need_not_have_loaded_the_routed_versions():
     snap.pods[1] = worker(1, loaded=(), ready=False)
     snap.pools[0]["status"]["readyReplicas"] = 1
     snap.pools[0]["status"]["conditions"][0]["status"] = "False"
-    assert inv.check(snap) == []
+    assert inv.check(describe_workers(snap)) == []
 
 
 def test_observed_generation_ahead_of_generation_is_always_wrong():
@@ -236,11 +249,20 @@ def test_a_phase_that_contradicts_the_ready_condition_is_reported():
 
 def test_a_ready_pool_short_of_ready_workers_is_reported():
     snap = healthy()
+    snap.pods[1] = worker(1, ready=False)
     snap.pools[0]["status"]["readyReplicas"] = 1
-    assert "Ready=True with 1 ready workers of 2" in only(snap, inv.CONDITIONS, inv.ALWAYS)[0].message
+    found = only(describe_workers(snap), inv.CONDITIONS, inv.ALWAYS)
+    assert "Ready=True with 1 ready workers of 2" in found[0].message
 
 
 def test_a_duplicated_condition_type_is_reported():
     snap = healthy()
     snap.pools[0]["status"]["conditions"].append(dict(COND[1]))
     assert "appears twice" in only(snap, inv.CONDITIONS, inv.ALWAYS)[0].message
+
+
+def test_a_status_that_does_not_describe_the_workers_is_unsettled():
+    snap = healthy()
+    snap.pools[0]["status"]["workers"][1].update(ready=False, loaded=[])  # written before p-1 reported
+    found = only(snap, inv.STALE_STATUS, inv.SETTLED)
+    assert found[0].objects == ("WorkerPool ml/p", "Pod ml/p-1")
