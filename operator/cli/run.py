@@ -56,7 +56,7 @@ def operator_kwargs(cfg, kopf, registry=None) -> dict:
     if cfg.peering is not None:
         priority = cfg.peering_priority
         if priority is None:
-            priority = seniority_priority(time.time(), random.SystemRandom().randrange(1000))
+            priority = seniority_priority(time.time(), random.SystemRandom().randrange(1_000_000))
         kwargs["priority"] = priority
         lifetime = cfg.peering_lifetime
 

@@ -61,10 +61,11 @@ def seniority_priority(started: float, tie_break: int) -> int:
     replica that (re)starts joins as standby and never interrupts the active
     one; when the active one dies, the next oldest takes over once its
     keep-alive expires. ``started`` in seconds (epoch), ``tie_break`` in
-    0..999 (random) separates two replicas started in the same millisecond.
-    The value stays within 2**53 (a JSON number every client reads exactly).
+    0..999999 (random) orders replicas started within the same second (two
+    of them collide with odds of one in a million). The value stays within
+    2**53 (a JSON number every client reads exactly) until the year 2255.
     """
-    return -(int(started * 1000) * 1000 + tie_break % 1000)
+    return -(int(started) * 1_000_000 + tie_break % 1_000_000)
 
 
 def _kv(text: str) -> dict[str, str]:
