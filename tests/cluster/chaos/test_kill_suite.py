@@ -181,8 +181,9 @@ def _ready_pool(s, replicas: int, weights: dict) -> bool:
     eff = {b["adapter"]: b["weight"] for b in (st.get("effectiveRoutes") or {}).get(TASK, []) if b["weight"]}
     live = [q for q in s.pods if "loraplane.io/pool" in q["metadata"].get("labels", {})
             and not q["metadata"].get("deletionTimestamp")]
+    serving = all(w.get("ready") and set(weights) <= set(w.get("loaded") or []) for w in st.get("workers") or [])
     return (_cond(p) and st.get("readyReplicas") == replicas and len(live) == replicas and eff == weights
-            and st.get("observedGeneration") == p["metadata"]["generation"])
+            and serving and st.get("observedGeneration") == p["metadata"]["generation"])
 
 
 def _resolved(s, *names) -> bool:
