@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
+import time
 
-from ..controllers.config import from_args
+from ..controllers.config import from_args, seniority_priority
 
 
 def run_operator(args) -> int:
@@ -40,11 +42,33 @@ def run_operator(args) -> int:
             return kopf.login_with_kubeconfig(**kwargs)
         return login_with_service_account(**kwargs)
 
+    asyncio.run(kopf.operator(**operator_kwargs(cfg, kopf)))
+    return 0
+
+
+def operator_kwargs(cfg, kopf, registry=None) -> dict:
+    """kopf.operator() arguments. With peering, a priority no other replica has (kopf pauses
+    all peers of equal priority) and the keep-alive lifetime; with ``--namespace``, kopf peers
+    through a namespaced KopfPeering of that name in each watched namespace (the chart creates
+    them), otherwise through the ClusterKopfPeering."""
     kwargs = {"standalone": cfg.peering is None, "peering_name": cfg.peering,
               "liveness_endpoint": cfg.liveness_endpoint}
+    if cfg.peering is not None:
+        priority = cfg.peering_priority
+        if priority is None:
+            priority = seniority_priority(time.time(), random.SystemRandom().randrange(1_000_000))
+        kwargs["priority"] = priority
+        lifetime = cfg.peering_lifetime
+
+        @kopf.on.startup(registry=registry)
+        def peering_lifetime(settings: kopf.OperatorSettings, **_):
+            settings.peering.lifetime = lifetime
+
+        logging.getLogger("loraplane.operator").info(
+            "peering %r (%s) with priority %d, keep-alive lifetime %ds", cfg.peering,
+            "namespaced: " + ",".join(cfg.namespaces) if cfg.namespaces else "cluster-wide", priority, lifetime)
     if cfg.namespaces:
         kwargs["namespaces"] = cfg.namespaces
     else:
         kwargs["clusterwide"] = True
-    asyncio.run(kopf.operator(**kwargs))
-    return 0
+    return kwargs

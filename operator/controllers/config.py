@@ -34,6 +34,9 @@ class Config:
     namespaces: list[str] = field(default_factory=list)  # empty: all
     metrics_port: int = 8080
     peering: str | None = None  # kopf peering object name; None: standalone
+    #: kopf peering priority (the highest live one is active); None: by seniority (``seniority_priority``)
+    peering_priority: int | None = None
+    peering_lifetime: int = 60  # seconds a peer's keep-alive counts; a killed active replica is replaced after it
     kubeconfig: str | None = None
     workload_cluster_role: str | None = None  # bound to loraplane-workload in each namespace used
     create_delay_seconds: float = 0.0  # fault injection: pause after each pod create (restart tests)
@@ -48,6 +51,21 @@ class Config:
     def backoff(self, attempts: int) -> float:
         """Exponential retry delay after ``attempts`` failures (capped)."""
         return min(self.backoff_max_seconds, self.backoff_base_seconds * (2 ** max(0, attempts - 1)))
+
+
+def seniority_priority(started: float, tie_break: int) -> int:
+    """A kopf peering priority that makes the longest-running replica the active one.
+
+    kopf pauses every operator that sees a live peer of *equal* priority, so
+    replicas of one Deployment (same flags) must differ. Older = higher: a
+    replica that (re)starts joins as standby and never interrupts the active
+    one; when the active one dies, the next oldest takes over once its
+    keep-alive expires. ``started`` in seconds (epoch), ``tie_break`` in
+    0..999999 (random) orders replicas started within the same second (two
+    of them collide with odds of one in a million). The value stays within
+    2**53 (a JSON number every client reads exactly) until the year 2255.
+    """
+    return -(int(started) * 1_000_000 + tie_break % 1_000_000)
 
 
 def _kv(text: str) -> dict[str, str]:
@@ -76,6 +94,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Prometheus /metrics port (0: off)")
     p.add_argument("--peering", default=env("LORAPLANE_PEERING"),
                    help="kopf peering name for one active instance (default: standalone)")
+    p.add_argument("--peering-priority", type=int,
+                   default=int(env("LORAPLANE_PEERING_PRIORITY")) if env("LORAPLANE_PEERING_PRIORITY") else None,
+                   help="kopf peering priority, the highest live one is active (default: by seniority, the oldest "
+                        "replica wins; replicas must never share one, kopf would pause them all)")
+    p.add_argument("--peering-lifetime", type=int, default=int(env("LORAPLANE_PEERING_LIFETIME", "60")),
+                   help="seconds a peer's keep-alive is valid: a standby takes over that long after the active "
+                        "replica dies without a goodbye (SIGKILL, node loss)")
     p.add_argument("--workload-cluster-role", default=env("LORAPLANE_WORKLOAD_CLUSTERROLE"),
                    help="ClusterRole bound to the loraplane-workload ServiceAccount of worker and training pods "
                         "in each namespace used (the chart sets it; see operator/core/workload_identity.py)")
@@ -97,6 +122,7 @@ def from_args(args: argparse.Namespace) -> Config:
                   job_pod_annotations=_kv(args.job_pod_annotations or ""), resync_seconds=args.resync_seconds,
                   backoff_base_seconds=args.backoff_base_seconds, namespaces=args.namespace or [],
                   metrics_port=args.metrics_port, peering=args.peering, kubeconfig=args.kubeconfig,
+                  peering_priority=args.peering_priority, peering_lifetime=args.peering_lifetime,
                   create_delay_seconds=args.create_delay_seconds,
                   workload_cluster_role=args.workload_cluster_role,
                   image_pull_policy=args.image_pull_policy,
