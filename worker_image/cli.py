@@ -49,6 +49,15 @@ def configure(p: argparse.ArgumentParser) -> None:
                    default=os.environ.get("LORAPLANE_ALLOW_LARGE_CPU_MODEL", "").lower() in ("1", "true", "yes"),
                    help="serve a base above 1B parameters on the CPU (env LORAPLANE_ALLOW_LARGE_CPU_MODEL=1); "
                         "without it such a base is refused with a clear error instead of loading in fp32 on the CPU")
+    p.add_argument("--kv-cache-mib", type=int, default=int(os.environ.get("LORAPLANE_KV_CACHE_MIB", "2048")),
+                   help="KV cache the running batch may hold (env LORAPLANE_KV_CACHE_MIB; the pool's gpu.kvCacheMiB); "
+                        "requests beyond it wait; 0: no budget, the batch size alone bounds it")
+    p.add_argument("--max-queue", type=int, default=int(os.environ.get("LORAPLANE_MAX_QUEUE", "256")),
+                   help="requests that may wait for admission; beyond, 429 with Retry-After (env LORAPLANE_MAX_QUEUE)")
+    p.add_argument("--max-loaded-adapters", type=int,
+                   default=int(os.environ.get("LORAPLANE_MAX_LOADED_ADAPTERS", "0")) or None,
+                   help="adapters stacked on the device at once, the rest in host RAM, least recently used evicted; "
+                        "routes with weight > 0 are pinned (env LORAPLANE_MAX_LOADED_ADAPTERS; default: no cap)")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -71,6 +80,8 @@ async def _main(args) -> int:
         max_prompt_tokens=args.max_prompt_tokens, max_tokens_limit=args.max_tokens_limit,
         request_timeout_s=args.request_timeout, verify_full=not args.quick_verify_base,
         variant=args.variant, vram_mib=args.vram_mib, allow_large_cpu_model=args.allow_large_cpu_model,
+        kv_cache_mib=args.kv_cache_mib or None, max_queue=args.max_queue,
+        max_loaded_adapters=args.max_loaded_adapters,
     )
     if cfg.fault_delay_ms or cfg.fault_error_rate or cfg.fault_stream_error_rate:
         logging.warning("TEST FAULTS ENABLED: delay=%s error_rate=%s stream_error_rate=%s", cfg.fault_delay_ms,

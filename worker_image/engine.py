@@ -39,6 +39,8 @@ from typing import Any, Callable
 import torch
 from transformers import DynamicCache
 
+from loraplane.contracts.memory import ModelShape, kv_bytes_per_token, kv_tokens_held
+
 from .lora import LoraBank
 from .sampling import find_stop, safe_emit_length, sample
 
@@ -52,6 +54,23 @@ PHASES = ("prefill", "merge", "decode")
 
 class InjectedFault(RuntimeError):
     """Raised by the test-only fault hook (never in normal operation)."""
+
+
+class Overloaded(RuntimeError):
+    """The wait queue is full (the KV budget or the batch is taken): the
+    server answers 429 with ``Retry-After``."""
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NoRoom(RuntimeError):
+    """Every resident adapter is pinned or in use: none can be evicted now."""
+
+
+class TooLargeForBudget(ValueError):
+    """This request alone needs more KV cache than the worker's whole budget."""
 
 
 @dataclass
@@ -142,7 +161,12 @@ class Engine:
         max_batch_size: int = 16,
         max_wait_ms: float = 5.0,
         observer: StepObserver | None = None,
+        kv_budget_bytes: int | None = None,
+        max_queue: int | None = None,
     ):
+        """``kv_budget_bytes``: the KV cache the running batch may ever hold
+        (None: bounded by ``max_batch_size`` only); ``max_queue``: requests
+        that may wait for admission before ``submit`` refuses (None: no limit)."""
         self.model = model
         self.tokenizer = tokenizer
         self.bank = bank
@@ -151,10 +175,15 @@ class Engine:
         self.max_wait = max_wait_ms / 1000.0
         self.obs = observer or StepObserver()
         self.eos_ids = self._eos_ids()
+        self.kv_per_token = kv_bytes_per_token(ModelShape.from_config(model.config.to_dict()),
+                                               torch.tensor([], dtype=bank.dtype).element_size())
+        self.kv_budget_tokens = None if kv_budget_bytes is None else kv_budget_bytes // self.kv_per_token
+        self.max_queue = max_queue
         self._cv = threading.Condition()
         self._waiting: collections.deque[GenRequest] = collections.deque()
         self._control: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future]] = collections.deque()
         self._refs: collections.Counter[str] = collections.Counter()
+        self.last_used: dict[str, float] = {}  # adapter key -> when a request for it was last queued (LRU)
         self._pending_unload: dict[str, concurrent.futures.Future] = {}
         self._stop = False
         self._rows: list[GenRequest] = []
@@ -205,11 +234,24 @@ class Engine:
                 self._cv.notify()
 
     def submit(self, req: GenRequest, held: bool = False) -> None:
+        """Queue ``req``; raises TooLargeForBudget (it could never be admitted)
+        or Overloaded (the wait queue is full) without queueing it."""
+        need = self.span(req)
+        if self.kv_budget_tokens is not None and need > self.kv_budget_tokens:
+            raise TooLargeForBudget(
+                f"this request needs KV cache for {need} tokens (prompt + max_tokens); this worker's KV budget "
+                f"holds {self.kv_budget_tokens} tokens")
         with self._cv:
             if self._stop:
                 raise RuntimeError("engine is stopped")
+            if self.max_queue is not None and len(self._waiting) >= self.max_queue:
+                raise Overloaded(f"the worker is at capacity: {len(self._rows)} requests running, "
+                                 f"{len(self._waiting)} waiting for KV-cache room (queue limit {self.max_queue})",
+                                 retry_after=1)
             if req.adapter is not None and not held:
                 self._refs[req.adapter] += 1
+            if req.adapter is not None:
+                self.last_used[req.adapter] = time.monotonic()
             self._waiting.append(req)
             self.obs.queue_depth(len(self._waiting))
             self._cv.notify()
@@ -230,6 +272,57 @@ class Engine:
                 fut = self._pending_unload[name] = concurrent.futures.Future()
             self._cv.notify()
         return fut
+
+    # ------------------------------------------------------- adapter residency
+    def place(self, lora, cap: int | None, pinned: set[str]) -> bool:
+        """Engine thread: stack a newly read adapter, evicting least recently
+        used ones to stay within ``cap``; with no room, keep it in host RAM
+        (False) unless it is pinned (then it is stacked anyway: a routed
+        version is never left out; the cap is exceeded and logged)."""
+        with self._cv:
+            self.last_used.setdefault(lora.name, time.monotonic())
+            victims = self._victims(cap, pinned)
+            if victims is None and lora.name not in pinned:
+                lora.modules = {m: (a.to("cpu"), b.to("cpu")) for m, (a, b) in lora.modules.items()}
+                self.bank.host[lora.name] = lora
+                return False
+            self.bank.evict(victims or [])
+        if victims is None:
+            log.warning("adapter %s is pinned by a route with weight > 0: stacked beyond maxLoadedAdapters=%s",
+                        lora.name, cap)
+        self.bank.install(lora)
+        return True
+
+    def make_resident(self, key: str, cap: int | None, pinned: set[str]) -> concurrent.futures.Future:
+        """Bring an evicted adapter back (engine thread, between steps),
+        evicting the least recently used unpinned, unused ones; the future's
+        result is the keys evicted; NoRoom when none can be."""
+        return self.call(lambda: self._make_resident(key, cap, pinned))
+
+    def _make_resident(self, key: str, cap: int | None, pinned: set[str]) -> list[str]:
+        if key in self.bank.adapters:
+            return []
+        with self._cv:  # the choice and the removal under the lock ``hold`` takes: no request slips in between
+            victims = self._victims(cap, pinned | {key})
+            if victims is None:
+                raise NoRoom(f"all {len(self.bank.adapters)} resident adapters are pinned or in use "
+                             f"(maxLoadedAdapters={cap})")
+            self.bank.evict(victims)
+        self.bank.restore(key)
+        return victims
+
+    def _victims(self, cap: int | None, keep: set[str]) -> list[str] | None:
+        """Resident adapters to evict so one more fits within ``cap``, least
+        recently used first; never one in ``keep`` or with a queued or
+        running request. None when not enough can go. Caller holds ``_cv``."""
+        resident = list(self.bank.adapters)
+        over = len(resident) + 1 - cap if cap is not None else 0
+        if over <= 0:
+            return []
+        free = [k for k in resident if k not in keep and self._refs[k] == 0]
+        if len(free) < over:
+            return None
+        return sorted(free, key=lambda k: self.last_used.get(k, 0.0))[:over]
 
     def in_use(self, name: str) -> int:
         with self._cv:
@@ -313,6 +406,7 @@ class Engine:
             futs = [self._pending_unload.pop(n) for n in due]
         for name, fut in zip(due, futs):
             try:
+                self.last_used.pop(name, None)
                 self.bank.remove(name)
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -321,8 +415,22 @@ class Engine:
                 fut.set_exception(e)
 
     # ------------------------------------------------------------ admission
+    @staticmethod
+    def span(req: GenRequest) -> int:
+        """The most KV-cache tokens this request's row can span."""
+        return len(req.prompt_ids) + req.max_tokens
+
+    def _fits(self, taken: list[GenRequest], r: GenRequest) -> bool:
+        """Would the batch (running rows + ``taken``) plus ``r`` stay inside the
+        KV budget at its largest? Left padding: rows x the longest span."""
+        if self.kv_budget_tokens is None:
+            return True
+        spans = [self.span(x) for x in self._rows] + [self.span(x) for x in taken] + [self.span(r)]
+        return kv_tokens_held(spans) <= self.kv_budget_tokens
+
     def _admit(self) -> list[GenRequest]:
-        """Take up to the free batch room off the queue (cancelled ones are answered here)."""
+        """Take up to the free batch room off the queue, in order, while the KV
+        budget allows (cancelled ones are answered here)."""
         room = self.max_batch_size - len(self._rows)
         if room <= 0:
             return []
@@ -338,8 +446,12 @@ class Engine:
                     self._cv.wait(left)
             new = []
             while self._waiting and len(new) < room:
-                r = self._waiting.popleft()
-                new.append(r)
+                if self._waiting[0].cancelled:
+                    new.append(self._waiting.popleft())
+                    continue
+                if not self._fits([x for x in new if not x.cancelled], self._waiting[0]):
+                    break  # first come, first served: a large request is not overtaken for ever
+                new.append(self._waiting.popleft())
             self.obs.queue_depth(len(self._waiting))
         live = []
         for r in new:
@@ -381,6 +493,9 @@ class Engine:
         idx = torch.tensor(keep, device=self.device)
         cache = _select(cache, idx)
         mask = mask.index_select(0, idx)
+        first_real = int(mask.any(0).nonzero()[0])  # rows that finished at once may have held the longest prompt
+        if first_real > 0:
+            mask, cache = mask[:, first_real:], _trim_left(cache, first_real)
         nxt = toks.index_select(0, idx)
         rows = [new[i] for i in keep]
         if not self._rows:

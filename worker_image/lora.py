@@ -211,7 +211,8 @@ class LoraBank:
         self.dtype = dtype
         self.device = device
         self.ctx = BatchContext()
-        self.adapters: dict[str, LoadedLora] = {}
+        self.adapters: dict[str, LoadedLora] = {}  # resident: stacked into the layers
+        self.host: dict[str, LoadedLora] = {}  # evicted to host RAM (CPU tensors), restored on demand
         self._slot: dict[str, int] = {}
         self._wrapped: dict[str, MultiLoraLinear] = {}
 
@@ -236,8 +237,28 @@ class LoraBank:
         return lora
 
     def remove(self, name: str) -> None:
+        self.host.pop(name, None)
         if self.adapters.pop(name, None) is not None:
             self._rebuild()
+
+    # -- the host-RAM tier (maxLoadedAdapters) ---------------------------
+    def evict(self, names: list[str]) -> None:
+        """Move these resident adapters to host RAM (CPU tensors); the caller
+        rebuilds (``restore`` does), so one rebuild serves an evict + restore.
+        Engine thread only, and only for adapters no queued or running request uses."""
+        for name in names:
+            lora = self.adapters.pop(name)
+            lora.modules = {m: (a.to("cpu"), b.to("cpu")) for m, (a, b) in lora.modules.items()}
+            self.host[name] = lora
+
+    def restore(self, name: str) -> None:
+        """Bring an evicted adapter back into the stacks (engine thread only)."""
+        lora = self.host.pop(name)
+        lora.modules = {m: (a.to(self.device), b.to(self.device)) for m, (a, b) in lora.modules.items()}
+        self.install(lora)
+
+    def rebuild(self) -> None:
+        self._rebuild()
 
     def slot(self, name: str) -> int:
         return self._slot[name]

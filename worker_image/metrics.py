@@ -43,6 +43,22 @@ class WorkerMetrics(StepObserver):
         self.base_load_failures = Counter(p + "base_load_failures_total", "Base model verify/load failures",
                                           ["reason"], registry=r)
         self.adapters_loaded = Gauge(p + "adapters_loaded", "Adapters resident", registry=r)
+        self.adapter_resident = Gauge(p + "adapter_resident",
+                                      "1 when the adapter is stacked on the device, 0 when evicted to host RAM",
+                                      ["adapter"], registry=r)
+        self.adapter_evictions = Counter(p + "adapter_evictions_total",
+                                         "Evictions to host RAM (maxLoadedAdapters, least recently used)",
+                                         ["adapter"], registry=r)
+        self.adapter_restores = Counter(p + "adapter_restores_total",
+                                        "Evicted adapters brought back for a request", ["adapter"], registry=r)
+        self.adapter_restore = Histogram(p + "adapter_restore_seconds",
+                                         "Time a request waited for its evicted adapter to come back",
+                                         buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+                                         registry=r)
+        self.kv_budget_tokens = Gauge(p + "kv_budget_tokens", "Tokens of KV cache the admission budget holds",
+                                      registry=r)
+        self.rejected = Counter(p + "rejected_total", "Requests refused with 429 (the wait queue was full)",
+                                registry=r)
         self.adapter_bytes = Gauge(p + "adapter_memory_bytes", "Bytes held by resident adapters", registry=r)
         self.gpu_memory = Gauge(p + "gpu_memory_bytes", "CUDA memory", ["kind"], registry=r)
         self.oom_total = Counter(p + "oom_total", "Out-of-memory events", registry=r)
@@ -53,7 +69,8 @@ class WorkerMetrics(StepObserver):
         """Remove the per-request series labelled with ``adapter`` (it is no longer served: no stale
         series). The failure counters stay until the worker restarts: they are the evidence the
         alerts read, and a refused adapter usually leaves the desired state right after refusing."""
-        for metric in (self.request_duration, self.ttft, self.generated_tokens, self.prompt_tokens, self.requests):
+        for metric in (self.request_duration, self.ttft, self.generated_tokens, self.prompt_tokens, self.requests,
+                       self.adapter_resident):
             names = metric._labelnames
             seen = set()
             for family in metric.collect():

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from loraplane.contracts.desired import ADVERTISE_URL_ENV, AdapterRef, DesiredState, WorkerStatus
+from loraplane.contracts.memory import MIB
 from .routing import BASE_ADAPTER, Choice, RouteError, choose
 
 #: An adapter version's output contract stored with it in the ModelStore (a JSON schema).
@@ -77,6 +78,12 @@ class WorkerConfig:
     # parameter and minutes a token for a 7B) unless ``allow_large_cpu_model`` says it is meant.
     cpu_max_params: int = 1_000_000_000
     allow_large_cpu_model: bool = False
+    # KV cache the running batch may hold (admission, see engine.Engine); None: batch size only.
+    # The default is the WorkerPool's ``gpu.kvCacheMiB`` default, which the operator reserves.
+    kv_cache_mib: int | None = 2048
+    max_queue: int | None = 256  # requests waiting for admission before 429
+    # adapters stacked on the device at once; the rest wait in host RAM (LRU, routes with weight > 0 pinned)
+    max_loaded_adapters: int | None = None
 
     @classmethod
     def faults_from_env(cls, **kw) -> "WorkerConfig":
@@ -109,6 +116,7 @@ class Worker:
         self.failed: dict[str, str] = {}
         self.applied: DesiredState | None = None
         self.routes: dict[str, list[tuple[str, int]]] = {}
+        self.pending_routes: dict[str, list[tuple[str, int]]] = {}  # the routes of the document being applied
         self.reconciled = False
         self.draining = False
         self._lock = asyncio.Lock()
@@ -158,6 +166,7 @@ class Worker:
             self.applied = desired
             return
         wanted = {a.name: a for a in desired.adapters}
+        self.pending_routes = {t: [(b.adapter, b.weight) for b in bs] for t, bs in desired.routes.items()}
         # 1. load new names and names whose content changed (a refused one is retried only when its ref changes)
         for name, ref in wanted.items():
             await self._load_adapter(name, ref)
@@ -224,7 +233,9 @@ class Worker:
         try:
             lora = await loop.run_in_executor(None, self._read_adapter, ref, bank_key)
             contract = await self.run_tokenizer(self._output_contract, ref)
-            await asyncio.wrap_future(self.engine.call(lambda lora=lora: self.bank.install(lora)))
+            pinned = self.pinned_keys() | ({bank_key} if name in self._weighted(self.pending_routes) else set())
+            await asyncio.wrap_future(self.engine.call(
+                lambda lora=lora: self.engine.place(lora, self.cfg.max_loaded_adapters, pinned)))
         except Exception as e:  # noqa: BLE001 - refused, reported, never served
             reason = f"{key}: {e}"
             self.failed[name] = reason
@@ -250,6 +261,52 @@ class Worker:
         if old_key is not None:
             self._unload_later(old_key)
 
+    # ------------------------------------------------ residency (maxLoadedAdapters)
+    @staticmethod
+    def _weighted(routes: dict[str, list[tuple[str, int]]]) -> set[str]:
+        return {a for backends in routes.values() for a, wt in backends if wt > 0}
+
+    def pinned_keys(self) -> set[str]:
+        """Bank keys never evicted: versions a route (current, or of the
+        document being applied) gives weight > 0."""
+        names = self._weighted(self.routes) | self._weighted(self.pending_routes)
+        return {self.bank_keys[n] for n in names if n in self.bank_keys}
+
+    async def ensure_resident(self, key: str | None, deadline: float) -> None:
+        """Make sure a held adapter is stacked on the device before its request
+        is queued: an evicted one comes back from host RAM, least recently used
+        unpinned idle ones making room. Waits (until ``deadline``) while every
+        resident adapter is pinned or busy; then raises NoRoom."""
+        from .engine import NoRoom
+
+        if key is None or key in self.bank.adapters:  # read after hold(): it cannot be evicted now
+            return
+        t0 = time.monotonic()
+        while True:
+            try:
+                victims = await asyncio.wrap_future(
+                    self.engine.make_resident(key, self.cfg.max_loaded_adapters, self.pinned_keys()))
+                break
+            except NoRoom:
+                if time.monotonic() + 0.02 > deadline:
+                    raise
+                await asyncio.sleep(0.02)
+        names = {k: n for n, k in self.bank_keys.items()}
+        self.metrics.adapter_restore.observe(time.monotonic() - t0)
+        self.metrics.adapter_restores.labels(names.get(key, key)).inc()
+        for v in victims:
+            self.metrics.adapter_evictions.labels(names.get(v, v)).inc()
+        self._update_adapter_gauges()
+
+    def adapter_states(self) -> dict[str, dict]:
+        """Per served adapter: resident on the device or evicted to host RAM, and requests in flight."""
+        out = {}
+        for name in sorted(self.served):
+            key = self.bank_keys.get(name, name)
+            out[name] = {"state": "loaded" if key in self.bank.adapters else "evicted",
+                         "inFlight": self.engine.in_use(key)}
+        return out
+
     def bank_key(self, adapter: str) -> str | None:
         """The engine's key for a served adapter's current content (None: the base)."""
         return None if adapter == BASE_ADAPTER else self.bank_keys.get(adapter, adapter)
@@ -267,6 +324,9 @@ class Worker:
         if self.bank is not None:
             self.metrics.adapters_loaded.set(len(self.bank.adapters))
             self.metrics.adapter_bytes.set(self.bank.nbytes)
+            for name in self.served:
+                resident = self.bank_keys.get(name, name) in self.bank.adapters
+                self.metrics.adapter_resident.labels(name).set(1 if resident else 0)
 
     def _load_base(self, desired: DesiredState) -> None:
         import torch
@@ -307,8 +367,12 @@ class Worker:
             log.warning("variant: %s", plan.reason)
         model, tokenizer = load_base(sv.path, plan.variant, str(device))
         bank = LoraBank(model, compute_dtype(plan.variant), device)
+        kv = self.cfg.kv_cache_mib * MIB if self.cfg.kv_cache_mib is not None else None
         self.engine = Engine(model, tokenizer, bank, device, max_batch_size=self.cfg.max_batch_size,
-                             max_wait_ms=self.cfg.max_wait_ms, observer=self.metrics)
+                             max_wait_ms=self.cfg.max_wait_ms, observer=self.metrics, kv_budget_bytes=kv,
+                             max_queue=self.cfg.max_queue)
+        if self.engine.kv_budget_tokens is not None:
+            self.metrics.kv_budget_tokens.set(self.engine.kv_budget_tokens)
         self.bank, self.tokenizer, self.base_ref, self.base_manifest = bank, tokenizer, ref, sv.manifest
         self.variant, self.variant_reason = plan.variant, plan.reason
         self._requested_variant = requested

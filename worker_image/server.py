@@ -180,21 +180,40 @@ def _int(body: dict, key: str):
     return v
 
 
-def _params(body: dict, w: Worker, chat: bool) -> dict:
+def _params(body: dict, w: Worker, chat: bool) -> tuple[dict, bool, bool]:
     """Validate every field: implemented ones are converted for the engine,
-    the rest are refused with a 400 naming the parameter."""
+    the rest are refused with a 400 naming the parameter. Returns (engine
+    parameters, stream, include_usage)."""
+    _refuse_unsupported(body, chat)
+    stream, include_usage = _stream_flags(body)
+    ignore_eos = body.get("ignore_eos", False)
+    if not isinstance(ignore_eos, bool):
+        raise _invalid("ignore_eos", "must be a boolean")
+    return dict(
+        max_tokens=_max_tokens(body, w, chat),
+        temperature=_num(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_num(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
+        stop=_stop(body),
+        ignore_eos=ignore_eos,  # extension (as in vLLM), for benchmarks
+        seed=_int(body, "seed"),
+        logit_bias=_logit_bias(body, w),
+        logprobs=_logprobs(body, chat),
+    ), stream, include_usage
+
+
+def _refuse_unsupported(body: dict, chat: bool) -> None:
+    """Unknown fields, and known ones this worker does not implement unless
+    they ask for the default, are a 400 naming the field (never ignored)."""
     allowed = COMMON | (CHAT_ONLY if chat else COMPLETION_ONLY)
     for k in body:
         if k not in allowed:
             raise ApiError(400, f"Unrecognized request argument supplied: {k} (not supported by this worker)",
                            "invalid_request_error", k, "unsupported_parameter")
-    # accepted keys that this worker does not implement: refused unless they ask for the default
     if chat:
         for k in ("functions", "function_call"):
             if body.get(k) is not None:
                 raise _refuse(k, "the deprecated functions API is not supported; use tools")
-        ptc = body.get("parallel_tool_calls")
-        if ptc not in (None, True, False):
+        if body.get("parallel_tool_calls") not in (None, True, False):
             raise _invalid("parallel_tool_calls", "must be a boolean")
     else:
         if body.get("echo"):
@@ -211,86 +230,84 @@ def _params(body: dict, w: Worker, chat: bool) -> dict:
         raise ApiError(400, f"n: only n=1 is supported, got {n!r} (send concurrent requests)",
                        "invalid_request_error", "n", "unsupported_value")
 
-    if chat and body.get("max_completion_tokens") is not None:
-        mt_key = "max_completion_tokens"
-    else:
-        mt_key = "max_tokens"
-    max_tokens = body.get(mt_key)
-    if max_tokens is None:
-        max_tokens = None if chat else 16  # chat: up to the worker's limit (see _serve); completions: OpenAI's 16
-    elif not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise _invalid(mt_key, f"must be a positive integer, got {max_tokens!r}")
-    elif max_tokens > w.cfg.max_tokens_limit:
-        raise _invalid(mt_key, f"{max_tokens} exceeds this worker's limit of {w.cfg.max_tokens_limit}")
 
+def _max_tokens(body: dict, w: Worker, chat: bool) -> int | None:
+    """The completion budget; None for chat without one (the rest of the
+    context, settled in ``_check_length`` once the prompt is tokenised)."""
+    key = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = body.get(key)
+    if max_tokens is None:
+        return None if chat else 16  # completions: OpenAI's default of 16
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise _invalid(key, f"must be a positive integer, got {max_tokens!r}")
+    if max_tokens > w.cfg.max_tokens_limit:
+        raise _invalid(key, f"{max_tokens} exceeds this worker's limit of {w.cfg.max_tokens_limit}")
+    return max_tokens
+
+
+def _stop(body: dict) -> list[str]:
     stop = body.get("stop") or []
     if isinstance(stop, str):
         stop = [stop]
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
         raise _invalid("stop", "must be a string or a list of at most 4 strings")
+    return stop
 
+
+def _stream_flags(body: dict) -> tuple[bool, bool]:
+    """(stream, stream_options.include_usage)."""
     stream = body.get("stream")
     if stream not in (None, True, False):
         raise _invalid("stream", "must be a boolean")
     so = body.get("stream_options")
-    include_usage = False
-    if so is not None:
-        if not stream:
-            raise _invalid("stream_options", "only allowed when stream is true")
-        if not isinstance(so, dict) or set(so) - {"include_usage"}:
-            raise _invalid("stream_options", "only {\"include_usage\": bool} is supported")
-        include_usage = bool(so.get("include_usage"))
+    if so is None:
+        return bool(stream), False
+    if not stream:
+        raise _invalid("stream_options", "only allowed when stream is true")
+    if not isinstance(so, dict) or set(so) - {"include_usage"}:
+        raise _invalid("stream_options", "only {\"include_usage\": bool} is supported")
+    return True, bool(so.get("include_usage"))
 
-    seed = _int(body, "seed")
 
-    vocab = getattr(w.engine.model.config, "vocab_size", None) if w.engine is not None else None  # logits' width
+def _logit_bias(body: dict, w: Worker) -> dict[int, float] | None:
+    """``logit_bias``: token ids inside the logits' width, biases in [-100, 100]."""
     bias = body.get("logit_bias")
-    logit_bias = None
-    if bias is not None:
-        if not isinstance(bias, dict):
-            raise _invalid("logit_bias", "must be an object mapping token ids to a bias in [-100, 100]")
-        logit_bias = {}
-        for k, v in bias.items():
-            try:
-                tid = int(k)
-            except (TypeError, ValueError):
-                raise _invalid("logit_bias", f"key {k!r} is not a token id") from None
-            if tid < 0 or (vocab is not None and tid >= vocab):
-                raise _invalid("logit_bias", f"token id {tid} is outside the vocabulary (0..{vocab})")
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not -100 <= v <= 100:
-                raise _invalid("logit_bias", f"bias for {k} must be a number in [-100, 100], got {v!r}")
-            logit_bias[tid] = float(v)
-        logit_bias = logit_bias or None
+    if bias is None:
+        return None
+    if not isinstance(bias, dict):
+        raise _invalid("logit_bias", "must be an object mapping token ids to a bias in [-100, 100]")
+    vocab = getattr(w.engine.model.config, "vocab_size", None) if w.engine is not None else None  # logits' width
+    out = {}
+    for k, v in bias.items():
+        try:
+            tid = int(k)
+        except (TypeError, ValueError):
+            raise _invalid("logit_bias", f"key {k!r} is not a token id") from None
+        if tid < 0 or (vocab is not None and tid >= vocab):
+            raise _invalid("logit_bias", f"token id {tid} is outside the vocabulary (0..{vocab})")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not -100 <= v <= 100:
+            raise _invalid("logit_bias", f"bias for {k} must be a number in [-100, 100], got {v!r}")
+        out[tid] = float(v)
+    return out or None
 
-    if chat:
-        lp = body.get("logprobs")
-        if lp not in (None, True, False):
-            raise _invalid("logprobs", "must be a boolean")
-        top = _int(body, "top_logprobs")
-        if top is not None and not 0 <= top <= 20:
-            raise _invalid("top_logprobs", f"{top} is out of range [0, 20]")
-        if top is not None and not lp:
-            raise _invalid("top_logprobs", "requires logprobs to be true")
-        logprobs = (top or 0) if lp else None
-    else:
+
+def _logprobs(body: dict, chat: bool) -> int | None:
+    """None: off; k: the chosen token's logprob and k alternatives (chat:
+    ``logprobs`` bool + ``top_logprobs``; completions: ``logprobs`` 0..5)."""
+    if not chat:
         lp = _int(body, "logprobs")
         if lp is not None and not 0 <= lp <= 5:
             raise _invalid("logprobs", f"{lp} is out of range [0, 5]")
-        logprobs = lp
-
-    ignore_eos = body.get("ignore_eos", False)
-    if not isinstance(ignore_eos, bool):
-        raise _invalid("ignore_eos", "must be a boolean")
-    return dict(
-        max_tokens=max_tokens,
-        temperature=_num(body, "temperature", 1.0, 0.0, 2.0),
-        top_p=_num(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
-        stop=stop,
-        ignore_eos=ignore_eos,  # extension (as in vLLM), for benchmarks
-        seed=seed,
-        logit_bias=logit_bias,
-        logprobs=logprobs,
-    ), bool(stream), include_usage
+        return lp
+    lp = body.get("logprobs")
+    if lp not in (None, True, False):
+        raise _invalid("logprobs", "must be a boolean")
+    top = _int(body, "top_logprobs")
+    if top is not None and not 0 <= top <= 20:
+        raise _invalid("top_logprobs", f"{top} is out of range [0, 20]")
+    if top is not None and not lp:
+        raise _invalid("top_logprobs", "requires logprobs to be true")
+    return (top or 0) if lp else None
 
 
 async def _json(request) -> dict:
@@ -440,6 +457,7 @@ async def chat_completions(request: web.Request, o: Outcome) -> web.StreamRespon
 
 
 async def _serve(request, w: Worker, o: Outcome, body: dict, *, prompt=None, messages=None, chat: bool):
+    """Validate, route, tokenise, queue; then answer in one body or as a stream."""
     t0 = time.monotonic()
     params, stream, include_usage = _params(body, w, chat)
     constraint, tools = _constraint(body, chat)
@@ -452,78 +470,20 @@ async def _serve(request, w: Worker, o: Outcome, body: dict, *, prompt=None, mes
     if constraint is None and contract is not None and body.get("response_format") is None and not tools:
         # the version's output contract, unless the request asked for a format (text included) or tools
         constraint = grammar.Constraint("response_format", json_schema=contract)
-    bank_key = w.bank_key(choice.adapter)
-    # no await since route(): hold the chosen version's content so it cannot be freed while we tokenise
-    w.engine.hold(bank_key)
-    submitted = False
-    try:
-        ids, matcher = await w.run_tokenizer(_prepare, w, prompt, messages, tools, constraint)
-        _check_length(w, ids, params, chat)
-        delay, inject = w.fault_for(choice.adapter)
-        if inject:
-            return _error(500, f"injected fault for adapter {choice.adapter} (test setting)", "server_error")
-        loop = asyncio.get_running_loop()
-        q: asyncio.Queue = asyncio.Queue()
-
-        def sink(kind, payload):
-            try:
-                loop.call_soon_threadsafe(q.put_nowait, (kind, payload))
-            except RuntimeError:  # the event loop is closed: nobody is listening any more
-                req.cancelled = True
-
-        req = GenRequest(prompt_ids=ids, adapter=bank_key, label=choice.adapter, task=o.task, sink=sink,
-                         grammar=matcher, **params)
-        w.engine.submit(req, held=True)
-        submitted = True
-    finally:
-        if not submitted:
-            w.engine.unhold(bank_key)
+    delay, inject = w.fault_for(choice.adapter)
+    req, q = await _submit(w, o, choice.adapter, params, (prompt, messages, tools, constraint), inject,
+                           t0 + w.cfg.request_timeout_s)
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     meta = {"id": rid, "created": int(time.time()), "model": body["model"], "adapter": choice.adapter,
             "task": choice.task}
-    deadline = t0 + w.cfg.request_timeout_s
+    ans = _Answer(req=req, q=q, meta=meta, chat=chat, deadline=t0 + w.cfg.request_timeout_s, delay=delay,
+                  calls=grammar.ToolCallParser(constraint.tool_names)
+                  if constraint is not None and constraint.tool_names else None)
     watcher = asyncio.create_task(_watch_client(request, req, q))
-    calls = grammar.ToolCallParser(constraint.tool_names) if constraint is not None and constraint.tool_names \
-        else None
     try:
         if stream:
-            return await _stream(request, o, q, req, meta, chat, deadline, delay, include_usage, w, calls)
-        text, entries, done = [], [], None
-        while done is None:
-            kind, payload = await _next(q, req, deadline)
-            if kind == "token":
-                text.append(payload["text"])
-                entries += payload.get("logprobs", [])
-            elif kind == "error":
-                raise _engine_error(payload)
-            else:
-                entries += payload.get("logprobs", [])
-                done = payload
-        if delay:
-            await asyncio.sleep(delay)
-        content = "".join(text)
-        lp = _logprobs_body(entries, chat, req.logprobs) if req.logprobs is not None else None
-        finish = done["finish_reason"]
-        if chat:
-            message = {"role": "assistant", "content": content, "refusal": None}
-            if calls is not None:
-                events = calls.feed(content)
-                more, closed = calls.finish()
-                events += more
-                if calls.call is not None:
-                    args = "".join(e[1] for e in events if e[0] == "args")
-                    message["content"] = None
-                    message["tool_calls"] = [{"id": calls.call[0], "type": "function",
-                                              "function": {"name": calls.call[1], "arguments": args}}]
-                    if closed and finish == "stop":
-                        finish = "tool_calls"
-            choice_body = {"index": 0, "message": message, "logprobs": lp}
-        else:
-            choice_body = {"index": 0, "text": content, "logprobs": lp}
-        choice_body["finish_reason"] = finish
-        resp = {**meta, "object": "chat.completion" if chat else "text_completion",
-                "choices": [choice_body], "usage": _usage(len(ids), done["completion_tokens"])}
-        return web.json_response(resp, headers={ADAPTER_HEADER: choice.adapter})
+            return await _stream(request, o, ans, include_usage, w.stream_fault_for(choice.adapter))
+        return await _whole(ans)
     except ClientGone:
         o.status = CLIENT_GONE
         return web.Response(status=499)  # nobody reads it; the outcome is counted as a disconnect
@@ -536,6 +496,127 @@ async def _serve(request, w: Worker, o: Outcome, body: dict, *, prompt=None, mes
             req.cancelled = True
 
 
+async def _submit(w: Worker, o: Outcome, adapter: str, params: dict, prepared: tuple, inject: bool,
+                  deadline: float):
+    """Tokenise (tokenizer thread) and queue the request in the engine; the
+    chosen version is held from routing until the engine owns the reference,
+    so it cannot be freed (or evicted) in between. Returns (request, its event queue)."""
+    prompt, messages, tools, constraint = prepared
+    bank_key = w.bank_key(adapter)
+    # no await since route(): hold the chosen version's content so it cannot be freed while we tokenise
+    w.engine.hold(bank_key)
+    submitted = False
+    try:
+        ids, matcher = await w.run_tokenizer(_prepare, w, prompt, messages, tools, constraint)
+        _check_length(w, ids, params, messages is not None)
+        if inject:
+            raise ApiError(500, f"injected fault for adapter {adapter} (test setting)", "server_error")
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+
+        def sink(kind, payload):
+            try:
+                loop.call_soon_threadsafe(q.put_nowait, (kind, payload))
+            except RuntimeError:  # the event loop is closed: nobody is listening any more
+                req.cancelled = True
+
+        req = GenRequest(prompt_ids=ids, adapter=bank_key, label=adapter, task=o.task, sink=sink,
+                         grammar=matcher, **params)
+        await _resident(w, bank_key, deadline)
+        _queue(w, req, messages is not None)
+        submitted = True
+    finally:
+        if not submitted:
+            w.engine.unhold(bank_key)
+    return req, q
+
+
+async def _resident(w: Worker, bank_key: str | None, deadline: float) -> None:
+    """An evicted adapter is brought back first; 503 when no resident one can make room in time."""
+    from .engine import NoRoom
+
+    try:
+        await w.ensure_resident(bank_key, deadline)
+    except NoRoom as e:
+        raise ApiError(503, f"adapter capacity: {e}; retry shortly", "server_error", None, "adapter_capacity",
+                       headers={"Retry-After": "1"}) from None
+
+
+def _queue(w: Worker, req: GenRequest, chat: bool) -> None:
+    """Hand the request to the engine: 429 with Retry-After when the wait
+    queue is full (OpenAI's client raises RateLimitError and retries after
+    it), 400 when it could never fit the KV budget."""
+    from .engine import Overloaded, TooLargeForBudget
+
+    try:
+        w.engine.submit(req, held=True)
+    except Overloaded as e:
+        w.metrics.rejected.inc()
+        raise ApiError(429, f"{e}; retry after {e.retry_after} s", "requests", None, "rate_limit_exceeded",
+                       headers={"Retry-After": str(e.retry_after)}) from None
+    except TooLargeForBudget as e:
+        raise ApiError(400, str(e), "invalid_request_error", "messages" if chat else "prompt",
+                       "context_length_exceeded") from None
+
+
+@dataclass
+class _Answer:
+    """What answering one queued request needs, streamed or not."""
+
+    req: GenRequest
+    q: asyncio.Queue
+    meta: dict
+    chat: bool
+    deadline: float
+    delay: float
+    calls: grammar.ToolCallParser | None
+
+
+async def _whole(a: _Answer) -> web.Response:
+    """Collect the engine's events into one OpenAI completion body."""
+    text, entries, done = [], [], None
+    while done is None:
+        kind, payload = await _next(a.q, a.req, a.deadline)
+        if kind == "token":
+            text.append(payload["text"])
+            entries += payload.get("logprobs", [])
+        elif kind == "error":
+            raise _engine_error(payload)
+        else:
+            entries += payload.get("logprobs", [])
+            done = payload
+    if a.delay:
+        await asyncio.sleep(a.delay)
+    content = "".join(text)
+    lp = _logprobs_body(entries, a.chat, a.req.logprobs) if a.req.logprobs is not None else None
+    finish = done["finish_reason"]
+    if a.chat:
+        message = {"role": "assistant", "content": content, "refusal": None}
+        finish = _tool_call_message(a.calls, content, finish, message) if a.calls is not None else finish
+        choice_body = {"index": 0, "message": message, "logprobs": lp}
+    else:
+        choice_body = {"index": 0, "text": content, "logprobs": lp}
+    choice_body["finish_reason"] = finish
+    resp = {**a.meta, "object": "chat.completion" if a.chat else "text_completion",
+            "choices": [choice_body], "usage": _usage(len(a.req.prompt_ids), done["completion_tokens"])}
+    return web.json_response(resp, headers={ADAPTER_HEADER: a.meta["adapter"]})
+
+
+def _tool_call_message(calls: grammar.ToolCallParser, content: str, finish: str, message: dict) -> str:
+    """Turn a constrained answer in the call form into ``message.tool_calls``
+    (content null); the finish reason, ``tool_calls`` for a complete call."""
+    events = calls.feed(content)
+    more, closed = calls.finish()
+    events += more
+    if calls.call is None:
+        return finish
+    args = "".join(e[1] for e in events if e[0] == "args")
+    message["content"] = None
+    message["tool_calls"] = [{"id": calls.call[0], "type": "function",
+                              "function": {"name": calls.call[1], "arguments": args}}]
+    return "tool_calls" if closed and finish == "stop" else finish
+
+
 def _check_length(w: Worker, ids: list[int], params: dict, chat: bool) -> None:
     param = "messages" if chat else "prompt"
     if not ids:
@@ -546,7 +627,8 @@ def _check_length(w: Worker, ids: list[int], params: dict, chat: bool) -> None:
                             f"{len(ids)} tokens (the model's context is {ctx}).", "invalid_request_error", param,
                        "context_length_exceeded")
     if params["max_tokens"] is None:  # chat without max_tokens: the rest of the context, up to the worker's limit
-        room = ctx - len(ids)
+        budget = w.engine.kv_budget_tokens
+        room = min(ctx, budget if budget is not None else ctx) - len(ids)
         if room < 1:
             raise ApiError(400, f"prompt ({len(ids)} tokens) fills the model's context of {ctx} tokens",
                            "invalid_request_error", param, "context_length_exceeded")
@@ -605,16 +687,70 @@ async def _next(q: asyncio.Queue, req: GenRequest, deadline: float):
     return item
 
 
-async def _stream(request, o: Outcome, q, req, meta, chat, deadline, delay, include_usage, w,
-                  calls: grammar.ToolCallParser | None = None) -> web.StreamResponse:
+async def _stream(request, o: Outcome, a: _Answer, include_usage: bool, fail_midway: bool) -> web.StreamResponse:
+    """Relay the engine's events as server-sent events. The status line is
+    200 before generation starts; a later failure is an error event, and the
+    metric records the real outcome (``o.status``)."""
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                       ADAPTER_HEADER: meta["adapter"]})
-    obj = "chat.completion.chunk" if chat else "text_completion"
-    extra = {"usage": None} if include_usage else {}
+                                       ADAPTER_HEADER: a.meta["adapter"]})
+    chunks = _Chunks(a, include_usage)
+    try:
+        await resp.prepare(request)
+        await resp.write(chunks.chunk(None, None, first=True) if a.chat else b": started\n\n")
+        while True:
+            try:
+                kind, payload = await _next(a.q, a.req, a.deadline)
+            except ApiError as e:  # timeout: the status line said 200; the event and the metric say 504
+                o.status = str(e.status)
+                await resp.write(_error_event(e))
+                break
+            if kind == "token":
+                for data in chunks.tokens(payload):
+                    await resp.write(data)
+                if fail_midway:  # test-only: a canary that fails streamed traffic only
+                    a.req.cancelled = True
+                    o.status = "500"
+                    await resp.write(_error_event(ApiError(
+                        500, f"injected stream fault for adapter {a.meta['adapter']} (test setting)", "server_error")))
+                    break
+            elif kind == "error":
+                e = _engine_error(payload)
+                o.status = str(e.status)
+                await resp.write(_error_event(e))
+                break
+            else:
+                if a.delay:
+                    await asyncio.sleep(a.delay)
+                for data in chunks.done(payload):
+                    await resp.write(data)
+                break
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+    except (ConnectionResetError, ClientGone):  # the client dropped the stream: counted apart, no traceback
+        a.req.cancelled = True
+        o.status = CLIENT_GONE
+    return resp
 
-    def chunk(text: str | None, finish: str | None, first: bool = False, entries=None, tool_calls=None) -> bytes:
-        lp = _logprobs_body(entries or [], chat, req.logprobs) if req.logprobs is not None and entries else None
-        if chat:
+
+def _error_event(e: ApiError) -> bytes:
+    return b"data: " + json.dumps(e.body()).encode() + b"\n\n"
+
+
+class _Chunks:
+    """OpenAI's streamed chunk shapes (chat deltas or completion texts) for one answer."""
+
+    def __init__(self, a: _Answer, include_usage: bool):
+        self.a = a
+        self.obj = "chat.completion.chunk" if a.chat else "text_completion"
+        self.include_usage = include_usage
+        self.extra = {"usage": None} if include_usage else {}
+
+    def chunk(self, text: str | None, finish: str | None, first: bool = False, entries=None,
+              tool_calls=None) -> bytes:
+        a = self.a
+        lp = _logprobs_body(entries or [], a.chat, a.req.logprobs) if a.req.logprobs is not None and entries \
+            else None
+        if a.chat:
             delta = {"role": "assistant", "content": ""} if first else {}
             if text:
                 delta["content"] = text
@@ -623,62 +759,30 @@ async def _stream(request, o: Outcome, q, req, meta, chat, deadline, delay, incl
             c = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
         else:
             c = {"index": 0, "text": text or "", "logprobs": lp, "finish_reason": finish}
-        return b"data: " + json.dumps({**meta, "object": obj, "choices": [c], **extra}).encode() + b"\n\n"
+        return b"data: " + json.dumps({**a.meta, "object": self.obj, "choices": [c], **self.extra}).encode() + b"\n\n"
 
-    def error_event(e: ApiError) -> bytes:
-        return b"data: " + json.dumps(e.body()).encode() + b"\n\n"
+    def tokens(self, payload: dict) -> list[bytes]:
+        """A token event: one text chunk, or the tool-call deltas it completes."""
+        if self.a.calls is None:
+            return [self.chunk(payload["text"], None, entries=payload.get("logprobs"))]
+        return _call_chunks(self.a.calls.feed(payload["text"]), self.chunk)
 
-    fail_midway = w.stream_fault_for(meta["adapter"])
-    try:
-        await resp.prepare(request)
-        await resp.write(chunk(None, None, first=True) if chat else b": started\n\n")
-        while True:
-            try:
-                kind, payload = await _next(q, req, deadline)
-            except ApiError as e:  # timeout: the status line said 200; the event and the metric say 504
-                o.status = str(e.status)
-                await resp.write(error_event(e))
-                break
-            if kind == "token":
-                if calls is None:
-                    await resp.write(chunk(payload["text"], None, entries=payload.get("logprobs")))
-                else:
-                    for data in _call_chunks(calls.feed(payload["text"]), chunk):
-                        await resp.write(data)
-                if fail_midway:  # test-only: a canary that fails streamed traffic only
-                    req.cancelled = True
-                    e = ApiError(500, f"injected stream fault for adapter {meta['adapter']} (test setting)",
-                                 "server_error")
-                    o.status = "500"
-                    await resp.write(error_event(e))
-                    break
-            elif kind == "error":
-                e = _engine_error(payload)
-                o.status = str(e.status)
-                await resp.write(error_event(e))
-                break
-            else:
-                if delay:
-                    await asyncio.sleep(delay)
-                finish = payload["finish_reason"]
-                if calls is not None:
-                    events, closed = calls.finish()
-                    for data in _call_chunks(events, chunk):
-                        await resp.write(data)
-                    if calls.call is not None and closed and finish == "stop":
-                        finish = "tool_calls"
-                await resp.write(chunk(None, finish, entries=payload.get("logprobs")))
-                if include_usage:
-                    usage = _usage(len(req.prompt_ids), payload["completion_tokens"])
-                    await resp.write(b"data: " + json.dumps({**meta, "object": obj, "choices": [],
-                                                             "usage": usage}).encode() + b"\n\n")
-                break
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
-    except (ConnectionResetError, ClientGone):  # the client dropped the stream: counted apart, no traceback
-        req.cancelled = True
-        o.status = CLIENT_GONE
-    return resp
+    def done(self, payload: dict) -> list[bytes]:
+        """The final event: the rest of a tool call, the finish reason, then the usage chunk if asked."""
+        out = []
+        finish = payload["finish_reason"]
+        calls = self.a.calls
+        if calls is not None:
+            events, closed = calls.finish()
+            out += _call_chunks(events, self.chunk)
+            if calls.call is not None and closed and finish == "stop":
+                finish = "tool_calls"
+        out.append(self.chunk(None, finish, entries=payload.get("logprobs")))
+        if self.include_usage:
+            usage = _usage(len(self.a.req.prompt_ids), payload["completion_tokens"])
+            out.append(b"data: " + json.dumps({**self.a.meta, "object": self.obj, "choices": [],
+                                               "usage": usage}).encode() + b"\n\n")
+        return out
 
 
 def _call_chunks(events: list[tuple], chunk) -> list[bytes]:

@@ -357,3 +357,31 @@ def test_error_bodies_match_openai(server):
     assert e.value.code == 404
     assert body["error"]["type"] == "invalid_request_error" and body["error"]["code"] == "model_not_found"
     assert body["error"]["param"] == "model" and re.search("nope", body["error"]["message"])
+
+
+# ------------------------------------------------------------------ admission
+def test_full_wait_queue_is_a_rate_limit_error_with_retry_after(client, server):
+    """Past the wait-queue limit the worker answers 429 in OpenAI's format with
+    Retry-After: the official client raises RateLimitError (and, with its
+    default retries, waits Retry-After and tries again). Queued ones finish."""
+    eng = server["w"].engine
+    saved = eng.max_queue
+    gate = threading.Event()
+    before = _metric(server, "429")
+    try:
+        eng.max_queue = 2
+        eng.call(lambda: gate.wait(20))  # the engine thread is busy: nothing is admitted meanwhile
+        queued = [client.completions.create(model="synth-v1", prompt=PROMPT, max_tokens=4, stream=True)
+                  for _ in range(2)]  # a stream returns once its request is queued
+        with pytest.raises(openai.RateLimitError) as e:
+            client.completions.create(model="synth-v1", prompt=PROMPT, max_tokens=4)
+        assert e.value.status_code == 429 and e.value.code == "rate_limit_exceeded"
+        assert e.value.response.headers["retry-after"] == "1"
+        assert e.value.body["type"] == "requests" and "queue limit 2" in e.value.message
+    finally:
+        eng.max_queue = saved
+        gate.set()
+    for s in queued:
+        chunks = list(s)
+        assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert _metric(server, "429") == before + 1
