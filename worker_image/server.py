@@ -844,6 +844,9 @@ async def readyz(request):
     st["draining"] = w.draining
     st["variant_reason"] = w.variant_reason
     st["base_refusal"] = w.base_refusal
+    st["adapters"] = w.adapter_states() if w.engine is not None else {}  # loaded (on the device) or evicted
+    st["maxLoadedAdapters"] = w.cfg.max_loaded_adapters
+    st["kvBudgetTokens"] = w.engine.kv_budget_tokens if w.engine is not None else None
     return web.json_response(st, status=200 if w.ready else 503)
 
 
