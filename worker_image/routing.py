@@ -49,7 +49,8 @@ class Choice:
 
 def sticky_draw(key: str) -> float:
     """A uniform number in [0, 1) that depends only on ``key``."""
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    # surrogatepass: a header's undecodable bytes (aiohttp keeps them as lone surrogates) still hash
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 

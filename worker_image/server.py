@@ -195,7 +195,7 @@ def _params(body: dict, w: Worker, chat: bool) -> tuple[dict, bool, bool]:
         top_p=_num(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
         stop=_stop(body),
         ignore_eos=ignore_eos,  # extension (as in vLLM), for benchmarks
-        seed=_int(body, "seed"),
+        seed=_seed(body),
         logit_bias=_logit_bias(body, w),
         logprobs=_logprobs(body, chat),
     ), stream, include_usage
@@ -229,6 +229,14 @@ def _refuse_unsupported(body: dict, chat: bool) -> None:
     if n is not None and n != 1:
         raise ApiError(400, f"n: only n=1 is supported, got {n!r} (send concurrent requests)",
                        "invalid_request_error", "n", "unsupported_value")
+
+
+def _seed(body: dict) -> int | None:
+    """A 64-bit seed (what a torch generator takes: signed or unsigned)."""
+    seed = _int(body, "seed")
+    if seed is not None and not -(2**63) <= seed < 2**64:
+        raise _invalid("seed", f"{seed} is not a 64-bit integer")
+    return seed
 
 
 def _max_tokens(body: dict, w: Worker, chat: bool) -> int | None:
@@ -308,6 +316,15 @@ def _logprobs(body: dict, chat: bool) -> int | None:
     if top is not None and not lp:
         raise _invalid("top_logprobs", "requires logprobs to be true")
     return (top or 0) if lp else None
+
+
+def _check_text(value: str, param: str) -> None:
+    """JSON can carry lone surrogates (``"\\ud800"``), which are not text: no tokenizer encodes them."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise _invalid(param, f"contains a lone surrogate ({value[e.start]!r} at {e.start}): not valid Unicode text") \
+            from None
 
 
 async def _json(request) -> dict:
@@ -446,6 +463,7 @@ async def completions(request: web.Request, o: Outcome) -> web.StreamResponse:
     if not isinstance(prompt, str):
         raise ApiError(400, "prompt must be a string (batch prompts are not supported; send concurrent requests)",
                        "invalid_request_error", "prompt")
+    _check_text(prompt, "prompt")
     return await _serve(request, w, o, body, prompt=prompt, chat=False)
 
 
