@@ -82,6 +82,17 @@ def run():
     return _run
 
 
+def words_only(tok) -> dict[str, int]:
+    """A ``logit_bias`` that keeps the random-weight tiny model to real words.
+    Its logits span 512 ids but its word-level tokenizer has about 150: the
+    other ids (and the special tokens) decode to nothing, so a free completion
+    can be empty. With these banned every generated token is a word."""
+    from loraplane.tiny_model import TINY_CONFIG
+
+    banned = set(range(len(tok), TINY_CONFIG["vocab_size"])) | set(tok.all_special_ids)
+    return {str(i): -100 for i in sorted(banned)}
+
+
 @pytest.fixture
 def helpers():
     """The helpers above as a fixture (importlib mode cannot import conftest)."""
@@ -90,6 +101,7 @@ def helpers():
     h = H()
     h.desired = desired
     h.running_worker = running_worker
+    h.words_only = words_only
     return h
 
 

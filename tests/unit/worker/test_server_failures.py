@@ -174,7 +174,8 @@ def test_same_name_content_swap_never_fails_a_request(worker_store, run, helpers
     async def go():
         async with helpers.running_worker(worker_store, helpers.desired(ONE, adapters=ONE_ADAPTER),
                                           max_tokens_limit=4000) as (w, c):
-            before = await _post(c, model="synthesizer", max_tokens=8)
+            words = helpers.words_only(w.tokenizer)  # never an empty text: the two contents' texts can be compared
+            before = await _post(c, model="synthesizer", max_tokens=8, logit_bias=words)
             results, stop = [], asyncio.Event()
 
             async def client_loop():
@@ -190,7 +191,7 @@ def test_same_name_content_swap_never_fails_a_request(worker_store, run, helpers
             await w.apply(helpers.desired(ONE, adapters=[("synth-v1", "synth", "v2", "synthesizer")], generation=2))
             apply_s = time.monotonic() - t0
             long_done_at_swap = long.done()
-            after = await _post(c, model="synthesizer", max_tokens=8)
+            after = await _post(c, model="synthesizer", max_tokens=8, logit_bias=words)
             await asyncio.sleep(0.3)
             stop.set()
             await asyncio.gather(*loops)
