@@ -296,12 +296,13 @@ class Engine:
     def make_resident(self, key: str, cap: int | None, pinned: set[str]) -> concurrent.futures.Future:
         """Bring an evicted adapter back (engine thread, between steps),
         evicting the least recently used unpinned, unused ones; the future's
-        result is the keys evicted; NoRoom when none can be."""
+        result is the keys evicted (None: it was resident already); NoRoom
+        when none can be evicted."""
         return self.call(lambda: self._make_resident(key, cap, pinned))
 
-    def _make_resident(self, key: str, cap: int | None, pinned: set[str]) -> list[str]:
+    def _make_resident(self, key: str, cap: int | None, pinned: set[str]) -> list[str] | None:
         if key in self.bank.adapters:
-            return []
+            return None  # another request brought it back first
         with self._cv:  # the choice and the removal under the lock ``hold`` takes: no request slips in between
             victims = self._victims(cap, pinned | {key})
             if victims is None:

@@ -6,8 +6,10 @@ adapters in every LoRA layer, so a batch of N adapters costs ~N small
 launches per layer (measured 0.51x of single-adapter throughput with 4
 adapters). Here every wrapped ``Linear`` holds ALL loaded adapters stacked:
 
-    A_cat: [in, S*R]   (slot s occupies columns s*R .. s*R+r_s, zero padded to R)
-    B_cat: [S*R, out]  (scaling alpha/r folded in)
+    A: [S, in, R]   (slot s = one adapter, zero padded to the largest rank R)
+    B: [S, R, out]  (scaling alpha/r folded in)
+
+(slot-major, so a row's own adapter is one contiguous slice to gather)
 
 and a batch computes ``((x @ A_cat) * mask) @ B_cat`` where ``mask`` keeps, for
 each row, only its own slot's R columns. That is two dense GEMMs and one
@@ -33,6 +35,8 @@ import torch
 from torch import nn
 
 PEFT_PREFIX = "base_model.model."
+#: a mixed batch with more distinct adapters than this takes the gather path (see LoraBank.__init__)
+GATHER_ABOVE = 8
 
 
 class AdapterFormatError(Exception):
@@ -62,6 +66,8 @@ class BatchContext:
         self.single: int | None = -1
         self.mask: torch.Tensor | None = None
         self.index: torch.Tensor | None = None  # [B] slot per row, for the gather path
+        self.cols: torch.Tensor | None = None  # stacked path: the slots this batch uses (None: all)
+        self.used = 0  # stacked path: slots in ``mask`` (the used ones, or all)
         self.slots = 0
         self.rank = 0
 
@@ -92,18 +98,18 @@ class MultiLoraLinear(nn.Module):
             return y
         xa = x.to(A.dtype)
         if ctx.single is not None:
-            lo, hi = ctx.single * ctx.rank, (ctx.single + 1) * ctx.rank
-            delta = (xa @ A[:, lo:hi]) @ B[lo:hi]
+            delta = (xa @ A[ctx.single]) @ B[ctx.single]
         elif ctx.index is not None:
-            # gather each row's own (A, B) and use batched matmuls: FLOPs as for one adapter
-            a = A.view(A.shape[0], ctx.slots, ctx.rank).permute(1, 0, 2)[ctx.index]  # [B, in, R]
-            b = B.view(ctx.slots, ctx.rank, B.shape[1])[ctx.index]  # [B, R, out]
+            # each row's own (A, B), gathered slot-major (contiguous copies), then batched matmuls
+            a, b = A.index_select(0, ctx.index), B.index_select(0, ctx.index)  # [B, in, R], [B, R, out]
             x3 = xa.reshape(xa.shape[0], -1, xa.shape[-1])
             delta = torch.bmm(torch.bmm(x3, a), b).view(*xa.shape[:-1], b.shape[-1])
         else:
-            h = xa @ A
-            h.unflatten(-1, (ctx.slots, ctx.rank)).mul_(ctx.mask)
-            delta = h @ B
+            if ctx.cols is not None:  # only the slots this batch uses: FLOPs follow the batch, not the bank
+                A, B = A.index_select(0, ctx.cols), B.index_select(0, ctx.cols)
+            h = xa @ A.permute(1, 0, 2).reshape(A.shape[1], -1)  # [.., U*R]
+            h.unflatten(-1, (ctx.used, ctx.rank)).mul_(ctx.mask)
+            delta = h @ B.reshape(-1, B.shape[-1])
         return y.add_(delta.to(y.dtype)) if not torch.is_grad_enabled() else y + delta.to(y.dtype)
 
 
@@ -196,13 +202,15 @@ class LoraBank:
     def __init__(self, model: nn.Module, dtype: torch.dtype, device, mixed_mode: str = "auto"):
         """``mixed_mode``: how a mixed batch applies its adapters.
 
-        ``stacked``: ((x @ A_cat) * mask) @ B_cat — reads every loaded adapter
-        once per step and does S times the LoRA FLOPs, in three ops.
+        ``stacked``: ((x @ A_cat) * mask) @ B_cat over the slots the batch
+        uses (their columns are selected first when it uses fewer than are
+        resident) — U times the LoRA FLOPs for U distinct adapters, in a few ops.
         ``gather``: index each row's own A/B and use bmm — the FLOPs of one
         adapter plus a copy of each row's weights. Measured on CPU (tiny
         model, 8 adapters, 16 rows) stacked was faster (0.91 vs 0.72 of
-        single-adapter throughput), so ``auto`` uses stacked unless the batch
-        has fewer than half as many rows as there are loaded adapters.
+        single-adapter throughput), so ``auto`` uses stacked up to
+        ``GATHER_ABOVE`` distinct adapters in the batch and gather beyond
+        (perf/bench_adapters.py: 64 distinct adapters in 64 rows).
         """
         if mixed_mode not in ("auto", "stacked", "gather"):
             raise ValueError(f"mixed_mode {mixed_mode!r} is not auto|stacked|gather")
@@ -285,16 +293,16 @@ class LoraBank:
             if mod_name not in targets:
                 layer.lora_A = layer.lora_B = None
                 continue
-            A = torch.zeros(layer.in_features, S * R, dtype=self.dtype, device=self.device)
-            B = torch.zeros(S * R, layer.out_features, dtype=self.dtype, device=self.device)
+            A = torch.zeros(S, layer.in_features, R, dtype=self.dtype, device=self.device)
+            B = torch.zeros(S, R, layer.out_features, dtype=self.dtype, device=self.device)
             for s, n in enumerate(names):
                 ab = self.adapters[n].modules.get(mod_name)
                 if ab is None:
                     continue
                 a, b = ab
                 r = a.shape[0]
-                A[:, s * R : s * R + r] = a.t()
-                B[s * R : s * R + r, :] = b.t()
+                A[s, :, :r] = a.t()
+                B[s, :r, :] = b.t()
             layer.lora_A, layer.lora_B = A, B
         self.ctx.slots, self.ctx.rank = S, R
 
@@ -307,16 +315,23 @@ class LoraBank:
             ctx.single, ctx.mask, ctx.index = slots[0], None, None
             return
         ctx.single = None
+        used = sorted({s for s in slots if s >= 0})
         mode = self.mixed_mode
         if mode == "auto":
-            mode = "gather" if 2 * len(slots) < ctx.slots else "stacked"
+            mode = "gather" if len(used) > GATHER_ABOVE else "stacked"
         if mode == "gather" and -1 not in slots:
-            ctx.mask, ctx.index = None, torch.tensor(slots, device=self.device)
+            ctx.mask, ctx.index, ctx.cols = None, torch.tensor(slots, device=self.device), None
             return
-        mask = torch.zeros(len(slots), ctx.slots, dtype=self.dtype)
+        if len(used) == ctx.slots:
+            pos, ctx.cols = {s: s for s in used}, None
+        else:
+            pos = {s: j for j, s in enumerate(used)}
+            ctx.cols = torch.tensor(used, device=self.device)
+        ctx.used = len(used)
+        mask = torch.zeros(len(slots), ctx.used, dtype=self.dtype)
         for i, s in enumerate(slots):
             if s >= 0:
-                mask[i, s] = 1
+                mask[i, pos[s]] = 1
         ctx.index = None
         ctx.mask = mask.to(self.device)[:, None, :, None]
 

@@ -286,6 +286,8 @@ class Worker:
             try:
                 victims = await asyncio.wrap_future(
                     self.engine.make_resident(key, self.cfg.max_loaded_adapters, self.pinned_keys()))
+                if victims is None:
+                    return  # a concurrent request for the same adapter restored it
                 break
             except NoRoom:
                 if time.monotonic() + 0.02 > deadline:

@@ -49,6 +49,34 @@ def test_mixed_rows_match_peft_and_unload_frees(tiny_base_dir, make_tiny_adapter
         torch.testing.assert_close(model(input_ids=ids).logits, ref2, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("mode", ["stacked", "gather", "auto"])
+def test_batch_using_some_resident_adapters_and_evict_restore(tiny_base_dir, make_tiny_adapter, mode):
+    """A batch that uses a subset of the resident slots (the stacked path
+    selects just those), and an adapter evicted to host RAM and restored,
+    still match stock PEFT row by row."""
+    from transformers import AutoModelForCausalLM
+
+    dirs = {"a1": make_tiny_adapter(seed=1), "a2": make_tiny_adapter(seed=5, r=8), "a3": make_tiny_adapter(seed=3)}
+    ids = torch.tensor([[10, 11, 12, 13, 14], [20, 21, 22, 23, 24], [30, 31, 32, 33, 34]])
+    refs = {n: _logits(tiny_base_dir, d, ids) for n, d in dirs.items()}
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_dir, dtype=torch.float32).eval()
+    bank = LoraBank(model, torch.float32, "cpu", mixed_mode=mode)
+    for n, d in dirs.items():
+        bank.add(n, d)
+    rows = ["a3", "a1", "a3"]
+    for step in ("resident", "restored"):
+        with torch.inference_mode():
+            bank.set_batch(rows)
+            out = model(input_ids=ids).logits
+        for i, n in enumerate(rows):
+            torch.testing.assert_close(out[i], refs[n][i], atol=1e-4, rtol=1e-4, msg=f"{step} row {i} ({n})")
+        bank.evict(["a1"])
+        bank.rebuild()
+        assert list(bank.adapters) == ["a2", "a3"] and list(bank.host) == ["a1"]
+        bank.restore("a1")
+        assert "a1" in bank.adapters and not bank.host
+
+
 def test_unsupported_adapters_refused(tiny_base_dir, make_tiny_adapter, tmp_path):
     from transformers import AutoModelForCausalLM
 
