@@ -137,8 +137,8 @@ async def cold_vs_warm(worker, args) -> dict:
                 return time.perf_counter() - t0
 
             for i in range(args.latency_requests):
-                resident = sorted(worker.bank.adapters, key=lambda k: worker.engine.last_used.get(k, 0.0))
-                evicted = sorted(worker.bank.host)
+                resident = sorted(list(worker.bank.adapters), key=lambda k: worker.engine.last_used.get(k, 0.0))
+                evicted = sorted(list(worker.bank.host))
                 assert evicted, "nothing is evicted: maxLoadedAdapters must be below the number of adapters"
                 cold.append(await timed(evicted[i % len(evicted)]))
                 warm.append(await timed(resident[-1]))  # the most recently used: resident for sure

@@ -337,4 +337,5 @@ class LoraBank:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.adapters.values())
+        # list(): one atomic copy, the event loop reads this while the engine thread may restack
+        return sum(a.nbytes for a in list(self.adapters.values()))

@@ -302,10 +302,10 @@ class Worker:
 
     def adapter_states(self) -> dict[str, dict]:
         """Per served adapter: resident on the device or evicted to host RAM, and requests in flight."""
-        out = {}
+        out, resident = {}, set(list(self.bank.adapters))  # one atomic copy: the engine thread restacks
         for name in sorted(self.served):
             key = self.bank_keys.get(name, name)
-            out[name] = {"state": "loaded" if key in self.bank.adapters else "evicted",
+            out[name] = {"state": "loaded" if key in resident else "evicted",
                          "inFlight": self.engine.in_use(key)}
         return out
 
@@ -324,10 +324,11 @@ class Worker:
 
     def _update_adapter_gauges(self) -> None:
         if self.bank is not None:
-            self.metrics.adapters_loaded.set(len(self.bank.adapters))
+            keys = set(list(self.bank.adapters))  # one atomic copy: the engine thread restacks meanwhile
+            self.metrics.adapters_loaded.set(len(keys))
             self.metrics.adapter_bytes.set(self.bank.nbytes)
             for name in self.served:
-                resident = self.bank_keys.get(name, name) in self.bank.adapters
+                resident = self.bank_keys.get(name, name) in keys
                 self.metrics.adapter_resident.labels(name).set(1 if resident else 0)
 
     def _load_base(self, desired: DesiredState) -> None:
