@@ -308,6 +308,9 @@ class Engine:
             if victims is None:
                 raise NoRoom(f"all {len(self.bank.adapters)} resident adapters are pinned or in use "
                              f"(maxLoadedAdapters={cap})")
+            if len(victims) == 1:  # at the cap: the restored adapter takes the victim's slot in place
+                self.bank.restore(key, into=victims[0])
+                return victims
             self.bank.evict(victims)
         self.bank.restore(key)
         return victims

@@ -259,11 +259,40 @@ class LoraBank:
             lora.modules = {m: (a.to("cpu"), b.to("cpu")) for m, (a, b) in lora.modules.items()}
             self.host[name] = lora
 
-    def restore(self, name: str) -> None:
-        """Bring an evicted adapter back into the stacks (engine thread only)."""
+    def restore(self, name: str, into: str | None = None) -> None:
+        """Bring an evicted adapter back into the stacks (engine thread only).
+        With ``into`` (a resident adapter being evicted for it) it takes that
+        adapter's slot in place when it fits (rank and targets): a copy of
+        one adapter instead of restacking all of them, so a restore costs
+        the same with 8 or 256 resident adapters."""
         lora = self.host.pop(name)
         lora.modules = {m: (a.to(self.device), b.to(self.device)) for m, (a, b) in lora.modules.items()}
+        if into is not None and self._fits_slot(lora):
+            slot = self._slot.pop(into)
+            self.evict([into])
+            self.adapters[name] = lora
+            self._slot[name] = slot
+            self._write_slot(slot, lora)
+            return
+        if into is not None:
+            self.evict([into])
         self.install(lora)
+
+    def _fits_slot(self, lora: LoadedLora) -> bool:
+        return lora.rank <= self.ctx.rank and all(
+            m in self._wrapped and self._wrapped[m].lora_A is not None for m in lora.modules)
+
+    def _write_slot(self, slot: int, lora: LoadedLora) -> None:
+        for mod_name, layer in self._wrapped.items():
+            if layer.lora_A is None:
+                continue
+            layer.lora_A[slot].zero_()
+            layer.lora_B[slot].zero_()
+            ab = lora.modules.get(mod_name)
+            if ab is not None:
+                a, b = ab
+                layer.lora_A[slot, :, : a.shape[0]] = a.t()
+                layer.lora_B[slot, : a.shape[0], :] = b.t()
 
     def rebuild(self) -> None:
         self._rebuild()

@@ -75,6 +75,19 @@ def test_batch_using_some_resident_adapters_and_evict_restore(tiny_base_dir, mak
         assert list(bank.adapters) == ["a2", "a3"] and list(bank.host) == ["a1"]
         bank.restore("a1")
         assert "a1" in bank.adapters and not bank.host
+    # at the cap, a restore takes the evicted adapter's slot in place (no restack)
+    bank.evict(["a2"])
+    bank.rebuild()
+    for name, into, rows in (("a2", "a3", ["a2", "a1", "a2"]), ("a3", "a1", ["a3", "a2", "a3"])):
+        stacks = [layer.lora_A for layer in bank._wrapped.values()]
+        bank.restore(name, into=into)
+        assert into in bank.host and name in bank.adapters and len(bank.adapters) == 2
+        assert all(layer.lora_A is a for layer, a in zip(bank._wrapped.values(), stacks))  # written in place
+        with torch.inference_mode():
+            bank.set_batch(rows)
+            out = model(input_ids=ids).logits
+        for i, n in enumerate(rows):
+            torch.testing.assert_close(out[i], refs[n][i], atol=1e-4, rtol=1e-4, msg=f"in place row {i} ({n})")
 
 
 def test_unsupported_adapters_refused(tiny_base_dir, make_tiny_adapter, tmp_path):
