@@ -27,7 +27,7 @@ from loraplane.worker.server import CHAT_ONLY, COMMON, COMPLETION_ONLY
 ROUTES = {"synthesizer": [("synth-v1", 100), ("synth-v2", 0)], "critic": [("critic-v1", 100)]}
 FIELDS = sorted(COMMON | CHAT_ONLY | COMPLETION_ONLY) + ["top_k", "", "model\x00", "prompt ", "__proto__"]
 COUNTS: collections.Counter = collections.Counter()
-EXAMPLES = int(os.environ.get("LORAPLANE_FUZZ_EXAMPLES", "300"))  # per test (a quarter, of every field, in the third)
+EXAMPLES = int(os.environ.get("LORAPLANE_FUZZ_EXAMPLES", "200"))  # per test (a quarter, of every field, in the third)
 
 
 @pytest.fixture(scope="module")
