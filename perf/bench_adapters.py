@@ -51,8 +51,8 @@ def desired(names: int):
                                         "adapters": adapters, "routes": {}})
 
 
-async def workload(worker, names: list[str], requests: int, max_tokens: int) -> float:
-    """All ``requests`` at once, request i for ``names[i % len(names)]``,
+async def workload(worker, names: list[str], requests: int, max_tokens: int, offset: int = 0) -> float:
+    """All ``requests`` at once, request i for ``names[(offset + i) % len(names)]``,
     through hold -> ensure_resident -> engine; tokens per second to the last."""
     from loraplane.worker.engine import GenRequest
 
@@ -60,7 +60,7 @@ async def workload(worker, names: list[str], requests: int, max_tokens: int) -> 
     ids = [worker.tokenizer(p).input_ids for p in PROMPTS]
 
     async def one(i: int) -> int:
-        key = names[i % len(names)]
+        key = names[(offset + i) % len(names)]
         done = loop.create_future()
         worker.engine.hold(key)
         try:
@@ -94,16 +94,22 @@ async def mixed_vs_single(worker, args) -> list[dict]:
     for n in args.distinct:
         single, mixed = [], []
         restores0 = _counter(worker, "adapter_restores")
-        for _ in range(args.repeats):
-            single.append(await workload(worker, all_names[:1], args.requests, args.max_tokens))
-            mixed.append(await workload(worker, all_names[:n], args.requests, args.max_tokens))
+        for r in range(args.repeats):
+            # ABBA order (drift on a shared host hits both), and each mixed run starts where the last
+            # stopped, so with more adapters than fit, every run needs evicted ones back
+            pair = [("single", all_names[:1], 0), ("mixed", all_names[:n], r * args.requests)]
+            for kind, names, offset in (pair if r % 2 == 0 else pair[::-1]):
+                tps = await workload(worker, names, args.requests, args.max_tokens, offset)
+                (single if kind == "single" else mixed).append(tps)
+        ratios = [m / s for m, s in zip(mixed, single)]
         row = {"distinct": n, "single_tok_s": statistics.median(single), "mixed_tok_s": statistics.median(mixed),
-               "single_runs": single, "mixed_runs": mixed,
+               "single_runs": single, "mixed_runs": mixed, "pair_ratios": ratios,
                "restores": _counter(worker, "adapter_restores") - restores0}
-        row["ratio"] = row["mixed_tok_s"] / row["single_tok_s"]
+        row["ratio"] = statistics.median(ratios)  # median of adjacent pairs: robust to the host's load swings
         rows.append(row)
         print(f"  {n:3d} adapters: mixed {row['mixed_tok_s']:8.1f} tok/s vs single {row['single_tok_s']:8.1f} "
-              f"-> {row['ratio']:.2f}x  (restores {row['restores']:.0f})", flush=True)
+              f"-> {row['ratio']:.2f}x (median of {len(ratios)} pairs, min {min(ratios):.2f}, max {max(ratios):.2f}; "
+              f"restores {row['restores']:.0f})", flush=True)
     return rows
 
 
@@ -189,9 +195,9 @@ def main(argv=None) -> int:
     p.add_argument("--distinct", type=int, nargs="+", default=[1, 8, 64, 256])
     p.add_argument("--max-loaded", type=int, default=128, help="maxLoadedAdapters (below --names: eviction)")
     p.add_argument("--batch", type=int, default=64, help="the engine's max batch size")
-    p.add_argument("--requests", type=int, default=256, help="requests per workload")
-    p.add_argument("--max-tokens", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--requests", type=int, default=128, help="requests per workload")
+    p.add_argument("--max-tokens", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--latency-requests", type=int, default=40, help="cold and warm requests each")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
