@@ -25,6 +25,7 @@ Stacks are rebuilt on load/unload, so unloading really frees the memory.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -50,8 +51,9 @@ class LoadedLora:
     # module name -> (A [r, in], B*scaling [out, r]) in compute dtype, on device
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def nbytes(self) -> int:
+        """Bytes of its own tensors (the same wherever they live; computed once: gauges read it often)."""
         return sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in self.modules.values())
 
 

@@ -294,11 +294,15 @@ class Worker:
                     raise
                 await asyncio.sleep(0.02)
         names = {k: n for n, k in self.bank_keys.items()}
-        self.metrics.adapter_restore.observe(time.monotonic() - t0)
-        self.metrics.adapter_restores.labels(names.get(key, key)).inc()
-        for v in victims:
-            self.metrics.adapter_evictions.labels(names.get(v, v)).inc()
-        self._update_adapter_gauges()
+        m = self.metrics
+        m.adapter_restore.observe(time.monotonic() - t0)
+        m.adapter_restores.labels(names.get(key, key)).inc()
+        m.adapter_resident.labels(names.get(key, key)).set(1)
+        for v in victims:  # only the series that changed: a full refresh per restore costs O(adapters)
+            m.adapter_evictions.labels(names.get(v, v)).inc()
+            m.adapter_resident.labels(names.get(v, v)).set(0)
+        m.adapters_loaded.set(len(self.bank.adapters))
+        m.adapter_bytes.set(self.bank.nbytes)
 
     def adapter_states(self) -> dict[str, dict]:
         """Per served adapter: resident on the device or evicted to host RAM, and requests in flight."""
