@@ -274,24 +274,24 @@ class Engine:
         return fut
 
     # ------------------------------------------------------- adapter residency
-    def place(self, lora, cap: int | None, pinned: set[str]) -> bool:
+    def place(self, lora, cap: int | None, pinned: set[str]) -> list[str] | None:
         """Engine thread: stack a newly read adapter, evicting least recently
-        used ones to stay within ``cap``; with no room, keep it in host RAM
-        (False) unless it is pinned (then it is stacked anyway: a routed
-        version is never left out; the cap is exceeded and logged)."""
+        used ones to stay within ``cap`` (returned); with no room, keep it in
+        host RAM (None) unless it is pinned (then it is stacked anyway: a
+        routed version is never left out; the cap is exceeded and logged)."""
         with self._cv:
             self.last_used.setdefault(lora.name, time.monotonic())
             victims = self._victims(cap, pinned)
             if victims is None and lora.name not in pinned:
                 lora.modules = {m: (a.to("cpu"), b.to("cpu")) for m, (a, b) in lora.modules.items()}
                 self.bank.host[lora.name] = lora
-                return False
+                return None
             self.bank.evict(victims or [])
         if victims is None:
             log.warning("adapter %s is pinned by a route with weight > 0: stacked beyond maxLoadedAdapters=%s",
                         lora.name, cap)
         self.bank.install(lora)
-        return True
+        return victims or []
 
     def make_resident(self, key: str, cap: int | None, pinned: set[str]) -> concurrent.futures.Future:
         """Bring an evicted adapter back (engine thread, between steps),

@@ -234,8 +234,9 @@ class Worker:
             lora = await loop.run_in_executor(None, self._read_adapter, ref, bank_key)
             contract = await self.run_tokenizer(self._output_contract, ref)
             pinned = self.pinned_keys() | ({bank_key} if name in self._weighted(self.pending_routes) else set())
-            await asyncio.wrap_future(self.engine.call(
+            evicted = await asyncio.wrap_future(self.engine.call(
                 lambda lora=lora: self.engine.place(lora, self.cfg.max_loaded_adapters, pinned)))
+            self._count_evictions(evicted or [])
         except Exception as e:  # noqa: BLE001 - refused, reported, never served
             reason = f"{key}: {e}"
             self.failed[name] = reason
@@ -303,6 +304,11 @@ class Worker:
             m.adapter_resident.labels(names.get(v, v)).set(0)
         m.adapters_loaded.set(len(self.bank.adapters))
         m.adapter_bytes.set(self.bank.nbytes)
+
+    def _count_evictions(self, keys: list[str]) -> None:
+        names = {k: n for n, k in self.bank_keys.items()}
+        for k in keys:
+            self.metrics.adapter_evictions.labels(names.get(k, k)).inc()
 
     def adapter_states(self) -> dict[str, dict]:
         """Per served adapter: resident on the device or evicted to host RAM, and requests in flight."""

@@ -34,6 +34,8 @@ def test_lru_eviction_restores_on_demand_and_keeps_pinned(worker_store, run, hel
         doc = helpers.desired({"t1": [("a1", 100)]}, adapters=ADAPTERS)
         async with helpers.running_worker(worker_store, doc, max_loaded_adapters=2) as (w, c):
             assert len(w.bank.adapters) == 2 and "a1" in _resident(w)  # pinned (weight 100)
+            loaded = await (await c.get("/metrics")).text()  # loading a3 and a4 evicted a2 and a3: counted
+            assert sum(_metric(loaded, "loraplane_worker_adapter_evictions_total", n) for n in ("a2", "a3")) == 2
             answers = {}
             for model in ("a2", "a3", "a4", "a2", "t1", "a4"):
                 status, body = await _post(c, model)
