@@ -30,9 +30,8 @@ COUNTS: collections.Counter = collections.Counter()
 EXAMPLES = int(os.environ.get("LORAPLANE_FUZZ_EXAMPLES", "200"))  # per test (a quarter, of every field, in the third)
 
 
-@pytest.fixture(scope="module")
-def server(worker_store):
-    """The worker's app on 127.0.0.1:<free port>, its event loop on a thread."""
+def _serve(store_root, doc):
+    """A worker's app on 127.0.0.1:<free port>, its event loop on a thread; stop() ends it."""
     from aiohttp import web
 
     from loraplane.worker.runtime import Worker, WorkerConfig
@@ -44,8 +43,8 @@ def server(worker_store):
         asyncio.set_event_loop(loop)
 
         async def start():
-            w = Worker(WorkerConfig(store_root=str(worker_store), max_tokens_limit=8, request_timeout_s=20))
-            await w.apply(_desired())
+            w = Worker(WorkerConfig(store_root=str(store_root), max_tokens_limit=8, request_timeout_s=20))
+            await w.apply(doc)
             runner = web.AppRunner(create_app(w))
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -61,17 +60,46 @@ def server(worker_store):
     t = threading.Thread(target=run, daemon=True)
     t.start()
     assert ready.wait(120) and "port" in state, "worker did not start"
+
+    def stop():
+        asyncio.run_coroutine_threadsafe(state["runner"].cleanup(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(10)
+        state["w"].close()
+    state["stop"] = stop
+    return state
+
+
+@pytest.fixture(scope="module")
+def server(worker_store):
+    """The tiny base with three adapters (word-level tokenizer)."""
+    state = _serve(worker_store, _desired())
     yield state
-    asyncio.run_coroutine_threadsafe(state["runner"].cleanup(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    t.join(10)
-    state["w"].close()
+    state["stop"]()
     report = os.environ.get("LORAPLANE_FUZZ_REPORT")
     print(f"\nworker HTTP fuzz: {sum(v for k, v in COUNTS.items() if k.startswith('status '))} requests, "
           f"{dict(sorted(COUNTS.items()))}")
     if report:
         with open(report, "w") as f:
             json.dump(dict(COUNTS), f, indent=1, sort_keys=True)
+
+
+@pytest.fixture(scope="module")
+def bpe_server(tmp_path_factory):
+    """The tiny base with its byte-level BPE tokenizer: grammars compile, so
+    fuzzed ``response_format`` and ``tools`` reach llguidance."""
+    from loraplane.contracts.desired import DesiredState
+    from loraplane.modelstore import ModelStore
+    from loraplane.tiny_model import build_base
+
+    tmp = tmp_path_factory.mktemp("fuzz-bpe")
+    ModelStore(tmp / "store").publish(build_base(tmp / "base", tokenizer="bpe"), kind="base", name="tinybpe",
+                                      version="v1")
+    state = _serve(tmp / "store", DesiredState.model_validate({
+        "pool": "p", "generation": 1, "base": {"name": "tinybpe", "version": "v1", "variant": "fp32"},
+        "adapters": [], "routes": {}}))
+    yield state
+    state["stop"]()
 
 
 def _desired():
@@ -211,6 +239,44 @@ def test_each_field_with_wrong_types(server, values, chat, stream):
         path = "/v1/chat/completions" if chat else "/v1/completions"
         status, h, data = _send(server, "POST", path, json.dumps(body).encode(), {"Content-Type": "application/json"})
         _check("POST", status, h, data)
+
+
+schema = st.recursive(
+    st.fixed_dictionaries({}, optional={"type": st.sampled_from(["string", "integer", "number", "boolean", "null",
+                                                                  "object", "array", "nope"]) | json_value,
+                                        "enum": json_value, "pattern": text, "minimum": leaf, "maximum": leaf,
+                                        "minLength": leaf, "maxItems": leaf, "$ref": text, "format": text}),
+    lambda c: st.fixed_dictionaries({"type": st.just("object")}, optional={
+        "properties": st.dictionaries(text, c, max_size=3), "required": json_value,
+        "additionalProperties": st.booleans() | c}) | st.fixed_dictionaries({"anyOf": st.lists(c, max_size=3)})
+    | st.fixed_dictionaries({"type": st.just("array"), "items": c}),
+    max_leaves=8)
+
+
+@settings(SETTINGS, max_examples=max(1, EXAMPLES // 2))
+@given(rf=st.none() | st.fixed_dictionaries({"type": st.just("json_schema"), "json_schema": st.fixed_dictionaries(
+                                    {"name": st.just("x") | text, "schema": schema},
+                                    optional={"strict": st.booleans()})})
+       | st.fixed_dictionaries({"type": st.sampled_from(["json_schema", "json_object", "text"]) | json_value},
+                               optional={"json_schema": json_value}),
+       tools=st.none() | st.lists(st.fixed_dictionaries(
+           {"type": st.just("function") | json_value,
+            "function": st.fixed_dictionaries({"name": st.sampled_from(["f", "g_1"]) | text},
+                                              optional={"parameters": schema | json_value,
+                                                        "description": text})}), max_size=2) | json_value,
+       tool_choice=st.none() | st.sampled_from(["auto", "none", "required"]) | json_value,
+       chat=st.booleans(), stream=st.booleans())
+def test_fuzzed_grammars_and_tools(bpe_server, rf, tools, tool_choice, chat, stream):
+    """response_format, tools and tool_choice made of fuzz (schemas with odd
+    types, patterns, bounds, refs) on a tokenizer llguidance can compile for."""
+    body = {"model": "tinybpe", "max_tokens": 4, "stream": stream, "response_format": rf}
+    if chat:
+        body |= {"messages": [{"role": "user", "content": "hello"}], "tools": tools, "tool_choice": tool_choice}
+    else:
+        body["prompt"] = "hello"
+    path = "/v1/chat/completions" if chat else "/v1/completions"
+    status, h, data = _send(bpe_server, "POST", path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    _check("POST", status, h, data)
 
 
 @pytest.mark.parametrize("body", [
