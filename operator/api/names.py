@@ -24,6 +24,10 @@ FIELD_MANAGER = "loraplane-operator"
 #: ServiceAccount of worker and training pods (see workload_identity.py)
 WORKLOAD_SERVICE_ACCOUNT = "loraplane-workload"
 GPU_RESOURCE = "nvidia.com/gpu"
+#: GPU feature discovery labels placement reads on nodes
+GPU_PRODUCT = "nvidia.com/gpu.product"
+GPU_MEMORY = "nvidia.com/gpu.memory"
+GPU_COUNT = "nvidia.com/gpu.count"
 
 
 def worker_name(pool: str, ordinal: int) -> str:

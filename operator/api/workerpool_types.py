@@ -53,6 +53,11 @@ class GpuSelection(ApiModel):
         default_factory=list, alias="nodeAffinity", max_length=8,
         description="Required node selector terms (ORed), as in requiredDuringSchedulingIgnoredDuringExecution.")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    reschedule_after_seconds: int = Field(
+        default=300, alias="rescheduleAfterSeconds", ge=5, le=86400,
+        description="A worker whose pod stays Unschedulable, or whose node stays NotReady, this long is deleted "
+                    "(its VRAM reservation released) and placed again elsewhere; a node it was Unschedulable on "
+                    "is avoided by the pool for as long again.")
 
 
 class Resources(ApiModel):
@@ -114,6 +119,13 @@ class WorkerStatus(ApiModel):
     ready: bool = False
     loaded: list[str] = Field(default_factory=list)
     failed: dict[str, str] = Field(default_factory=dict)
+    fault: Literal["OOMKilled", "CrashLoopBackOff"] | None = Field(
+        default=None, description="Why the worker keeps failing, while it is not Ready.")
+
+
+class AvoidedNode(ApiModel):
+    node: str
+    until: str = Field(description="RFC 3339 time until which no worker of the pool is placed on the node.")
 
 
 class WorkerPoolStatus(ApiModel):
@@ -124,6 +136,9 @@ class WorkerPoolStatus(ApiModel):
     variant: str | None = Field(default=None, description="Preferred variant in effect.")
     need_mib: int | None = Field(default=None, alias="needMiB", description="VRAM reserved per worker.")
     workers: list[WorkerStatus] = Field(default_factory=list)
+    avoided_nodes: list[AvoidedNode] = Field(
+        default_factory=list, alias="avoidedNodes", max_length=1000,
+        description="Nodes a worker stayed Unschedulable on (see spec.gpu.rescheduleAfterSeconds).")
     observed_generation: int | None = Field(default=None, alias="observedGeneration")
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=condition_map_rules())
     routes: list[RouteStatus] = Field(default_factory=list,

@@ -18,7 +18,7 @@ import kopf
 
 from . import metrics
 from ..api.common_types import GROUP, VERSION
-from ..core.inventory import node_info
+from ..api.observed_types import NodeView
 from .failures import Guarded
 from .state import State, wake as _wake
 from .training_handlers import reconcile_adapter
@@ -147,7 +147,7 @@ async def node_changed(name, body, type, **_):
     kubelets update nodes often; their heartbeats must not cause passes)."""
     if State.ledger is not None:
         State.ledger.node_event(dict(body), deleted=type == "DELETED")
-    info = None if type == "DELETED" else node_info(dict(body))
+    info = None if type == "DELETED" else NodeView.from_api(dict(body))
     if State.nodes.get(name) != info:
         State.nodes[name] = info
         _wake("WorkerPool")

@@ -106,9 +106,11 @@ class Kube:
                 return None
             raise
 
-    def delete_pod(self, ns: str, name: str) -> None:
+    def delete_pod(self, ns: str, name: str, force: bool = False) -> None:
+        """``force``: grace period 0, for a pod bound to a node that is gone (no kubelet will
+        ever confirm a graceful deletion, and the pod would stay Terminating)."""
         try:
-            self.core.delete_namespaced_pod(name, ns)
+            self.core.delete_namespaced_pod(name, ns, **({"grace_period_seconds": 0} if force else {}))
         except ApiException as e:
             if e.status != 404:
                 raise

@@ -24,8 +24,9 @@ from __future__ import annotations
 import threading
 import time
 
-from ..core.inventory import node_info, reservations
-from ..api.names import GPU_RESOURCE, RESERVATION_ANNOTATION
+from ..api.observed_types import NodeView, PodView
+from ..core.inventory import reservations
+from ..core.placement import Reservation
 
 
 def _rv(obj: dict) -> int:
@@ -35,67 +36,57 @@ def _rv(obj: dict) -> int:
         return 0
 
 
-def holds_gpu(pod: dict) -> bool:
-    if RESERVATION_ANNOTATION in ((pod.get("metadata") or {}).get("annotations") or {}):
-        return True
-    return GPU_RESOURCE in str([c.get("resources") for c in (pod.get("spec") or {}).get("containers") or []])
-
-
 class LedgerCache:
+    """Nodes and GPU-holding pods, parsed once into ``NodeView``/``PodView`` as they arrive."""
+
     def __init__(self, list_nodes, list_pods, resync_seconds: float = 30.0, clock=time.monotonic):
         self._list_nodes, self._list_pods = list_nodes, list_pods
         self.resync_seconds, self.clock = resync_seconds, clock
-        self.nodes: dict[str, dict] = {}
-        self.pods: dict[str, dict] = {}  # "ns/name" -> pod holding GPU memory
+        self.nodes: dict[str, tuple[int, NodeView]] = {}  # name -> (resourceVersion, node)
+        self.pods: dict[str, PodView] = {}  # "ns/name" -> pod holding GPU memory
         self.synced_at: float | None = None
         self.lock = threading.Lock()
 
-    @staticmethod
-    def _key(pod: dict) -> str:
-        return f"{pod['metadata'].get('namespace')}/{pod['metadata']['name']}"
-
     def _relist(self) -> None:
-        nodes = {n["metadata"]["name"]: n for n in self._list_nodes()}
-        pods = {self._key(p): p for p in self._list_pods() if holds_gpu(p)}
+        nodes = {n["metadata"]["name"]: (_rv(n), NodeView.from_api(n)) for n in self._list_nodes()}
+        pods = {v.key: v for v in map(PodView.from_api, self._list_pods()) if v.holds_gpu}
         with self.lock:
             self.nodes, self.pods, self.synced_at = nodes, pods, self.clock()
 
-    def view(self):
-        """(NodeInfo list, Reservation list, {ns/name: pod}) for one pass."""
+    def view(self) -> tuple[list[NodeView], list[Reservation], dict[str, PodView]]:
+        """(nodes, reservations, {ns/name: pod}) for one pass."""
         if self.synced_at is None or self.clock() - self.synced_at > self.resync_seconds:
             self._relist()
         with self.lock:
-            nodes = [node_info(n) for n in self.nodes.values()]
+            nodes = [n for _, n in self.nodes.values()]
             pods = list(self.pods.values())
-        return nodes, reservations(pods, nodes), {self._key(p): p for p in pods}
+        return nodes, reservations(pods, nodes), {p.key: p for p in pods}
 
     # --- write-through and events ------------------------------------------
     def created(self, pod: dict) -> None:
+        view = PodView.from_api(pod)
         with self.lock:
-            self.pods[self._key(pod)] = pod
+            self.pods[view.key] = view
 
     def pod_event(self, pod: dict, deleted: bool) -> None:
-        key = self._key(pod)
+        new = PodView.from_api(pod)
+        key = new.key
         with self.lock:
             old = self.pods.get(key)
             if deleted:
-                if old is not None and old["metadata"].get("uid") == pod["metadata"].get("uid"):
+                if old is not None and old.uid == new.uid:
                     self.pods.pop(key, None)  # not a same-named successor we already created
                 return
-            if not holds_gpu(pod):
+            if not new.holds_gpu:
                 return
-            if old is not None and old["metadata"].get("uid") != pod["metadata"].get("uid"):
-                # Another incarnation of the name: keep whichever is newer.
-                if _rv(pod) < _rv(old):
-                    return
-            elif old is not None and _rv(pod) < _rv(old):
-                return
-            self.pods[key] = pod
+            if old is not None and new.resource_version < old.resource_version:
+                return  # an older event (of this incarnation, or of a name's older incarnation)
+            self.pods[key] = new
 
     def node_event(self, node: dict, deleted: bool) -> None:
         name = node["metadata"]["name"]
         with self.lock:
             if deleted:
                 self.nodes.pop(name, None)
-            elif name not in self.nodes or _rv(node) >= _rv(self.nodes[name]):
-                self.nodes[name] = node
+            elif name not in self.nodes or _rv(node) >= self.nodes[name][0]:
+                self.nodes[name] = (_rv(node), NodeView.from_api(node))

@@ -37,6 +37,11 @@ POOL_UNPLACED = Gauge("loraplane_pool_unplaced_workers", "Workers waiting for a 
 ROLLOUT_TRANSITIONS = Counter("loraplane_operator_rollout_transitions_total",
                               "Rollout transitions (Event reasons: StepPromoted, AnalysisFailed, RolledBack, ...)",
                               ["namespace", "pool", "task", "reason"])
+POOL_FAILING = Gauge("loraplane_pool_failing_workers",
+                     "Workers of a pool that keep failing and are not Ready, by reason (OOMKilled, CrashLoopBackOff)",
+                     ["namespace", "pool", "reason"])
+#: every ``reason`` of ``POOL_FAILING``: each is written (0 when none) so an alert sees the series
+FAULTS = ("OOMKilled", "CrashLoopBackOff")
 POOL_READY = Gauge("loraplane_pool_ready_workers", "Ready workers of a pool", ["namespace", "pool", "variant"])
 ROUTE_WEIGHT = Gauge("loraplane_route_weight_ratio", "Effective share of a task's traffic an adapter version gets (0-1)",
                      ["namespace", "pool", "task", "adapter"])
@@ -48,7 +53,8 @@ TRAINING_LOSS = Gauge("loraplane_training_loss", "Last training loss a training 
 TRAINING_FAILURES = Counter("loraplane_training_failures_total", "Training Jobs that failed (TrainingFailed events)",
                             ["namespace", "adapter"])
 
-_POOL_METRICS = (PLACEMENT_FAILURES, PLACEMENTS, POOL_UNPLACED, POOL_READY, ROLLOUT_TRANSITIONS, ROUTE_WEIGHT)
+_POOL_METRICS = (PLACEMENT_FAILURES, PLACEMENTS, POOL_UNPLACED, POOL_READY, POOL_FAILING, ROLLOUT_TRANSITIONS,
+                 ROUTE_WEIGHT)
 _ADAPTER_METRICS = (TRAINING_STEP, TRAINING_TOTAL_STEPS, TRAINING_LOSS, TRAINING_FAILURES)
 _lock = threading.Lock()
 #: (metric, (namespace, pool)) -> label tuples written; also for adapters
@@ -106,6 +112,9 @@ def observe_pool(ns: str, pool: str, variant: str, status: dict, events, transit
     _drop((POOL_UNPLACED, POOL_READY), (ns, pool), keep=lambda v: v[2] == variant)
     _labels(POOL_UNPLACED, (ns, pool), variant).set(status.get("unplaced", 0))
     _labels(POOL_READY, (ns, pool), variant).set(status.get("readyReplicas", 0))
+    for reason in FAULTS:
+        _labels(POOL_FAILING, (ns, pool), reason).set(
+            sum(1 for w in status.get("workers") or [] if w.get("fault") == reason))
     for e in events:
         if e[1] == "FailedPlacement":
             _labels(PLACEMENT_FAILURES, (ns, pool), variant).inc()

@@ -25,9 +25,9 @@ from .kube import Kube
 from .ledger_cache import LedgerCache
 from ..core.manifests import desired_configmap_obj, publish_job, service, verify_job, with_pull_settings
 from ..api.names import OWNER_LABEL, POOL_LABEL
-from ..core.inventory import pod_done
+from ..api.observed_types import PodView
 from ..core.buildable import parse_checked
-from ..core.pool import plan_pool, worker_report
+from ..core.pool import PoolPlan, plan_pool
 from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, WorkerPoolResource, as_read, parse
 from .scrape import endpoint_of, scrape
 from ..core.resolve import JobState, World, plan_adapter, plan_basemodel, relpath_of
@@ -160,7 +160,7 @@ def reconcile_pool(kube: Kube, cfg: Config, ledger: LedgerCache, applied: Applie
         return report_invalid(kube, raw, pool)
     base = _parsed(BaseModelResource, kube.get_custom("BaseModel", ns, pool.spec.base_model_ref))
     image = pool.spec.image or cfg.worker_image
-    mine = kube.list_pods(ns, f"{POOL_LABEL}={name}")
+    mine = [PodView.from_api(p) for p in kube.list_pods(ns, f"{POOL_LABEL}={name}")]  # parsed once, here
     routing = _plan_routing(pool, mine)
     wanted = pool_routing.adapters_named(pool) | routing.keep
     adapters = {a["metadata"]["name"]: _parsed(AdapterResource, a) for a in kube.list_custom("Adapter", ns)
@@ -172,21 +172,22 @@ def reconcile_pool(kube: Kube, cfg: Config, ledger: LedgerCache, applied: Applie
         plan = plan_pool(pool, base, adapters, mine, nodes, reservations, image, _now(),
                          routing=(routing.worker_routes, routing.keep))
         _create_pods(kube, cfg, ledger, pool, plan.create)
-    metrics.observe_ledger(nodes, reservations + inventory.reservations(plan.create, nodes))
+    created = [PodView.from_api(p) for p in plan.create]
+    metrics.observe_ledger(nodes, reservations + inventory.reservations(created, nodes))
     if plan.desired_json is not None:
         applied.apply(kube, desired_configmap_obj(pool, plan.desired_json))
     applied.apply(kube, service(pool))
     for pod_name in plan.delete:
-        kube.delete_pod(ns, pod_name)
-    variant = plan.status.get("variant") or ""
+        kube.delete_pod(ns, pod_name, force=pod_name in plan.force_delete)
+    status = as_read(plan.status)  # typed in the core, a dict only for the API client
     routing.problems += pool_routing.task_problems(pool, adapters)
-    _merge_routing(pool, plan, routing)
-    _apply_status(kube, raw, plan.status)
+    _merge_routing(pool, plan, status, routing)
+    _apply_status(kube, raw, status)
     if routing.remove_annotations:  # acknowledged in the status just written: a kill here re-applies nothing
         kube.remove_annotations("WorkerPool", ns, name, routing.remove_annotations)
     for e in plan.events:
         kube.event(raw, *e)
-    metrics.observe_pool(ns, name, variant, plan.status, plan.events, routing.transitions)
+    metrics.observe_pool(ns, name, status.get("variant") or "", status, plan.events, routing.transitions)
     return plan.requeue_after
 
 
@@ -225,12 +226,11 @@ def _create_pods(kube: Kube, cfg: Config, ledger: LedgerCache, pool: WorkerPoolR
             time.sleep(cfg.create_delay_seconds)
 
 
-def _plan_routing(pool: WorkerPoolResource, pods: list[dict]) -> pool_routing.RoutingPlan:
+def _plan_routing(pool: WorkerPoolResource, pods: list[PodView]) -> pool_routing.RoutingPlan:
     """Rollout steps and load before route (pure core in ``core.routing``);
     scrapes the ready workers only while a rollout needs their metrics."""
-    live = [p for p in pods if not p["metadata"].get("deletionTimestamp") and not pod_done(p)]
-    reports = {p["metadata"]["name"]: worker_report(p) for p in live}
-    loaded = pool_routing.ready_loaded(list(reports.values()))
+    live = [p for p in pods if not p.deleting and not p.done]
+    loaded = pool_routing.ready_loaded([p.report for p in live])
     snap = None
     if pool_routing.needs_metrics(pool):
         src = pool_routing.prometheus_source(pool)
@@ -241,16 +241,14 @@ def _plan_routing(pool: WorkerPoolResource, pods: list[dict]) -> pool_routing.Ro
                 log.warning("prometheus %s for %s/%s failed (%s); scraping the workers directly",
                             src.address, pool.namespace, pool.name, e)
         if snap is None:
-            port = pool.spec.port
-            targets = {p["metadata"]["name"]: url for p in live if reports[p["metadata"]["name"]].get("ready")
-                       for url in [endpoint_of(p, reports[p["metadata"]["name"]], port)] if url}
+            targets = {p.name: url for p in live if p.report.ready
+                       for url in [endpoint_of(p, pool.spec.port)] if url}
             snap = analysis.snapshot(scrape(targets))
     return pool_routing.plan_routing(pool, loaded, snap, _now())
 
 
-def _merge_routing(pool: WorkerPoolResource, plan, routing: pool_routing.RoutingPlan) -> None:
-    """Status fields, conditions, Events and requeue of the routing plan."""
-    st = plan.status
+def _merge_routing(pool: WorkerPoolResource, plan: PoolPlan, st: dict, routing: pool_routing.RoutingPlan) -> None:
+    """Status fields (into the dumped status ``st``), conditions, Events and requeue of the routing plan."""
     st.update(routing.status)
     gen = pool.generation
     prog = get_condition(st.get("conditions"), "Progressing") or {}

@@ -19,14 +19,15 @@ import logging
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+from ..api.observed_types import PodView
+
 log = logging.getLogger("loraplane.operator.scrape")
 
 
-def endpoint_of(pod: dict, report: dict, port: int) -> str | None:
-    if report.get("endpoint"):
-        return str(report["endpoint"]).rstrip("/")
-    ip = (pod.get("status") or {}).get("podIP")
-    return f"http://{ip}:{port}" if ip else None
+def endpoint_of(pod: PodView, port: int) -> str | None:
+    if pod.report.endpoint:
+        return pod.report.endpoint.rstrip("/")
+    return f"http://{pod.pod_ip}:{port}" if pod.pod_ip else None
 
 
 def _get(url: str, timeout: float) -> str:

@@ -83,9 +83,10 @@ def _place_and_create(kube: Kube, cfg, ledger, adapter: AdapterResource, base: B
         if ledger is not None:
             nodes, reservations, _ = ledger.view()
         else:  # no cache (a one-off pass): list, as the cache's first read does
-            from ..core.inventory import node_info, reservations as res_of
-            nodes = [node_info(n) for n in kube.list_nodes()]
-            reservations = res_of(kube.list_pods(), nodes)
+            from ..api.observed_types import NodeView, PodView
+            from ..core.inventory import reservations as res_of
+            nodes = [NodeView.from_api(n) for n in kube.list_nodes()]
+            reservations = res_of([PodView.from_api(p) for p in kube.list_pods()], nodes)
         decision = pl.place(nodes, reservations, [placement_request(adapter, plan.need.mib)])[0]
         if not decision.placed:
             return unplaced(adapter, plan, decision, now)

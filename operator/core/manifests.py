@@ -23,15 +23,21 @@ from __future__ import annotations
 import hashlib
 import json
 from shlex import quote as q
+from typing import Any
 
 from ..api.common_types import API_VERSION, SecretKeyRef, StoreVolume
 from ..api.resources import AdapterResource, BaseModelResource, WorkerPoolResource, dump
-from ..api.workerpool_types import WorkerPoolSpec
+from ..api.workerpool_types import GpuSelection, WorkerPoolSpec
 from ..api.names import (
     GPU_ANNOTATION, MANAGED_BY, ORDINAL_LABEL, OWNER_LABEL, POOL_LABEL, RESERVATION_ANNOTATION,
     SPEC_HASH_ANNOTATION, WORKLOAD_SERVICE_ACCOUNT, desired_configmap, owner_label_value, worker_name,
 )
 
+
+#: A desired object in wire format (what the API client sends). Desired manifests stay plain
+#: dicts on purpose: they are built here, once, and handed to the client unchanged. Observed
+#: objects are parsed into ``api.resources``/``api.observed_types`` instead (docs/architecture.md).
+Manifest = dict[str, Any]
 
 #: uid and gid of both images (Dockerfile, worker_image/Dockerfile)
 RUN_AS = 10001
@@ -63,7 +69,7 @@ def tmp_volume() -> tuple[dict, dict]:
     return {"name": "tmp", "emptyDir": {}}, {"name": "tmp", "mountPath": TMP_MOUNT}
 
 
-def with_pull_settings(obj: dict, policy: str | None, secrets: list[str]) -> dict:
+def with_pull_settings(obj: Manifest, policy: str | None, secrets: list[str]) -> dict:
     """Set the installation's ``imagePullPolicy`` on every container and its
     ``imagePullSecrets`` (names of Secrets that must exist in the pod's
     namespace) on a Pod or a Job's pod template. Returns ``obj``, changed in place."""
@@ -76,7 +82,7 @@ def with_pull_settings(obj: dict, policy: str | None, secrets: list[str]) -> dic
     return obj
 
 
-def owner_ref(obj: dict) -> dict:
+def owner_ref(obj: Manifest) -> dict:
     meta = obj["metadata"]
     return {"apiVersion": obj.get("apiVersion", API_VERSION), "kind": obj["kind"], "name": meta["name"],
             "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
@@ -146,14 +152,25 @@ def store_pod_parts(store: StoreVolume, read_only: bool) -> tuple[list[dict], li
     return env, [volume], [{"name": "model-cache", "mountPath": CACHE_MOUNT}]
 
 
+#: ``gpu`` fields that change neither a worker's pod nor where it may run: not in the spec hash
+_GPU_NOT_IN_POD = ("policy", "rescheduleAfterSeconds")
+
+
 def worker_spec_hash(pool_spec: WorkerPoolSpec, image: str, store: StoreVolume, variant: str) -> str:
     """What, when changed, needs a new pod (not a hot swap): image, store,
-    resources, port, variant. Routes and adapters are not in it: they reach
+    resources, port, variant, and the ``gpu`` settings that size the
+    reservation (kvCacheMiB, headroomMiB) or decide where it may run
+    (tolerations, nodeSelector, nodeAffinity, product, minMemoryMiB).
+    Routes and adapters are not in it: they reach
     running workers through the desired ConfigMap."""
     # the JSON of the object as the API server stores it (defaults applied), so the hash of a pod
     # made before the operator parsed its objects is the same
     key = {"image": image, "store": dump(store), "resources": dump(pool_spec.resources), "port": pool_spec.port,
            "variant": variant, "template": 2}  # 2: restricted securityContext, args (rolls older workers)
+    defaults = dump(GpuSelection())
+    gpu = {k: v for k, v in dump(pool_spec.gpu).items() if k not in _GPU_NOT_IN_POD and v != defaults.get(k)}
+    if gpu:  # only settings off their default: a pool on defaults keeps the hash its pods had before gpu counted
+        key["gpu"] = gpu
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -195,7 +212,7 @@ def worker_pod(pool: WorkerPoolResource, ordinal: int, node: str, gpu: int, vram
 
 
 def _worker_container(pool: WorkerPoolResource, gpu: int, vram_mib: int, variant: str, image: str,
-                      store_env: list[dict], mounts: list[dict]) -> dict:
+                      store_env: list[Manifest], mounts: list[Manifest]) -> dict:
     res, port = pool.spec.resources, pool.spec.port
     env = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -244,7 +261,7 @@ def desired_configmap_obj(pool: WorkerPoolResource, desired_json: str) -> dict:
 
 
 def _job(owner: BaseModelResource | AdapterResource, name: str, command: str, store: StoreVolume, image: str,
-         pod_annotations: dict, env: list | None = None, offline: bool = True) -> dict:
+         pod_annotations: dict[str, str], env: list[Manifest] | None = None, offline: bool = True) -> dict:
     tmp, tmp_mount = tmp_volume()
     labels = {OWNER_LABEL: owner_label_value(owner.kind, owner.name), **MANAGED_BY}
     store_env, store_volumes, store_mounts = store_pod_parts(store, read_only=store_read_only(store))
@@ -279,7 +296,7 @@ def _job(owner: BaseModelResource | AdapterResource, name: str, command: str, st
 
 
 def verify_job(owner: BaseModelResource | AdapterResource, name: str, kind: str, store_owner: str, store_name: str, version: str,
-               relpath: str, derived: bool, store: StoreVolume, image: str, pod_annotations: dict) -> dict:
+               relpath: str, derived: bool, store: StoreVolume, image: str, pod_annotations: dict[str, str]) -> dict:
     """``loraplane modelstore verify`` then the summary into the termination
     message. An explicit ``path`` is verified by directory instead. On a
     bucket the Job materialises the version into the node-local cache, which
@@ -294,7 +311,7 @@ def verify_job(owner: BaseModelResource | AdapterResource, name: str, kind: str,
 
 
 def publish_job(owner: BaseModelResource, name: str, store_owner: str, store_name: str, version: str, repo: str,
-                revision: str, token_ref: SecretKeyRef | None, store: StoreVolume, image: str, pod_annotations: dict,
+                revision: str, token_ref: SecretKeyRef | None, store: StoreVolume, image: str, pod_annotations: dict[str, str],
                 license: str | None = None) -> dict:
     """Publish from the hub into the store. The token reaches the container
     only as an env var from the Secret: never on the command line, never in

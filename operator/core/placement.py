@@ -1,7 +1,7 @@
 """Placement of workers on (node, GPU) by VRAM headroom: a pure function.
 
 Inputs are plain values (``NodeInfo``, ``Reservation``, ``Request``) built
-from API objects by ``inventory``; nothing here talks to Kubernetes, so the
+from the observed read-models (``api.observed_types``) by ``inventory``; nothing here talks to Kubernetes, so the
 rules are unit- and property-tested and benchmarked directly.
 
 Rules:
@@ -10,7 +10,8 @@ Rules:
   ledger never overcommits.
 - Nodes that are cordoned, NotReady, tainted (NoSchedule/NoExecute) without a
   matching toleration, off the pool's nodeSelector/affinity, of another GPU
-  product or too small are skipped.
+  product, too small, or avoided by the request (a worker stayed Unschedulable
+  there, ``faults``) are skipped.
 - Variant preference: the first variant (in the pool's order) that fits on
   some eligible GPU wins; ``Decision.fallback`` says when it was not the first.
 - ``binpack`` (default) takes the feasible GPU with the least free VRAM left
@@ -24,29 +25,13 @@ ones before it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-GPU_PRODUCT = "nvidia.com/gpu.product"
-GPU_MEMORY = "nvidia.com/gpu.memory"
-GPU_COUNT = "nvidia.com/gpu.count"
+from ..api.names import GPU_COUNT, GPU_MEMORY, GPU_PRODUCT  # noqa: F401 - re-exported for callers
+from ..api.observed_types import NodeView, Taint  # noqa: F401
 
-
-@dataclass(frozen=True)
-class Taint:
-    key: str
-    value: str = ""
-    effect: str = "NoSchedule"
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    name: str
-    labels: dict = field(default_factory=dict, hash=False)
-    gpu_count: int = 0
-    gpu_memory_mib: int = 0
-    ready: bool = True
-    unschedulable: bool = False
-    taints: tuple[Taint, ...] = ()
+#: placement's name for a node's read-model (parsed once by the controllers, ``NodeView.from_api``)
+NodeInfo = NodeView
 
 
 @dataclass(frozen=True)
@@ -84,7 +69,7 @@ class Requirement:
     operator: str  # In NotIn Exists DoesNotExist Gt Lt
     values: tuple[str, ...] = ()
 
-    def matches(self, labels: dict) -> bool:
+    def matches(self, labels: dict[str, str]) -> bool:
         v = labels.get(self.key)
         op = self.operator
         if op == "Exists":
@@ -115,6 +100,7 @@ class Request:
     node_selector: tuple[tuple[str, str], ...] = ()
     affinity: tuple[tuple[Requirement, ...], ...] = ()  # ORed terms of ANDed requirements
     tolerations: tuple[Toleration, ...] = ()
+    avoid_nodes: tuple[str, ...] = ()  # nodes the pool's workers stayed Unschedulable on
 
 
 @dataclass(frozen=True)
@@ -151,6 +137,8 @@ def ineligibility(node: NodeInfo, req: Request) -> str | None:
         return "another GPU product"
     if req.min_memory_mib and node.gpu_memory_mib < req.min_memory_mib:
         return "GPUs too small"
+    if node.name in req.avoid_nodes:
+        return "avoided after a worker stayed Unschedulable"
     if any(node.labels.get(k) != v for k, v in req.node_selector):
         return "off nodeSelector"
     if req.affinity and not any(all(r.matches(node.labels) for r in term) for term in req.affinity):
@@ -191,7 +179,7 @@ def _choose(ledger: Ledger, gpus: list[tuple[str, int]], need: int, req: Request
 def _eligible(ledger: Ledger, req: Request) -> tuple[list[tuple[str, int]], dict[str, int]]:
     """Eligible GPUs and skip reasons; cached per request shape (all workers
     of a pool share one), which keeps a 1000-worker pass linear in GPUs."""
-    key = (req.product, req.min_memory_mib, req.node_selector, req.affinity, req.tolerations)
+    key = (req.product, req.min_memory_mib, req.node_selector, req.affinity, req.tolerations, req.avoid_nodes)
     hit = ledger.eligible_cache.get(key)
     if hit is None:
         skipped: dict[str, int] = {}

@@ -12,20 +12,19 @@ mid-reconcile safe (stable Pod names turn a repeated create into a 409).
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass, field
 
-from loraplane.contracts.desired import STATUS_ANNOTATION, AdapterRef, BaseRef, DesiredState, RouteBackend
+from loraplane.contracts.desired import AdapterRef, BaseRef, DesiredState, RouteBackend
 
-from . import placement as pl
-from ..api.common_types import StoreVolume
+from . import faults, placement as pl
+from ..api.common_types import Condition, StoreVolume
 from ..api.conditions import triple
-from ..api.names import SPEC_HASH_ANNOTATION, ordinal_of
+from ..api.names import ordinal_of
+from ..api.observed_types import PodView
 from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, WorkerPoolResource, as_read
 from ..api.training_types import TrainingGpu
-from ..api.workerpool_types import GpuSelection
-from .inventory import pod_done, reservation_of
-from .manifests import selector, worker_pod, worker_spec_hash
+from ..api.workerpool_types import GpuSelection, WorkerPoolStatus, WorkerStatus
+from .manifests import Manifest, selector, worker_pod, worker_spec_hash
 
 #: An Adapter as the pool core gets it: parsed, or what is wrong with it.
 AdapterIn = AdapterResource | InvalidObject
@@ -33,38 +32,35 @@ AdapterIn = AdapterResource | InvalidObject
 
 @dataclass
 class PoolPlan:
-    status: dict
+    status: WorkerPoolStatus  # the controller dumps it (``as_read``) when it patches
     desired_json: str | None = None
-    create: list[dict] = field(default_factory=list)
+    create: list[Manifest] = field(default_factory=list)  # desired Pods (wire format, see manifests)
     delete: list[str] = field(default_factory=list)
+    force_delete: set[str] = field(default_factory=set)  # of ``delete``: on a node that is gone (no kubelet)
     events: list[tuple[str, str, str]] = field(default_factory=list)
     requeue_after: float | None = None
 
 
-def _ready(pod: dict) -> bool:
-    conds = (pod.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
-
-
-def worker_report(pod: dict) -> dict:
-    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(STATUS_ANNOTATION)
-    if not raw:
-        return {}
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return {}
-
-
-def request_for(gpu: GpuSelection | TrainingGpu, holder_pool: str, worker: str, needs: tuple) -> pl.Request:
+def request_for(gpu: GpuSelection | TrainingGpu, holder_pool: str, worker: str, needs: tuple,
+                avoid: tuple[str, ...] = ()) -> pl.Request:
     """A placement request for ``worker`` (``<ns>/<pod>``) of ``holder_pool`` (``<ns>/<pool>``)
-    under the eligibility rules of a pool's (or a training Job's) ``gpu`` block."""
+    under the eligibility rules of a pool's (or a training Job's) ``gpu`` block; ``avoid``:
+    nodes a worker of this pool stayed Unschedulable on (``faults``)."""
     tolerations = tuple(pl.Toleration(t.key, t.operator, t.value, t.effect) for t in gpu.tolerations)
     affinity = tuple(tuple(pl.Requirement(r.key, r.operator, tuple(r.values)) for r in term.match_expressions)
                      for term in gpu.node_affinity)
     return pl.Request(worker=worker, needs=needs, pool=holder_pool, policy=gpu.policy, product=gpu.product,
                       min_memory_mib=gpu.min_memory_mib, node_selector=tuple(sorted(gpu.node_selector.items())),
-                      affinity=affinity, tolerations=tolerations)
+                      affinity=affinity, tolerations=tolerations, avoid_nodes=tuple(sorted(avoid)))
+
+
+def set_conditions(status: WorkerPoolStatus, generation: int | None, now: dt.datetime, *,
+                   ready: tuple[bool, str, str], progressing: tuple[bool, str, str],
+                   degraded: tuple[bool, str, str]) -> None:
+    """Ready, Progressing and Degraded on a typed status (``lastTransitionTime`` moves on flips only)."""
+    conds = triple([as_read(c) for c in status.conditions], ready=ready, progressing=progressing,
+                   degraded=degraded, generation=generation, now=now)
+    status.conditions = [Condition.model_validate(c) for c in conds]
 
 
 #: VRAM reserved for a routed adapter that is not verified yet (its size is
@@ -146,17 +142,16 @@ def compose_desired(pool: WorkerPoolResource, base: BaseModelResource, adapters:
     return desired, vram, problems
 
 
-def _worker_status(pod: dict) -> dict:
-    r = reservation_of(pod)
-    rep = worker_report(pod)
-    out = {"pod": pod["metadata"]["name"], "phase": (pod.get("status") or {}).get("phase") or "Pending",
-           "ready": _ready(pod) and rep.get("ready", True) is not False,
-           "loaded": list(rep.get("loaded") or []), "failed": dict(rep.get("failed") or {})}
+def _worker_status(pod: PodView) -> WorkerStatus:
+    rep, r = pod.report, pod.reservation
+    out = {"pod": pod.name, "phase": pod.phase, "ready": pod.ready and rep.ready is not False,
+           "loaded": list(rep.loaded), "failed": dict(rep.failed)}
     if r is not None:
-        out.update(node=r.node, gpu=r.gpu, vramMiB=r.mib)
-        res = json.loads(pod["metadata"]["annotations"]["loraplane.io/reservation"])
-        out["variant"] = rep.get("variant") or res.get("variant")
-    return out
+        out.update(node=r.node, gpu=r.gpu, vramMiB=r.mib, variant=rep.variant or r.variant)
+    fault = faults.fault_of(pod)
+    if fault:
+        out["fault"] = fault
+    return WorkerStatus.model_validate(out)
 
 
 @dataclass
@@ -171,46 +166,51 @@ class _Sizing:
 
 
 def plan_pool(pool: WorkerPoolResource, base: BaseModelResource | InvalidObject | None,
-              adapters: dict[str, AdapterIn], pods: list[dict], nodes: list[pl.NodeInfo],
+              adapters: dict[str, AdapterIn], pods: list[PodView], nodes: list[pl.NodeInfo],
               reservations: list[pl.Reservation], image: str, now: dt.datetime,
               routing: tuple[dict[str, dict[str, int]], set[str]] | None = None) -> PoolPlan:
-    name, ns = pool.name, pool.namespace
+    name = pool.name
     replicas = pool.spec.replicas
-    mine = [p for p in pods if ordinal_of(p["metadata"]["name"], name) is not None]
-    live = [p for p in mine if not pod_done(p) and not p["metadata"].get("deletionTimestamp")]
+    mine = [p for p in pods if ordinal_of(p.name, name) is not None]
+    live = [p for p in mine if not p.done and not p.deleting]
     status = _observed_status(pool, live)
     sizing = _size(pool, base, adapters, routing)
     if isinstance(sizing, tuple):
         return _blocked(pool, status, replicas - len(live), now, *sizing)
-    status.update(variant=sizing.prefs[0], needMiB=sizing.needs[0][1])
+    status.variant, status.need_mib = sizing.prefs[0], sizing.needs[0][1]
     store = pool.spec.store or base.spec.store
     plan = PoolPlan(status=status, desired_json=sizing.desired.to_json())
-    live = _drop_finished(plan, mine, live, nodes)
-    reservations = _scale_down(plan, ns, live, replicas, nodes, reservations)
-    live = [p for p in live if p["metadata"]["name"] not in plan.delete]
-    _replace_outdated(plan, pool, live, replicas, image, store, sizing.prefs[0])
-    unplaced = _scale_up(plan, pool, mine, live, replicas, nodes, reservations, sizing, image, store)
-    _set_conditions(plan, pool, live, replicas, unplaced, sizing, now)
+    live = _drop_lost(plan, pool, mine, live, nodes, now)
+    gone = {f"{pool.namespace}/{d}" for d in plan.delete}  # lost pods' VRAM is free for their replacements
+    reservations = [r for r in reservations if r.holder not in gone]
+    want = {p.name: _wanted_hash(pool, p, image, store, sizing.prefs[0]) for p in live}
+    outdated = {p.name for p in live if p.spec_hash != want[p.name]}
+    reservations = _scale_down(plan, pool, live, replicas, nodes, reservations, outdated)
+    live = [p for p in live if p.name not in plan.delete]
+    held = _replace_outdated(plan, pool, mine, live, replicas, nodes, reservations, sizing, image, store, outdated)
+    unplaced = _scale_up(plan, pool, mine, live, replicas - held, nodes, reservations, sizing, image, store)
+    _set_conditions(plan, pool, live, replicas, unplaced, sizing, now, rolling=bool(outdated))
     plan.events = _merge_events(plan.events)
     return plan
 
 
-def _observed_status(pool: WorkerPoolResource, live: list[dict]) -> dict:
+def _observed_status(pool: WorkerPoolResource, live: list[PodView]) -> WorkerPoolStatus:
     """The status fields that only describe what is there: selector, pods, workers."""
     name = pool.name
-    return {"selector": selector(name), "observedGeneration": pool.generation,
-            "conditions": [as_read(c) for c in pool.status.conditions],
-            "replicas": len(live), "readyReplicas": sum(1 for p in live if _ready(p)),
-            "workers": sorted((_worker_status(p) for p in live), key=lambda w: ordinal_of(w["pod"], name))}
+    return WorkerPoolStatus.model_validate({
+        "selector": selector(name), "observedGeneration": pool.generation,
+        "conditions": [as_read(c) for c in pool.status.conditions],
+        "replicas": len(live), "readyReplicas": sum(1 for p in live if p.ready),
+        "workers": [as_read(w) for w in sorted((_worker_status(p) for p in live),
+                                               key=lambda w: ordinal_of(w.pod, name))]})
 
 
-def _blocked(pool: WorkerPoolResource, status: dict, missing: int, now: dt.datetime, reason: str,
+def _blocked(pool: WorkerPoolResource, status: WorkerPoolStatus, missing: int, now: dt.datetime, reason: str,
              message: str) -> PoolPlan:
     """No workers can be planned (no BaseModel, not Ready, no variant): say why, once."""
-    status["conditions"] = triple(status["conditions"], ready=(False, reason, message),
-                                  progressing=(True, reason, message), degraded=(True, reason, message),
-                                  generation=pool.generation, now=now)
-    status["unplaced"] = max(0, missing)
+    set_conditions(status, pool.generation, now, ready=(False, reason, message), progressing=(True, reason, message),
+                   degraded=(True, reason, message))
+    status.unplaced = max(0, missing)
     before = next((c for c in pool.status.conditions if c.type == "Ready"), None)
     events = [] if before and before.reason == reason else [("Warning", reason, message)]  # no event spam
     return PoolPlan(status=status, requeue_after=15, events=events)
@@ -243,51 +243,91 @@ def _size(pool: WorkerPoolResource, base: BaseModelResource | InvalidObject | No
     return sizing
 
 
-def _drop_finished(plan: PoolPlan, mine: list[dict], live: list[dict], nodes: list[pl.NodeInfo]) -> list[dict]:
-    """Delete finished pods and those on nodes that are gone; the live rest."""
-    node_names = {n.name for n in nodes}
+def _drop_lost(plan: PoolPlan, pool: WorkerPoolResource, mine: list[PodView], live: list[PodView],
+               nodes: list[pl.NodeInfo], now: dt.datetime) -> list[PodView]:
+    """Delete finished workers and lost ones (``faults.lost``); the live rest. Nodes a worker
+    stayed Unschedulable on join ``status.avoidedNodes``."""
+    by_name = {n.name: n for n in nodes}
+    bound = pool.spec.gpu.reschedule_after_seconds
+    avoid = []
     for p in mine:
-        r = reservation_of(p)
-        if p["metadata"].get("deletionTimestamp"):
+        if p.deleting:
             continue
-        if pod_done(p) or (r is not None and r.node not in node_names):
-            plan.delete.append(p["metadata"]["name"])
-    return [p for p in live if p["metadata"]["name"] not in plan.delete]
+        why = None if p.done else faults.lost(p, by_name, now, bound)
+        if p.done or why is not None:
+            plan.delete.append(p.name)
+        if why is not None:
+            plan.events.append(("Warning", why.reason, why.message))
+            if why.force:
+                plan.force_delete.add(p.name)
+            if why.avoid:
+                avoid.append(why.avoid)
+    if avoid or pool.status.avoided_nodes:
+        plan.status.avoided_nodes = faults.avoided_nodes(pool.status.avoided_nodes, avoid, now, bound)
+    return [p for p in live if p.name not in plan.delete]
 
 
-def _scale_down(plan: PoolPlan, ns: str, live: list[dict], replicas: int, nodes: list[pl.NodeInfo],
-                reservations: list[pl.Reservation]) -> list[pl.Reservation]:
-    """Remove the workers whose removal leaves the least stranded VRAM; the reservations left."""
+def _avoid(plan: PoolPlan) -> tuple[str, ...]:
+    return tuple(a.node for a in plan.status.avoided_nodes)
+
+
+def _wanted_hash(pool: WorkerPoolResource, pod: PodView, image: str, store: StoreVolume, variant: str) -> str:
+    """The spec hash ``pod`` should carry (its own variant: a fallback worker is not outdated)."""
+    own = pod.reservation.variant if pod.reservation and pod.reservation.variant else variant
+    return worker_spec_hash(pool.spec, image, store, own)
+
+
+def _scale_down(plan: PoolPlan, pool: WorkerPoolResource, live: list[PodView], replicas: int,
+                nodes: list[pl.NodeInfo], reservations: list[pl.Reservation],
+                outdated: set[str]) -> list[pl.Reservation]:
+    """Remove surplus workers: outdated ones first (a make-before-break surge is Ready), then
+    those whose removal leaves the least stranded VRAM; the reservations left."""
+    ns = pool.namespace
+    fresh_unready = any(not p.ready for p in live if p.name not in outdated)
+    if outdated and len(live) == replicas + 1 and fresh_unready:
+        return reservations  # a surge worker is starting: keep the old one until it is Ready
     while len(live) > replicas:
-        holders = [f"{ns}/{p['metadata']['name']}" for p in live]
-        victim = pl.choose_removal(nodes, reservations, holders).split("/", 1)[1]
+        pool_ = [p for p in live if p.name in outdated] or live
+        victim = pl.choose_removal(nodes, reservations, [p.key for p in pool_]).split("/", 1)[1]
         plan.delete.append(victim)
         reservations = [r for r in reservations if r.holder != f"{ns}/{victim}"]
-        live = [p for p in live if p["metadata"]["name"] != victim]
-        plan.events.append(("Normal", "ScaledDown", f"removed worker {victim} (least fragmentation)"))
+        live = [p for p in live if p.name != victim]
+        plan.events.append(("Normal", "Replaced", f"worker {victim} replaced by a Ready worker with the new spec")
+                           if victim in outdated else
+                           ("Normal", "ScaledDown", f"removed worker {victim} (least fragmentation)"))
     return reservations
 
 
-def _replace_outdated(plan: PoolPlan, pool: WorkerPoolResource, live: list[dict], replicas: int, image: str,
-                      store: StoreVolume, variant: str) -> None:
-    """Rolling replacement of pods whose image/store/variant/resources changed:
-    one at a time, and only while every worker is Ready."""
-    name = pool.name
-    if len(live) != replicas or not all(_ready(p) for p in live):
-        return
-    for p in sorted(live, key=lambda p: ordinal_of(p["metadata"]["name"], name)):
-        res = json.loads(p["metadata"]["annotations"].get("loraplane.io/reservation", "{}"))
-        want = worker_spec_hash(pool.spec, image, store, res.get("variant", variant))
-        if p["metadata"]["annotations"].get(SPEC_HASH_ANNOTATION) != want:
-            plan.delete.append(p["metadata"]["name"])
-            plan.events.append(("Normal", "Replacing", f"worker {p['metadata']['name']} has an outdated spec"))
-            break
+def _replace_outdated(plan: PoolPlan, pool: WorkerPoolResource, mine: list[PodView], live: list[PodView],
+                      replicas: int, nodes: list[pl.NodeInfo], reservations: list[pl.Reservation], sizing: _Sizing,
+                      image: str, store: StoreVolume, outdated: set[str]) -> int:
+    """Rolling replacement of pods whose spec hash changed (image, store, variant, resources,
+    port, ``gpu.*``), one at a time and only while every worker is Ready. Make-before-break
+    when a GPU has room for one more worker: a surge worker is placed first and the old one
+    goes once it is Ready (``_scale_down``); else break-before-make: the old one is deleted and
+    its worker placed again once it is gone. Returns the workers held back for that."""
+    name, ns = pool.name, pool.namespace
+    if not outdated or len(live) != replicas or not all(p.ready for p in live):
+        return 0
+    old = min(outdated, key=lambda n: ordinal_of(n, name))
+    o = _free_ordinals(name, mine, 1)[0]
+    d = pl.place(nodes, reservations, [request_for(pool.spec.gpu, f"{ns}/{name}", f"{ns}/{name}-{o}",
+                                                   sizing.needs, _avoid(plan))])[0]
+    if d.placed:
+        plan.create.append(worker_pod(pool, o, d.node, d.gpu, d.need_mib, d.variant, image, store))
+        plan.events.append(("Normal", "Replacing", f"worker {old} has an outdated spec; new worker {name}-{o} "
+                            f"on {d.node}/gpu{d.gpu} first (make-before-break)"))
+        return 0
+    plan.delete.append(old)
+    plan.events.append(("Normal", "Replacing", f"worker {old} has an outdated spec; no GPU has room for a "
+                        "second copy, so it is replaced in place (break-before-make)"))
+    return 1
 
 
-def _free_ordinals(name: str, mine: list[dict], delete: list[str], count: int) -> list[int]:
-    """The ``count`` lowest ordinals no kept or terminating pod holds."""
-    taken = {ordinal_of(p["metadata"]["name"], name) for p in mine if p["metadata"]["name"] not in delete}
-    taken |= {ordinal_of(p["metadata"]["name"], name) for p in mine if p["metadata"].get("deletionTimestamp")}
+def _free_ordinals(name: str, mine: list[PodView], count: int) -> list[int]:
+    """The ``count`` lowest ordinals no pod of the pool holds (a pod deleted this pass still
+    exists, so its replacement takes a new name instead of colliding with it)."""
+    taken = {ordinal_of(p.name, name) for p in mine}
     ordinals, o = [], 0
     while len(ordinals) < count:
         if o not in taken:
@@ -296,14 +336,16 @@ def _free_ordinals(name: str, mine: list[dict], delete: list[str], count: int) -
     return ordinals
 
 
-def _scale_up(plan: PoolPlan, pool: WorkerPoolResource, mine: list[dict], live: list[dict], replicas: int,
+def _scale_up(plan: PoolPlan, pool: WorkerPoolResource, mine: list[PodView], live: list[PodView], replicas: int,
               nodes: list[pl.NodeInfo], reservations: list[pl.Reservation], sizing: _Sizing, image: str,
               store: StoreVolume) -> list[str]:
     """Create (placed one after another) the missing workers; the messages of those left unplaced."""
     name, ns = pool.name, pool.namespace
-    missing = replicas - len([p for p in live if p["metadata"]["name"] not in plan.delete])
-    ordinals = _free_ordinals(name, mine, plan.delete, missing)
-    requests = [request_for(pool.spec.gpu, f"{ns}/{name}", f"{ns}/{name}-{o}", sizing.needs) for o in ordinals]
+    missing = replicas - len([p for p in live if p.name not in plan.delete])
+    ordinals = _free_ordinals(name, mine, missing)
+    avoid = _avoid(plan)
+    requests = [request_for(pool.spec.gpu, f"{ns}/{name}", f"{ns}/{name}-{o}", sizing.needs, avoid)
+                for o in ordinals]
     unplaced = []
     fallbacks = 0
     for o, d in zip(ordinals, pl.place(nodes, reservations, requests)):
@@ -315,40 +357,46 @@ def _scale_up(plan: PoolPlan, pool: WorkerPoolResource, mine: list[dict], live: 
         plan.events.append(("Normal", "Placed", f"worker {name}-{o} on {d.node}/gpu{d.gpu} "
                             f"({pl.gib(d.need_mib)}, {d.variant})" + (f"; {d.fallback}" if d.fallback else "")))
     preferred = sizing.prefs[0]
-    fallbacks += sum(1 for w in plan.status["workers"] if w.get("variant") and w["variant"] != preferred)
+    fallbacks += sum(1 for w in plan.status.workers if w.variant and w.variant != preferred)
     if fallbacks:
         sizing.notes.append(f"{fallbacks} worker(s) fell back from {preferred} to a later variant for lack of VRAM")
-    plan.status["unplaced"] = len(unplaced)
+    plan.status.unplaced = len(unplaced)
     return unplaced
 
 
-def _set_conditions(plan: PoolPlan, pool: WorkerPoolResource, live: list[dict], replicas: int, unplaced: list[str],
-                    sizing: _Sizing, now: dt.datetime) -> None:
+def _set_conditions(plan: PoolPlan, pool: WorkerPoolResource, live: list[PodView], replicas: int,
+                    unplaced: list[str], sizing: _Sizing, now: dt.datetime, rolling: bool = False) -> None:
     """Ready, Progressing and Degraded from what this pass planned, and when to look again."""
     status = plan.status
-    ready_n = status["readyReplicas"]
+    ready_n = status.ready_replicas
     if unplaced:
-        prev = next((c for c in status["conditions"] if c.get("type") == "Progressing"), {})
-        if prev.get("reason") != "Unplaceable" or str(len(unplaced)) not in prev.get("message", "")[:4]:
+        prev = next((c for c in status.conditions if c.type == "Progressing"), None)
+        if prev is None or prev.reason != "Unplaceable" or str(len(unplaced)) not in prev.message[:4]:
             plan.events.append(("Warning", "FailedPlacement", f"{len(unplaced)} worker(s) unplaced: {unplaced[0]}"))
         plan.requeue_after = 15
         progressing = (True, "Unplaceable", f"{len(unplaced)} of {replicas} worker(s) unplaced: {unplaced[0]}")
-    elif plan.create or plan.delete or ready_n < replicas or len(live) != replicas:
+    elif plan.create or plan.delete or ready_n < replicas or len(live) != replicas or rolling:
         progressing = (True, "Reconciling", f"{ready_n}/{replicas} workers ready")
         plan.requeue_after = 5
     else:
         progressing = (False, "Stable", f"{ready_n}/{replicas} workers ready")
-    failed_adapters = sorted({f"{w['pod']}: {k}: {v}" for w in status["workers"] for k, v in w["failed"].items()})
+    failed_adapters = sorted({f"{w.pod}: {k}: {v}" for w in status.workers for k, v in w.failed.items()})
     degraded_msgs = sizing.problems + failed_adapters
     degraded = (True, "AdaptersUnavailable", "; ".join(degraded_msgs)[:1000]) if degraded_msgs else \
         (False, "AsExpected", "")
+    crash = faults.crash_report(status.workers)
+    if crash:
+        degraded = (True, crash[0], "; ".join([crash[1]] + degraded_msgs)[:1000])
+        prev = next((c for c in pool.status.conditions if c.type == "Degraded"), None)
+        if prev is None or prev.reason != crash[0] or not prev.message.startswith(crash[1]):
+            plan.events.append(("Warning", crash[0], crash[1]))
+        plan.requeue_after = min(plan.requeue_after or 15, 15)
     is_ready = not unplaced and ready_n >= replicas and not plan.create and not degraded_msgs and \
         len(live) == replicas
     ready_msg = "; ".join([f"{ready_n}/{replicas} workers ready"] + sizing.notes)
-    ready = (is_ready, "AllWorkersReady" if is_ready else progressing[1] if progressing[0] else degraded[1],
-             ready_msg)
-    status["conditions"] = triple(status["conditions"], ready=ready, progressing=progressing, degraded=degraded,
-                                  generation=pool.generation, now=now)
+    ready = (is_ready, "AllWorkersReady" if is_ready else crash[0] if crash else
+             progressing[1] if progressing[0] else degraded[1], ready_msg)
+    set_conditions(status, pool.generation, now, ready=ready, progressing=progressing, degraded=degraded)
 
 
 def _merge_events(events: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:

@@ -24,18 +24,25 @@ one Event (``report_problems``).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import analysis, revisions, rollout, routing_policy
 from ..api.conditions import get_condition, set_condition
+from ..api.observed_types import WorkerReport
 from ..api.resources import AdapterResource, InvalidObject, WorkerPoolResource, as_read
 from ..api.rollout_types import (
-    CHANGE_CAUSE_ANNOTATION, Phase, Revision, RolloutCommand, RolloutSpec, RolloutState, commands_of,
+    Backend, CHANGE_CAUSE_ANNOTATION, Phase, Revision, RolloutCommand, RolloutSpec, RolloutState, commands_of,
 )
+from ..api.workerpool_types import RouteBackend
+
 #: Longest pause between passes while a rollout is progressing (time drives steps).
 ROLLOUT_REQUEUE_SECONDS = 15.0
 
 Routes = routing_policy.Routes
+#: A JSON merge patch of status fields (wire format: ``None`` deletes a key).
+MergePatch = dict[str, Any]
 
 
 @dataclass
@@ -60,14 +67,14 @@ class RoutingPlan:
     remove_annotations: list[str] = field(default_factory=list)
 
 
-def ready_loaded(reports: list[dict]) -> list[list[str]]:
+def ready_loaded(reports: list[WorkerReport]) -> list[list[str]]:
     """Loaded sets of the workers that report themselves ready (a pod with no
     report yet has loaded nothing and serves nothing, whatever its Ready
     condition says: KWOK pods are Ready at once)."""
-    return [list(r.get("loaded") or []) for r in reports if r.get("ready")]
+    return [list(r.loaded) for r in reports if r.ready]
 
 
-def _routes(typed: dict) -> Routes:
+def _routes(typed: Mapping[str, Sequence[Backend | RouteBackend]]) -> Routes:
     """task -> {adapter: weight} from spec.routes or status.effectiveRoutes."""
     return {t: {b.adapter: int(b.weight) for b in bs} for t, bs in typed.items()}
 
@@ -109,7 +116,7 @@ def adapters_named(pool: WorkerPoolResource) -> set[str]:
     return names
 
 
-def _with_deletions(new: dict, old: dict | None) -> dict:
+def _with_deletions(new: MergePatch, old: MergePatch | None) -> MergePatch:
     """``new`` as a JSON merge patch over ``old``: keys that went away become
     ``None`` (merge patch deletes them), recursively — a nested key merely
     left out would survive the patch (e.g. a step's stale ``stepStarted``)."""

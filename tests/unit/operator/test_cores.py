@@ -4,7 +4,8 @@ import datetime as dt
 import json
 
 from loraplane.operator.core import inventory, placement as pl
-from loraplane.operator.api.resources import AdapterResource, BaseModelResource, WorkerPoolResource, parse
+from loraplane.operator.api.observed_types import NodeView, PodView
+from loraplane.operator.api.resources import AdapterResource, BaseModelResource, WorkerPoolResource, as_read, parse
 from loraplane.operator.core import pool as pool_core
 from loraplane.operator.core import resolve
 from loraplane.operator.core.resolve import JobState, World
@@ -38,10 +39,19 @@ def pool(replicas=6, routes=None, **gpu):
                                    {"synthesizer": [{"adapter": "syn-v1", "weight": 100}]}})
 
 
-def plan_pool(pool_obj, base, adapters, *args, **kw):
-    """The core on parsed objects, as the controller calls it."""
+def plan_pool(pool_obj, base, adapters, pods, *args, **kw):
+    """The core on parsed objects, as the controller calls it (pods parsed once: ``PodView``)."""
     return pool_core.plan_pool(parse(WorkerPoolResource, pool_obj), base and parse(BaseModelResource, base),
-                               {n: parse(AdapterResource, a) for n, a in adapters.items()}, *args, **kw)
+                               {n: parse(AdapterResource, a) for n, a in adapters.items()}, views(pods), *args, **kw)
+
+
+def views(pods):
+    return [PodView.from_api(p) for p in pods]
+
+
+def st(plan):
+    """A pool plan's status as the controller patches it."""
+    return as_read(plan.status)
 
 
 def stored(obj):
@@ -74,41 +84,41 @@ def running(pods):
 def test_pool_places_six_int8_workers_on_three_gpus_and_writes_desired():
     plan = plan_pool(pool(), BASE, {"syn-v1": ADP}, [], nodes(), [], "img", NOW)
     assert len(plan.create) == 6 and not plan.delete
-    res = inventory.reservations(plan.create, nodes())
+    res = inventory.reservations(views(plan.create), nodes())
     assert len({(r.node, r.gpu) for r in res}) == 3
     assert all(r.mib == 7680 + 100 + 2048 + 1024 for r in res)
     d = DesiredState.from_json(plan.desired_json)
     assert d.base.variant == "bnb-int8" and d.adapters[0].store_name == "syn" and d.routes["synthesizer"]
-    assert plan.status["conditions"][0]["type"] == "Ready" and plan.status["conditions"][0]["status"] == "False"
+    assert st(plan)["conditions"][0]["type"] == "Ready" and st(plan)["conditions"][0]["status"] == "False"
 
 
 def test_pool_is_idempotent_and_ready_once_pods_run():
     first = plan_pool(pool(), BASE, {"syn-v1": ADP}, [], nodes(), [], "img", NOW)
     pods = running(first.create)
-    again = plan_pool(pool(), BASE, {"syn-v1": ADP}, pods, nodes(), inventory.reservations(pods, nodes()),
+    again = plan_pool(pool(), BASE, {"syn-v1": ADP}, pods, nodes(), inventory.reservations(views(pods), nodes()),
                       "img", NOW)
     assert not again.create and not again.delete
-    conds = {c["type"]: c["status"] for c in again.status["conditions"]}
+    conds = {c["type"]: c["status"] for c in st(again)["conditions"]}
     assert conds == {"Ready": "True", "Progressing": "False", "Degraded": "False"}
-    assert again.status["readyReplicas"] == 6 and again.status["selector"] == "loraplane.io/pool=p"
+    assert st(again)["readyReplicas"] == 6 and st(again)["selector"] == "loraplane.io/pool=p"
 
 
 def test_pool_scale_down_and_unplaceable_message():
     pods = running(plan_pool(pool(3), BASE, {"syn-v1": ADP}, [], nodes(1), [], "img", NOW).create)
-    res = inventory.reservations(pods, nodes(1))
+    res = inventory.reservations(views(pods), nodes(1))
     down = plan_pool(pool(2), BASE, {"syn-v1": ADP}, pods, nodes(1), res, "img", NOW)
     assert down.delete == ["p-2"]  # alone on its GPU
     up = plan_pool(pool(5), BASE, {"syn-v1": ADP}, pods, nodes(1), res, "img", NOW)
-    assert len(up.create) == 1 and up.status["unplaced"] == 1
-    prog = next(c for c in up.status["conditions"] if c["type"] == "Progressing")
+    assert len(up.create) == 1 and st(up)["unplaced"] == 1
+    prog = next(c for c in st(up)["conditions"] if c["type"] == "Progressing")
     assert prog["reason"] == "Unplaceable" and "needs 10.6 GiB (bnb-int8); the best GPU has" in prog["message"]
 
 
 def test_pool_waits_for_base_and_reports_missing_adapters():
     plan = plan_pool(pool(), {**BASE, "status": {"phase": "Verifying"}}, {}, [], nodes(), [], "img", NOW)
-    assert not plan.create and plan.status["conditions"][0]["reason"] == "WaitingForBaseModel"
+    assert not plan.create and st(plan)["conditions"][0]["reason"] == "WaitingForBaseModel"
     plan = plan_pool(pool(1), BASE, {}, [], nodes(), [], "img", NOW)
-    deg = next(c for c in plan.status["conditions"] if c["type"] == "Degraded")
+    deg = next(c for c in st(plan)["conditions"] if c["type"] == "Degraded")
     assert deg["status"] == "True" and "syn-v1 (route synthesizer) not found" in deg["message"]
 
 
@@ -169,9 +179,9 @@ def test_inventory_charges_whole_gpus_to_other_pods():
     mine = plan_pool(pool(1), BASE, {"syn-v1": ADP}, [], ns, [], "img", NOW).create
     other = {"metadata": {"name": "train", "namespace": "x"}, "spec": {"nodeName": "n0", "containers": [
         {"resources": {"limits": {"nvidia.com/gpu": "1"}}}]}, "status": {"phase": "Running"}}
-    res = inventory.reservations(mine + [other], ns)
+    res = inventory.reservations(views(mine + [other]), ns)
     assert sorted((r.gpu, r.mib) for r in res) == [(0, 10852), (1, 24576)]
-    node = inventory.node_info({"metadata": {"name": "n", "labels": {pl.GPU_COUNT: "2", pl.GPU_MEMORY: "24576"}},
+    node = NodeView.from_api({"metadata": {"name": "n", "labels": {pl.GPU_COUNT: "2", pl.GPU_MEMORY: "24576"}},
                                 "spec": {"unschedulable": True, "taints": [{"key": "k", "effect": "NoSchedule"}]},
                                 "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
     assert node.gpu_count == 2 and node.unschedulable and node.ready and node.taints[0].key == "k"
@@ -192,5 +202,5 @@ def test_need_reserves_room_for_adapters_not_verified_yet():
     from loraplane.operator.core.pool import PENDING_ADAPTER_MIB
     pending = {**ADP, "status": {"phase": "Verifying"}}
     plan = plan_pool(pool(1), BASE, {"syn-v1": pending}, [], nodes(), [], "img", NOW)
-    assert plan.status["needMiB"] == 7680 + PENDING_ADAPTER_MIB + 2048 + 1024
+    assert st(plan)["needMiB"] == 7680 + PENDING_ADAPTER_MIB + 2048 + 1024
     assert DesiredState.from_json(plan.desired_json).adapters == []  # not served until Ready

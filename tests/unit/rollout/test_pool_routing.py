@@ -9,6 +9,7 @@ import datetime as dt
 from loraplane.operator.core import analysis
 from loraplane.operator.api.resources import WorkerPoolResource
 from loraplane.operator.core import routing
+from loraplane.operator.api.observed_types import WorkerReport
 from loraplane.operator.core.routing import ready_loaded
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -148,4 +149,6 @@ def test_a_malformed_command_is_reported_not_obeyed():
 
 
 def test_ready_loaded_ignores_workers_that_have_not_reported_ready():
-    assert ready_loaded([{}, {"ready": False, "loaded": ["a"]}, {"ready": True, "loaded": ["b"]}]) == [["b"]]
+    reports = [WorkerReport.parse(None), WorkerReport.parse('{"ready": false, "loaded": ["a"]}'),
+               WorkerReport.parse('{"ready": true, "loaded": ["b"]}')]
+    assert ready_loaded(reports) == [["b"]]

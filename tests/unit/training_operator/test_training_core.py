@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from loraplane.operator.core import placement as pl
 from loraplane.operator.api.adapter_types import AdapterSpec
+from loraplane.operator.api.observed_types import PodView
 from loraplane.operator.core.inventory import reservations
 from loraplane.operator.api.resources import AdapterResource, BaseModelResource, dump
 from loraplane.operator.api.training_types import TrainingSpec
@@ -169,7 +170,7 @@ def test_job_manifest():
     pod_obj = {"metadata": {"name": "x", "namespace": "ns", "annotations": pod["metadata"]["annotations"]},
                "spec": {}, "status": {"phase": "Running"}}
     node = pl.NodeInfo("node-a", gpu_count=2, gpu_memory_mib=24576)
-    assert reservations([pod_obj], [node]) == [pl.Reservation("node-a", 1, 7120, "ns/x")]
+    assert reservations([PodView.from_api(pod_obj)], [node]) == [pl.Reservation("node-a", 1, 7120, "ns/x")]
 
 
 def test_job_argv_is_accepted_by_the_trainer_cli():
