@@ -307,8 +307,9 @@ def _replace_outdated(plan: PoolPlan, pool: WorkerPoolResource, mine: list[PodVi
     goes once it is Ready (``_scale_down``); else break-before-make: the old one is deleted and
     its worker placed again once it is gone. Returns the workers held back for that."""
     name, ns = pool.name, pool.namespace
-    if not outdated or len(live) != replicas or not all(p.ready for p in live):
-        return 0
+    outdated = outdated & {p.name for p in live}
+    if not outdated or plan.delete or len(live) != replicas or not all(p.ready for p in live):
+        return 0  # one change at a time, and only on a pool that is whole and Ready
     old = min(outdated, key=lambda n: ordinal_of(n, name))
     o = _free_ordinals(name, mine, 1)[0]
     d = pl.place(nodes, reservations, [request_for(pool.spec.gpu, f"{ns}/{name}", f"{ns}/{name}-{o}",

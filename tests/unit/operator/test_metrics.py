@@ -94,3 +94,15 @@ def test_training_series_follow_the_adapter():
     asyncio.run(handlers.adapter_changed(name="tr-v1", namespace="nst", type="DELETED"))
     assert val("loraplane_training_step", namespace="nst", adapter="tr-v1") is None
     assert val("loraplane_training_failures_total", namespace="nst", adapter="tr-v1") is None
+
+
+def test_failing_workers_gauge_counts_by_reason_and_goes_with_the_pool():
+    workers = [{"pod": "pc-0", "fault": "OOMKilled"}, {"pod": "pc-1", "fault": "CrashLoopBackOff"},
+               {"pod": "pc-2", "fault": "CrashLoopBackOff"}, {"pod": "pc-3"}]
+    metrics.observe_pool("nsc", "pc", "fp16", {"workers": workers}, [], [])
+    assert val("loraplane_pool_failing_workers", namespace="nsc", pool="pc", reason="OOMKilled") == 1
+    assert val("loraplane_pool_failing_workers", namespace="nsc", pool="pc", reason="CrashLoopBackOff") == 2
+    metrics.observe_pool("nsc", "pc", "fp16", {"workers": workers[3:]}, [], [])  # recovered: 0, still exported
+    assert val("loraplane_pool_failing_workers", namespace="nsc", pool="pc", reason="CrashLoopBackOff") == 0
+    metrics.forget_pool("nsc", "pc")
+    assert val("loraplane_pool_failing_workers", namespace="nsc", pool="pc", reason="OOMKilled") is None
