@@ -40,10 +40,16 @@ def _age(since: dt.datetime | None, now: dt.datetime) -> float | None:
     return None if since is None else (now - since).total_seconds()
 
 
+def orphaned(pod: PodView, nodes: dict[str, NodeInfo]) -> bool:
+    """Whether ``pod`` is bound to (or reserved on) a node that no longer exists."""
+    node = pod.reservation.node if pod.reservation else pod.node_name
+    return bool(node) and node not in nodes
+
+
 def lost(pod: PodView, nodes: dict[str, NodeInfo], now: dt.datetime, bound: float) -> Lost | None:
     """Why ``pod`` (live, not finished) must be replaced, or None."""
     node = pod.reservation.node if pod.reservation else pod.node_name
-    if node and node not in nodes:
+    if orphaned(pod, nodes):
         return Lost(pod.name, "NodeLost", f"worker {pod.name}: node {node} is gone; placing it again", force=True)
     info = nodes.get(node) if node else None
     waited = _age(info.not_ready_since, now) if info is not None and not info.ready else None
@@ -57,6 +63,14 @@ def lost(pod: PodView, nodes: dict[str, NodeInfo], now: dt.datetime, bound: floa
                     f"{int(waited)}s{detail}; deleted (VRAM released), avoiding {node} for {int(bound)}s",
                     avoid=node)
     return None
+
+
+def wait_left(pod: PodView, nodes: dict[str, NodeInfo], now: dt.datetime, bound: float) -> float | None:
+    """Seconds until ``lost`` will replace ``pod`` if nothing changes (None: it is not waiting
+    on the bound), so the pool looks again right then instead of at the next resync."""
+    node = nodes.get(pod.reservation.node if pod.reservation else pod.node_name or "")
+    since = [s for s in (pod.unschedulable_since, node.not_ready_since if node and not node.ready else None) if s]
+    return max(0.0, min(bound - _age(s, now) for s in since)) if since else None
 
 
 def avoided_nodes(previous: list[AvoidedNode], new: list[str], now: dt.datetime, bound: float) -> list[AvoidedNode]:

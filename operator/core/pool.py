@@ -252,10 +252,15 @@ def _drop_lost(plan: PoolPlan, pool: WorkerPoolResource, mine: list[PodView], li
     avoid = []
     for p in mine:
         if p.deleting:
+            if faults.orphaned(p, by_name):  # Terminating on a node that is gone: nothing will finish it
+                plan.delete.append(p.name)
+                plan.force_delete.add(p.name)
             continue
         why = None if p.done else faults.lost(p, by_name, now, bound)
         if p.done or why is not None:
             plan.delete.append(p.name)
+        elif (left := faults.wait_left(p, by_name, now, bound)) is not None:
+            _sooner(plan, left + 1)
         if why is not None:
             plan.events.append(("Warning", why.reason, why.message))
             if why.force:
@@ -265,6 +270,10 @@ def _drop_lost(plan: PoolPlan, pool: WorkerPoolResource, mine: list[PodView], li
     if avoid or pool.status.avoided_nodes:
         plan.status.avoided_nodes = faults.avoided_nodes(pool.status.avoided_nodes, avoid, now, bound)
     return [p for p in live if p.name not in plan.delete]
+
+
+def _sooner(plan: PoolPlan, seconds: float) -> None:
+    plan.requeue_after = seconds if plan.requeue_after is None else min(plan.requeue_after, seconds)
 
 
 def _avoid(plan: PoolPlan) -> tuple[str, ...]:
@@ -374,11 +383,11 @@ def _set_conditions(plan: PoolPlan, pool: WorkerPoolResource, live: list[PodView
         prev = next((c for c in status.conditions if c.type == "Progressing"), None)
         if prev is None or prev.reason != "Unplaceable" or str(len(unplaced)) not in prev.message[:4]:
             plan.events.append(("Warning", "FailedPlacement", f"{len(unplaced)} worker(s) unplaced: {unplaced[0]}"))
-        plan.requeue_after = 15
+        _sooner(plan, 15)
         progressing = (True, "Unplaceable", f"{len(unplaced)} of {replicas} worker(s) unplaced: {unplaced[0]}")
     elif plan.create or plan.delete or ready_n < replicas or len(live) != replicas or rolling:
         progressing = (True, "Reconciling", f"{ready_n}/{replicas} workers ready")
-        plan.requeue_after = 5
+        _sooner(plan, 5)
     else:
         progressing = (False, "Stable", f"{ready_n}/{replicas} workers ready")
     failed_adapters = sorted({f"{w.pod}: {k}: {v}" for w in status.workers for k, v in w.failed.items()})
@@ -391,7 +400,7 @@ def _set_conditions(plan: PoolPlan, pool: WorkerPoolResource, live: list[PodView
         prev = next((c for c in pool.status.conditions if c.type == "Degraded"), None)
         if prev is None or prev.reason != crash[0] or not prev.message.startswith(crash[1]):
             plan.events.append(("Warning", crash[0], crash[1]))
-        plan.requeue_after = min(plan.requeue_after or 15, 15)
+        _sooner(plan, 15)
     is_ready = not unplaced and ready_n >= replicas and not plan.create and not degraded_msgs and \
         len(live) == replicas
     ready_msg = "; ".join([f"{ready_n}/{replicas} workers ready"] + sizing.notes)

@@ -192,3 +192,17 @@ def test_a_gpu_change_breaks_before_it_makes_without_room():
     assert p.delete == ["p-0"] and not p.create
     assert any("break-before-make" in m for _, r, m in p.events)
     assert not plan(pool(2, headroomMiB=900), [pods[1]], nodes_).delete  # one at a time: p-1 waits
+
+
+def test_the_pool_looks_again_when_a_bound_runs_out():
+    nodes_ = [node("n0"), node("n1")]
+    pods = placed(pool(1, rescheduleAfterSeconds=60), nodes_)
+    p = plan(pool(1, rescheduleAfterSeconds=60), pods, [node("n0", ready=False, since=ago(50)), node("n1")])
+    assert not p.delete and p.requeue_after == 11  # 10 s left, plus a second so the bound has passed
+
+
+def test_a_terminating_worker_on_a_deleted_node_is_force_deleted_without_a_new_event():
+    pods = placed(pool(1), [node("n0"), node("n1")])
+    pods[0]["metadata"]["deletionTimestamp"] = ago(5)  # deleted gracefully while n0 was NotReady
+    p = plan(pool(1), pods, [node("n1")])
+    assert p.delete == ["p-0"] and p.force_delete == {"p-0"} and not [e for e in p.events if e[1] == "NodeLost"]
