@@ -82,7 +82,7 @@ def faults(dev_cluster, tiny_base_dir, make_tiny_adapter, tmp_path_factory):
             wait_for(lambda: _ready(dev_cluster, ns, kind, name), timeout=60, what=f"{kind}/{name} Ready")
         yield env
     finally:
-        op.stop()
+        op.kill()  # standalone (no peering record to leave behind); SIGTERM costs kopf ~9 s here
         print(op.tail(40))
         dev_cluster.delete_nodes(jobs_node + env.made)
         dev_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
