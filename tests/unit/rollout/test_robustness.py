@@ -272,7 +272,8 @@ def test_problems_make_ready_false_with_the_reason_and_one_event():
 # window, every pod's counters scraped. The analysis state used to be per pod x per series (~3 MB here).
 
 from loraplane.contracts.desired import STATUS_ANNOTATION  # noqa: E402
-from loraplane.operator.api.resources import AdapterResource, BaseModelResource, parse  # noqa: E402
+from loraplane.operator.api.observed_types import PodView  # noqa: E402
+from loraplane.operator.api.resources import AdapterResource, BaseModelResource, as_read, parse  # noqa: E402
 from loraplane.operator.core import inventory, placement  # noqa: E402
 from loraplane.operator.core import pool as pool_core  # noqa: E402
 
@@ -339,11 +340,13 @@ def big_pool_stored() -> dict:
         p = feed_back(p, routing.plan_routing(parse(WorkerPoolResource, p), loaded, snap if sec else None, at(sec)))
     assert all(s["stepStarted"] for s in p["status"]["rollouts"].values())
     rplan = routing.plan_routing(parse(WorkerPoolResource, p), loaded, snap, at(5))
-    plan = pool_core.plan_pool(parse(WorkerPoolResource, p), base, adapters, pods, world,
-                               inventory.reservations(pods, world), "img", at(5),
+    views = [PodView.from_api(pod) for pod in pods]
+    plan = pool_core.plan_pool(parse(WorkerPoolResource, p), base, adapters, views, world,
+                               inventory.reservations(views, world), "img", at(5),
                                routing=(rplan.worker_routes, rplan.keep))
-    plan.status.update(rplan.status)
-    return feed_back(p, plan)
+    status = as_read(plan.status)  # as the controller dumps the typed status before merging routing's
+    status.update(rplan.status)
+    return feed_back(p, routing.RoutingPlan(worker_routes={}, keep=set(), status=status))
 
 
 def _size(x) -> int:
