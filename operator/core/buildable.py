@@ -21,7 +21,7 @@ import re
 from ..api.common_types import HostPathVolume, StoreVolume
 from ..api.names import OWNER_LABEL, desired_configmap, owner_label_value, worker_name
 from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, WorkerPoolResource, parse
-from .manifests import desired_configmap_obj, service, worker_pod
+from .manifests import Manifest, desired_configmap_obj, service, worker_pod
 
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 DNS1123_LABEL = re.compile(rf"^{_LABEL}$")
@@ -68,7 +68,7 @@ def quantity_problem(value: str) -> str | None:
     return None
 
 
-def manifest_problems(obj: dict) -> list[str]:
+def manifest_problems(obj: Manifest) -> list[str]:
     """What the API server would refuse in a child manifest: its name, its
     labels (and its pod template's), its containers' resource requests."""
     kind, meta = obj["kind"], obj["metadata"]

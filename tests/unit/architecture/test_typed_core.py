@@ -46,6 +46,7 @@ PENDING = {
     ("routing", "report_problems", "stored"),
     ("routing", "_keep_time", "conditions"),
     ("routing", "_keep_time", "stored"),
+    ("buildable", "parse_checked", "raw"),  # a parser of raw objects: belongs at the boundary (api/ or controllers/)
 }
 
 _UNTYPED = {"dict", "Dict", "Mapping", "MutableMapping"}
