@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from loraplane.contracts.desired import DESIRED_KEY, STATUS_ANNOTATION
 
 from ..api.names import MANAGED_BY, OWNER_LABEL, POOL_LABEL, RESERVATION_ANNOTATION, ordinal_of
-from .inventory import node_info, pod_done, reservation_of, reservations
+from ..api.observed_types import NodeView, PodView
+from .inventory import reservation_of, reservations
 from .placement import Reservation
 
 ALWAYS, SETTLED = "always", "settled"
@@ -123,7 +124,7 @@ def _holds_gpu(pod: dict) -> bool:
 
 
 def _live(pod: dict) -> bool:
-    return not pod_done(pod)
+    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
 
 
 def _job_stand_ins(snap: Snapshot) -> list[tuple[dict, Reservation]]:
@@ -137,7 +138,7 @@ def _job_stand_ins(snap: Snapshot) -> list[tuple[dict, Reservation]]:
             continue
         if (meta.get("namespace"), meta["name"]) in with_pod:
             continue
-        r = reservation_of(job)
+        r = reservation_of(PodView.from_api(job))  # the Job's reservation annotation, read as a pod's
         if r is not None:
             out.append((job, Reservation(r.node, r.gpu, r.mib, f"{meta.get('namespace')}/{meta['name']}")))
     return out
@@ -147,8 +148,8 @@ def _job_stand_ins(snap: Snapshot) -> list[tuple[dict, Reservation]]:
 
 def gpu_overcommit(snap: Snapshot) -> list[Violation]:
     """No GPU holds more reserved VRAM than it has, and no reservation names a card the node lacks."""
-    nodes = {n.name: n for n in (node_info(n) for n in snap.nodes)}
-    held = reservations(snap.pods, list(nodes.values())) + [r for _, r in _job_stand_ins(snap)]
+    nodes = {n.name: n for n in (NodeView.from_api(n) for n in snap.nodes)}
+    held = reservations([PodView.from_api(p) for p in snap.pods], list(nodes.values())) + [r for _, r in _job_stand_ins(snap)]
     per_gpu: dict[tuple[str, int], list[Reservation]] = defaultdict(list)
     for r in held:
         per_gpu[(r.node, r.gpu)].append(r)
@@ -175,7 +176,7 @@ def pods_without_reservation(snap: Snapshot) -> list[Violation]:
     for pod in snap.pods:
         if not _live(pod) or not _holds_gpu(pod):
             continue
-        r = reservation_of(pod)
+        r = reservation_of(PodView.from_api(pod))
         node = (pod.get("spec") or {}).get("nodeName")
         if r is None:
             out.append(Violation(POD_WITHOUT_RESERVATION, ALWAYS, (ref("Pod", pod),),

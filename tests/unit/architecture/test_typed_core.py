@@ -49,6 +49,11 @@ PENDING = {
     ("buildable", "parse_checked", "raw"),  # a parser of raw objects: belongs at the boundary (api/ or controllers/)
 }
 
+#: Whole modules still on raw dicts, with why (issue 11 follow-up; the test fails once one is clean).
+PENDING_MODULES = {
+    "invariants": "the chaos suite's checker over a raw API snapshot; could parse it into api.observed_types first",
+}
+
 _UNTYPED = {"dict", "Dict", "Mapping", "MutableMapping"}
 
 
@@ -72,6 +77,8 @@ def untyped(node: ast.expr | None) -> bool:
 def offenders() -> set[tuple[str, str, str]]:
     found = set()
     for path in sorted(CORE.glob("*.py")):
+        if path.stem in PENDING_MODULES:
+            continue
         for fn in ast.walk(ast.parse(path.read_text(), str(path))):
             if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
@@ -105,6 +112,14 @@ def test_no_core_function_takes_an_untyped_dict():
 def test_the_pending_list_only_shrinks():
     fixed = sorted(PENDING - offenders())
     assert not fixed, f"fixed: remove from PENDING in {Path(__file__).name}: {fixed}"
+
+
+def test_pending_modules_still_need_their_exemption():
+    for stem in PENDING_MODULES:
+        tree = ast.parse((CORE / f"{stem}.py").read_text())
+        args = [a for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+                for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs]
+        assert any(untyped(a.annotation) for a in args), f"{stem} is typed now: remove it from PENDING_MODULES"
 
 
 def test_wire_aliases_are_defined_where_documented():
