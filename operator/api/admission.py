@@ -56,7 +56,7 @@ CEL_TWINS: dict[str, list[str]] = {
 OPERATOR_ONLY: dict[str, tuple[str, str]] = {
     "RolloutCommand._cmd": (
         "InvalidRolloutCommand",
-        "the command is the loraplane.io/rollout-command annotation; CEL sees no annotations, so a bad "
+        "a command is a rollout-command.loraplane.io/<id> annotation; CEL sees no annotations, so a bad "
         "command is a Warning Event on the pool and the command is ignored"),
 }
 
