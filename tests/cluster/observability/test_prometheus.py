@@ -86,7 +86,8 @@ def write_targets(core: client.CoreV1Api, ns: str, path: Path) -> int:
                        "labels": {"namespace": ns, "pool": POOL, "pod": p.metadata.name,
                                   "node": p.spec.node_name or "", "gpu": ann.get("loraplane.io/gpu-index", ""),
                                   "variant": variant.group(1) if variant else ""}})
-    tmp = path.with_suffix(".tmp")
+    # the SD thread and the test's own waits both write: one temp file per thread, then an atomic rename
+    tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(groups))
     tmp.replace(path)
     return len(groups)
