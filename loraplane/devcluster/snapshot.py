@@ -15,6 +15,7 @@ import json
 
 from kubernetes import client
 
+from loraplane.operator.api.workerpool_types import loaded_by_worker
 from loraplane.operator.core.invariants import Snapshot
 
 GROUP, VERSION = "loraplane.io", "v1alpha1"
@@ -54,11 +55,12 @@ def _weighted(routes: dict) -> dict:
 def _pool(p: dict) -> dict:
     st = p.get("status") or {}
     serving = {a for bs in _weighted(st.get("effectiveRoutes")).values() for a, _ in bs}
+    loaded = loaded_by_worker(st)
     return {"name": p["metadata"]["name"], "generation": p["metadata"].get("generation"), "spec": p["spec"],
             "observedGeneration": st.get("observedGeneration"), "conditions": _conditions(st),
             **{k: st.get(k) for k in ("replicas", "readyReplicas", "unplaced", "variant", "needMiB", "selector")},
             "workers": sorted((w["pod"], w.get("node"), w.get("gpu"), w.get("vramMiB"), w.get("ready"),
-                               sorted(set(w.get("loaded") or []) & serving)) for w in st.get("workers") or []),
+                               sorted(set(loaded[w["pod"]] or []) & serving)) for w in st.get("workers") or []),
             "effectiveRoutes": _weighted(st.get("effectiveRoutes")),
             "rollouts": {t: (r.get("phase"), r.get("stepIndex"), r.get("canaryWeight"), r.get("reason"))
                          for t, r in (st.get("rollouts") or {}).items()},

@@ -8,7 +8,8 @@ card when they fit.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import hashlib
+from typing import Annotated, Iterable, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -117,10 +118,48 @@ class WorkerStatus(ApiModel):
     variant: str | None = None
     phase: str | None = None
     ready: bool = False
-    loaded: list[str] = Field(default_factory=list)
+    loaded_set: str | None = Field(
+        default=None, alias="loadedSet",
+        description="Name of the status.loadedSets entry listing the adapters this worker has loaded "
+                    "(absent: none).")
     failed: dict[str, str] = Field(default_factory=dict)
     fault: Literal["OOMKilled", "CrashLoopBackOff"] | None = Field(
         default=None, description="Why the worker keeps failing, while it is not Ready.")
+
+
+# Each distinct set of loaded adapters is listed once and each worker names its set, so the
+# status grows with the number of distinct sets (one or two during a rollout), not with
+# workers x adapters (a 1,000-worker pool with 10 adapters: 161 KiB instead of 278 KiB).
+class LoadedSet(ApiModel):
+    """Adapters loaded together on one or more workers."""
+
+    name: str = Field(description="Short hash of the sorted adapter names (what workers[].loadedSet holds).")
+    adapters: list[str] = Field(description="Adapters loaded, sorted.")
+    workers: int = Field(default=0, description="How many listed workers have exactly this set loaded.")
+
+
+def group_loaded(loaded: dict[str, Iterable[str]]) -> tuple[dict[str, str], list[LoadedSet]]:
+    """Worker -> its set's name (workers that loaded nothing have none), and the distinct sets,
+    sorted by name. A name is the shortest prefix (8 hex digits at least) of the set's SHA-256
+    that no other set of the pool shares, so it stays the same from pass to pass."""
+    sets = {w: tuple(sorted(set(a))) for w, a in loaded.items() if a}
+    digests = {s: hashlib.sha256("\n".join(s).encode()).hexdigest() for s in set(sets.values())}
+    size = next(n for n in range(8, 65) if len({d[:n] for d in digests.values()}) == len(digests))
+    names = {s: d[:size] for s, d in digests.items()}
+    counts: dict[tuple[str, ...], int] = {}
+    for s in sets.values():
+        counts[s] = counts.get(s, 0) + 1
+    listed = sorted((LoadedSet(name=names[s], adapters=list(s), workers=n) for s, n in counts.items()),
+                    key=lambda x: x.name)
+    return {w: names[s] for w, s in sets.items()}, listed
+
+
+def loaded_by_worker(status: dict) -> dict[str, list[str] | None]:
+    """Pod -> adapters loaded, read from a stored status (``workers`` and ``loadedSets``) for the
+    readers that work on raw objects; None where a worker names a set that is not listed."""
+    sets = {s.get("name"): sorted(s.get("adapters") or []) for s in status.get("loadedSets") or []}
+    return {w.get("pod"): sets.get(w["loadedSet"]) if w.get("loadedSet") else []
+            for w in status.get("workers") or []}
 
 
 class AvoidedNode(ApiModel):
@@ -135,7 +174,13 @@ class WorkerPoolStatus(ApiModel):
     selector: str | None = Field(default=None, description="Label selector of the pool's pods (scale subresource).")
     variant: str | None = Field(default=None, description="Preferred variant in effect.")
     need_mib: int | None = Field(default=None, alias="needMiB", description="VRAM reserved per worker.")
-    workers: list[WorkerStatus] = Field(default_factory=list)
+    workers: list[WorkerStatus] = Field(default_factory=list,
+                                        description="One entry per live worker; its loaded adapters are in the "
+                                                    "loadedSets entry it names.")
+    loaded_sets: list[LoadedSet] = Field(
+        default_factory=list, alias="loadedSets",
+        description="Distinct sets of loaded adapters, each listed once (workers[].loadedSet names one).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
     avoided_nodes: list[AvoidedNode] = Field(
         default_factory=list, alias="avoidedNodes", max_length=1000,
         description="Nodes a worker stayed Unschedulable on (see spec.gpu.rescheduleAfterSeconds).")

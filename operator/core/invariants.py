@@ -31,6 +31,7 @@ from loraplane.contracts.desired import DESIRED_KEY, STATUS_ANNOTATION
 
 from ..api.names import MANAGED_BY, OWNER_LABEL, POOL_LABEL, RESERVATION_ANNOTATION, ordinal_of
 from ..api.observed_types import NodeView, PodView
+from ..api.workerpool_types import loaded_by_worker
 from .inventory import reservation_of, reservations
 from .placement import Reservation
 
@@ -399,13 +400,15 @@ def _pod_ready(pod: dict) -> bool:
 
 def worker_status(snap: Snapshot) -> list[Violation]:
     """Once settled, a pool's status describes its pods: every live worker is listed, with the
-    readiness and loaded adapters its pod and report show, and readyReplicas counts them."""
+    readiness its pod and report show and a loadedSets entry holding the adapters its report
+    lists, and readyReplicas counts them."""
     out = []
     for pool in snap.pools:
         meta, st = pool["metadata"], pool.get("status") or {}
         if meta.get("deletionTimestamp") or not st:
             continue
         listed = {w.get("pod"): w for w in st.get("workers") or []}
+        loaded = loaded_by_worker(st)
         pods = [p for p in snap.pods if p["metadata"].get("namespace") == meta.get("namespace") and _live(p)
                 and not p["metadata"].get("deletionTimestamp") and _labels(p).get(POOL_LABEL) == meta["name"]
                 and ordinal_of(p["metadata"]["name"], meta["name"]) is not None]
@@ -413,11 +416,11 @@ def worker_status(snap: Snapshot) -> list[Violation]:
         for p in pods:
             rep, w = _report(p), listed.get(p["metadata"]["name"])
             ready = _pod_ready(p) and rep.get("ready", True) is not False
-            if w is None or bool(w.get("ready")) != ready or sorted(w.get("loaded") or []) != sorted(rep.get("loaded") or []):
+            if w is None or bool(w.get("ready")) != ready or loaded[w.get("pod")] != sorted(set(rep.get("loaded") or [])):
                 wrong.append(ref("Pod", p))
         ready_n = sum(1 for p in pods if _pod_ready(p))
         if wrong or int(st.get("readyReplicas") or 0) != ready_n:
             out.append(Violation(STALE_STATUS, SETTLED, (ref("WorkerPool", pool), *wrong),
-                                 f"status.workers/readyReplicas ({st.get('readyReplicas')}) do not describe the "
+                                 f"status.workers/loadedSets/readyReplicas ({st.get('readyReplicas')}) do not describe the "
                                  f"pods ({ready_n} ready; differing: {len(wrong)})"))
     return out

@@ -23,7 +23,7 @@ from ..api.names import ordinal_of
 from ..api.observed_types import PodView
 from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, WorkerPoolResource, as_read
 from ..api.training_types import TrainingGpu
-from ..api.workerpool_types import GpuSelection, WorkerPoolStatus, WorkerStatus
+from ..api.workerpool_types import GpuSelection, WorkerPoolStatus, WorkerStatus, group_loaded
 from .manifests import Manifest, selector, worker_pod, worker_spec_hash
 
 #: An Adapter as the pool core gets it: parsed, or what is wrong with it.
@@ -142,10 +142,13 @@ def compose_desired(pool: WorkerPoolResource, base: BaseModelResource, adapters:
     return desired, vram, problems
 
 
-def _worker_status(pod: PodView) -> WorkerStatus:
+def _worker_status(pod: PodView, loaded_set: str | None) -> WorkerStatus:
     rep, r = pod.report, pod.reservation
-    out = {"pod": pod.name, "phase": pod.phase, "ready": pod.ready and rep.ready is not False,
-           "loaded": list(rep.loaded), "failed": dict(rep.failed)}
+    out: dict = {"pod": pod.name, "phase": pod.phase, "ready": pod.ready and rep.ready is not False}
+    if loaded_set:
+        out["loadedSet"] = loaded_set
+    if rep.failed:
+        out["failed"] = dict(rep.failed)
     if r is not None:
         out.update(node=r.node, gpu=r.gpu, vramMiB=r.mib, variant=rep.variant or r.variant)
     fault = faults.fault_of(pod)
@@ -195,14 +198,17 @@ def plan_pool(pool: WorkerPoolResource, base: BaseModelResource | InvalidObject 
 
 
 def _observed_status(pool: WorkerPoolResource, live: list[PodView]) -> WorkerPoolStatus:
-    """The status fields that only describe what is there: selector, pods, workers."""
+    """The status fields that only describe what is there: selector, pods, workers and the
+    distinct sets of adapters they loaded (``loadedSets``: each set once, not once per worker)."""
     name = pool.name
+    set_of, sets = group_loaded({p.name: p.report.loaded for p in live})
     return WorkerPoolStatus.model_validate({
         "selector": selector(name), "observedGeneration": pool.generation,
         "conditions": [as_read(c) for c in pool.status.conditions],
         "replicas": len(live), "readyReplicas": sum(1 for p in live if p.ready),
-        "workers": [as_read(w) for w in sorted((_worker_status(p) for p in live),
-                                               key=lambda w: ordinal_of(w.pod, name))]})
+        "workers": [as_read(w) for w in sorted((_worker_status(p, set_of.get(p.name)) for p in live),
+                                               key=lambda w: ordinal_of(w.pod, name))],
+        "loadedSets": [as_read(s) for s in sets]})
 
 
 def _blocked(pool: WorkerPoolResource, status: WorkerPoolStatus, missing: int, now: dt.datetime, reason: str,

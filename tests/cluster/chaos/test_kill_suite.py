@@ -28,6 +28,7 @@ from loraplane.demo import OperatorProcess
 from loraplane.devcluster import snapshot
 from loraplane.devcluster.fake_fleet import Fleet
 from loraplane.devcluster.waiting import wait_for
+from loraplane.operator.api.workerpool_types import loaded_by_worker
 from loraplane.operator.core import invariants
 
 SEED = int(os.environ.get("LORAPLANE_CHAOS_SEED") or random.SystemRandom().randrange(2 ** 31))
@@ -181,7 +182,8 @@ def _ready_pool(s, replicas: int, weights: dict) -> bool:
     eff = {b["adapter"]: b["weight"] for b in (st.get("effectiveRoutes") or {}).get(TASK, []) if b["weight"]}
     live = [q for q in s.pods if "loraplane.io/pool" in q["metadata"].get("labels", {})
             and not q["metadata"].get("deletionTimestamp")]
-    serving = all(w.get("ready") and set(weights) <= set(w.get("loaded") or []) for w in st.get("workers") or [])
+    loaded = loaded_by_worker(st)
+    serving = all(w.get("ready") and set(weights) <= set(loaded[w["pod"]] or []) for w in st.get("workers") or [])
     return (_cond(p) and st.get("readyReplicas") == replicas and len(live) == replicas and eff == weights
             and serving and st.get("observedGeneration") == p["metadata"]["generation"])
 

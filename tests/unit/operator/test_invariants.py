@@ -9,6 +9,7 @@ import json
 
 import pytest
 
+from loraplane.operator.api.workerpool_types import group_loaded
 from loraplane.operator.core import invariants as inv
 
 NS = "ml"
@@ -51,8 +52,9 @@ def healthy() -> inv.Snapshot:
     pool = {"metadata": {"name": "p", "namespace": NS, "uid": "u-pool", "generation": 1},
             "spec": {"replicas": 2},
             "status": {"observedGeneration": 1, "readyReplicas": 2, "conditions": copy.deepcopy(COND),
-                       "workers": [{"pod": f"p-{i}", "node": "n1", "gpu": 0, "ready": True, "loaded": ["a1"]}
+                       "workers": [{"pod": f"p-{i}", "node": "n1", "gpu": 0, "ready": True, "loadedSet": "s1"}
                                    for i in (0, 1)],
+                       "loadedSets": [{"name": "s1", "adapters": ["a1"], "workers": 2}],
                        "effectiveRoutes": {"t": [{"adapter": "a1", "weight": 100}]}}}
     cm = {"metadata": {"name": "p-desired", "namespace": NS, "labels": {"loraplane.io/pool": "p", **MANAGED},
                        "ownerReferences": owner("WorkerPool", "p", "u-pool")},
@@ -69,14 +71,18 @@ def healthy() -> inv.Snapshot:
 
 
 def describe_workers(snap):
-    """status.workers as the operator would write them for the pods now in ``snap``."""
-    workers = []
+    """status.workers and status.loadedSets as the operator would write them for the pods now in ``snap``."""
+    workers, loaded = [], {}
     for p in snap.pods:
         rep = json.loads(p["metadata"]["annotations"].get("loraplane.io/worker-status") or "{}")
         ready = p["status"]["conditions"][0]["status"] == "True" and rep.get("ready", True) is not False
-        workers.append({"pod": p["metadata"]["name"], "node": "n1", "gpu": 0, "ready": ready,
-                        "loaded": rep.get("loaded") or []})
-    snap.pools[0]["status"]["workers"] = workers
+        workers.append({"pod": p["metadata"]["name"], "node": "n1", "gpu": 0, "ready": ready})
+        loaded[p["metadata"]["name"]] = rep.get("loaded") or []
+    set_of, sets = group_loaded(loaded)
+    for w in workers:
+        if w["pod"] in set_of:
+            w["loadedSet"] = set_of[w["pod"]]
+    snap.pools[0]["status"].update(workers=workers, loadedSets=[s.model_dump(by_alias=True) for s in sets])
     return snap
 
 
@@ -263,6 +269,22 @@ def test_a_duplicated_condition_type_is_reported():
 
 def test_a_status_that_does_not_describe_the_workers_is_unsettled():
     snap = healthy()
-    snap.pools[0]["status"]["workers"][1].update(ready=False, loaded=[])  # written before p-1 reported
+    snap.pools[0]["status"]["workers"][1].update(ready=False)  # written before p-1 reported
+    del snap.pools[0]["status"]["workers"][1]["loadedSet"]
     found = only(snap, inv.STALE_STATUS, inv.SETTLED)
     assert found[0].objects == ("WorkerPool ml/p", "Pod ml/p-1")
+
+
+def test_a_status_naming_the_wrong_loaded_set_is_unsettled():
+    snap = healthy()
+    snap.pods[1] = worker(1, loaded=("a1", "a2"))  # p-1 loaded a2 since the status was written
+    found = only(snap, inv.STALE_STATUS, inv.SETTLED)
+    assert found[0].objects == ("WorkerPool ml/p", "Pod ml/p-1")
+    assert inv.check(describe_workers(snap)) == []
+
+
+def test_a_worker_naming_a_loaded_set_that_is_not_listed_is_unsettled():
+    snap = healthy()
+    snap.pools[0]["status"]["workers"][0]["loadedSet"] = "gone"
+    found = only(snap, inv.STALE_STATUS, inv.SETTLED)
+    assert found[0].objects == ("WorkerPool ml/p", "Pod ml/p-0")
