@@ -106,7 +106,7 @@ def reconcile_resolve(kube: Kube, cfg: Config, kind: str, ns: str, name: str) ->
         job["metadata"]["labels"][OWNER_LABEL] = owner_label
         job["spec"]["template"]["metadata"]["labels"][OWNER_LABEL] = owner_label
         kube.create(with_pull_settings(job, cfg.image_pull_policy, cfg.image_pull_secrets))
-    _apply_status(kube, raw, plan.status)
+    _apply_status(kube, raw, as_read(plan.status))  # typed in the core, a dict only for the API client
     for e in plan.events:
         kube.event(raw, *e)
     return plan.requeue_after

@@ -24,7 +24,7 @@ from .kube import Kube
 from ..core.manifests import verify_job, with_pull_settings
 from ..api.names import OWNER_LABEL
 from .reconcile import PLACEMENT_LOCK, _apply_status, _job_state, _summary, reconcile_resolve, report_invalid
-from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, parse
+from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, as_read, parse
 from ..core.buildable import parse_checked
 from ..core.resolve import World, plan_adapter
 from ..core.training import (
@@ -122,8 +122,9 @@ def _verify(kube: Kube, cfg, obj: AdapterResource, base: BaseModelResource | Non
         job["metadata"]["labels"][OWNER_LABEL] = label
         job["spec"]["template"]["metadata"]["labels"][OWNER_LABEL] = label
         kube.create(with_pull_settings(job, cfg.image_pull_policy, cfg.image_pull_secrets))
-    vplan.status.setdefault("training", status.get("training") or {})
-    return vplan.status, vplan.events, vplan.requeue_after
+    out = as_read(vplan.status)  # typed in the core, a dict for the training core and the API client
+    out.setdefault("training", status.get("training") or {})
+    return out, vplan.events, vplan.requeue_after
 
 
 @kopf.on.event("", "v1", "pods", labels={TRAINING_LABEL: kopf.PRESENT})

@@ -27,11 +27,6 @@ WIRE_ALIASES = {
 #: while this test landed (issue 11 follow-up). The test fails when an entry is fixed, so the list only shrinks.
 PENDING = {
     ("analysis", "from_json", "d"),
-    ("resolve", "_fail", "status"),
-    ("resolve", "_progress", "status"),
-    ("resolve", "_retry_pending", "status"),
-    ("resolve", "_run_step", "status"),
-    ("resolve", "_verify_step", "status"),
     ("training", "pending_reservation_pod", "job"),
     ("training", "pod_state", "pod"),
     ("training", "job_state", "job"),
