@@ -24,11 +24,12 @@ from .kube import Kube
 from ..core.manifests import verify_job, with_pull_settings
 from ..api.names import OWNER_LABEL
 from .reconcile import PLACEMENT_LOCK, _apply_status, _job_state, _summary, reconcile_resolve, report_invalid
+from ..api.observed_types import JobView
 from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, as_read, parse
 from ..core.buildable import parse_checked
 from ..core.resolve import World, plan_adapter
 from ..core.training import (
-    GENERATION_LABEL, TRAINING_LABEL, adapter_relpath, adapter_store_name, job_state, pending_reservation_pod,
+    GENERATION_LABEL, TRAINING_LABEL, adapter_relpath, adapter_store_name, pending_reservation_pod,
     placed, placement_request, plan_training, train_job_name, training_job, unplaced, verify_view,
 )
 
@@ -59,7 +60,7 @@ def reconcile_adapter(kube: Kube, cfg, ledger, ns: str, name: str) -> float | No
     base = None if raw_base is None else parse(BaseModelResource, raw_base)
     owned = kube.list_jobs(ns, f"{OWNER_LABEL}=adapter.{name}")
     train = [j for j in owned if GENERATION_LABEL in (j["metadata"].get("labels") or {})]
-    states = [job_state(j, kube.list_pods(ns, f"job-name={j['metadata']['name']}")) for j in train]
+    states = [JobView.from_api(j, kube.list_pods(ns, f"job-name={j['metadata']['name']}")) for j in train]
     plan = plan_training(parsed, base, states, now)
     for job in plan.delete_jobs:
         _delete_job(kube, ns, job)

@@ -33,7 +33,7 @@ from shlex import join as shjoin
 from . import placement as pl
 from ..api.conditions import triple
 from .manifests import (
-    OFFLINE_ENV, WRITABLE_ENV, container_security, owner_ref_of, pod_security, store_volume, tmp_volume,
+    OFFLINE_ENV, WRITABLE_ENV, Manifest, container_security, owner_ref_of, pod_security, store_volume, tmp_volume,
 )
 from ..api.names import (
     GPU_ANNOTATION, MANAGED_BY, OWNER_LABEL, RESERVATION_ANNOTATION, WORKLOAD_SERVICE_ACCOUNT, job_name,
@@ -42,12 +42,11 @@ from .pool import request_for
 from .store_summary import store_relpath
 from ..api.adapter_types import AdapterSource, AdapterStatus
 from ..api.common_types import StoreVolume
+from ..api.observed_types import GENERATION_LABEL, PROGRESS_ANNOTATION, JobView  # noqa: F401 (both re-exported)
 from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, as_read, dump
 from ..api.training_types import Hyperparameters, TrainingSpec
 
-PROGRESS_ANNOTATION = "loraplane.io/training-progress"  # = loraplane.training.progress.ANNOTATION
 TRAINING_LABEL = "loraplane.io/training"  # on training pods: the Adapter's name
-GENERATION_LABEL = "loraplane.io/generation"  # on training Jobs: the Adapter generation they train
 DATA_MOUNT = "/data"
 EXIT_BAD_CONFIG = 2  # the trainer's "bad config/dataset/method": never worth a pod retry
 
@@ -153,7 +152,7 @@ def train_args(adapter: AdapterResource, base: BaseModelResource, store_mount: s
 
 
 def training_job(adapter: AdapterResource, base: BaseModelResource, name: str, node: str, gpu: int, need_mib: int,
-                 image: str, pod_annotations: dict | None = None) -> dict:
+                 image: str, pod_annotations: dict[str, str] | None = None) -> dict:
     t = adapter.spec.training
     store = base.spec.store
     mount = store.mount_path
@@ -216,7 +215,7 @@ def _trainer_volumes(t: TrainingSpec, store: StoreVolume, mount: str) -> tuple[l
     return volumes, mounts
 
 
-def _trainer_container(adapter: AdapterResource, base: BaseModelResource, mount: str, gpu: int, mounts: list[dict],
+def _trainer_container(adapter: AdapterResource, base: BaseModelResource, mount: str, gpu: int, mounts: list[Manifest],
                        image: str) -> dict:
     t = adapter.spec.training
     res = t.resources
@@ -247,7 +246,7 @@ def placement_request(adapter: AdapterResource, need_mib: int) -> pl.Request:
                        ((f"training-{t.method}", need_mib),))
 
 
-def pending_reservation_pod(job: dict) -> dict:
+def pending_reservation_pod(job: Manifest) -> dict:
     """A stand-in for the Job's pod, written through to the ledger cache at once so the next
     placement sees the VRAM before the Job controller has created the pod."""
     meta = job["metadata"]
@@ -257,56 +256,8 @@ def pending_reservation_pod(job: dict) -> dict:
 
 
 # --- observing the Job -----------------------------------------------------------------------------
-@dataclass
-class TrainPod:
-    name: str
-    phase: str  # Pending Running Succeeded Failed
-    created: str = ""
-    progress: dict | None = None
-    exit_code: int | None = None
-    reason: str = ""  # terminated.reason (Error, OOMKilled, ...)
-    message: str = ""  # terminated.message (the trainer's error, or the log tail)
-
-
-@dataclass
-class TrainJob:
-    name: str
-    phase: str  # Running Succeeded Failed
-    failed_pods: int = 0
-    reason: str = ""  # Job condition reason (BackoffLimitExceeded, DeadlineExceeded, PodFailurePolicy)
-    message: str = ""
-    pods: list[TrainPod] = field(default_factory=list)
-    generation: int | None = None
-
-
-def pod_state(pod: dict) -> TrainPod:
-    meta, st = pod.get("metadata") or {}, pod.get("status") or {}
-    raw = (meta.get("annotations") or {}).get(PROGRESS_ANNOTATION)
-    try:
-        progress = json.loads(raw) if raw else None
-    except ValueError:
-        progress = None
-    out = TrainPod(name=meta.get("name", ""), phase=st.get("phase") or "Pending",
-                   created=meta.get("creationTimestamp") or "", progress=progress)
-    for cs in st.get("containerStatuses") or []:
-        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
-        if term:
-            out.exit_code, out.reason, out.message = term.get("exitCode"), term.get("reason") or "", \
-                term.get("message") or ""
-    return out
-
-
-def job_state(job: dict, pods: list[dict]) -> TrainJob:
-    st = job.get("status") or {}
-    conds = [c for c in st.get("conditions") or [] if c.get("status") == "True"]
-    failed = next((c for c in conds if c.get("type") == "Failed"), None)
-    complete = next((c for c in conds if c.get("type") == "Complete"), None)
-    phase = "Succeeded" if complete else "Failed" if failed else "Running"
-    gen = ((job.get("metadata") or {}).get("labels") or {}).get(GENERATION_LABEL, "")
-    return TrainJob(name=job["metadata"]["name"], phase=phase, failed_pods=int(st.get("failed") or 0),
-                    reason=(failed or {}).get("reason", ""), message=(failed or {}).get("message", ""),
-                    pods=sorted((pod_state(p) for p in pods), key=lambda p: (p.created, p.name)),
-                    generation=int(gen) if gen.isdigit() else None)
+# The controller reads each training Job and its pods once into ``api.observed_types.JobView``
+# (pods as ``TrainingPodView``, oldest first); the functions below see only those.
 
 
 def _last_line(text: str) -> str:
@@ -316,7 +267,7 @@ def _last_line(text: str) -> str:
     return (mine or lines or [""])[-1][:400]
 
 
-def failure_reason(job: TrainJob) -> str:
+def failure_reason(job: JobView) -> str:
     """Why the Job failed, from the most specific source: the last failed pod's termination
     message (the trainer's error), else its terminated reason and exit code, else the Job's
     condition (deadline, backoff limit)."""
@@ -334,7 +285,7 @@ def failure_reason(job: TrainJob) -> str:
     return "the training Job failed without a reason"
 
 
-def fold_progress(training: dict, job: TrainJob) -> dict:
+def fold_progress(training: dict, job: JobView) -> dict:
     """``status.training`` from the newest pod's progress annotation (older pods' progress is kept
     when the new pod has not reported yet: a resumed pod starts from that step)."""
     out = dict(training)
@@ -386,7 +337,7 @@ def _set(adapter: AdapterResource, st: dict, now: dt.datetime, phase: str, reaso
     return st
 
 
-def plan_training(adapter: AdapterResource, base: BaseModelResource | InvalidObject | None, jobs: list[TrainJob],
+def plan_training(adapter: AdapterResource, base: BaseModelResource | InvalidObject | None, jobs: list[JobView],
                   now: dt.datetime) -> TrainPlan:
     gen = adapter.generation or 0
     st = _status(adapter)
@@ -454,7 +405,7 @@ def _before_job(adapter: AdapterResource, base: BaseModelResource | InvalidObjec
     return plan
 
 
-def _running_message(name: str, p: dict, job: TrainJob) -> str:
+def _running_message(name: str, p: dict, job: JobView) -> str:
     """Progress of a running Job, from its pod's progress annotation."""
     where = f"{p.get('node')}/gpu{p.get('gpu')}" if p.get("node") else "its GPU"
     if p.get("totalSteps"):

@@ -27,16 +27,10 @@ WIRE_ALIASES = {
 #: while this test landed (issue 11 follow-up). The test fails when an entry is fixed, so the list only shrinks.
 PENDING = {
     ("analysis", "from_json", "d"),
-    ("training", "pending_reservation_pod", "job"),
-    ("training", "pod_state", "pod"),
-    ("training", "job_state", "job"),
-    ("training", "job_state", "pods"),
     ("training", "fold_progress", "training"),
     ("training", "_set", "st"),
     ("training", "_running_message", "p"),
     ("training", "verify_view", "status"),
-    ("training", "training_job", "pod_annotations"),
-    ("training", "_trainer_container", "mounts"),
     ("routing", "report_problems", "conditions"),  # condition dicts (api.conditions works on dicts)
     ("routing", "report_problems", "stored"),
     ("routing", "_keep_time", "conditions"),

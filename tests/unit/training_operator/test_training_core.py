@@ -12,13 +12,13 @@ from pydantic import ValidationError
 
 from loraplane.operator.core import placement as pl
 from loraplane.operator.api.adapter_types import AdapterSpec
-from loraplane.operator.api.observed_types import PodView
+from loraplane.operator.api.observed_types import JobView, PodView
 from loraplane.operator.core.inventory import reservations
 from loraplane.operator.api.resources import AdapterResource, BaseModelResource, as_read, dump
 from loraplane.operator.api.training_types import TrainingSpec
 from loraplane.operator.core import training as core
 from loraplane.operator.core.training import (
-    GENERATION_LABEL, PROGRESS_ANNOTATION, failure_reason, fold_progress, job_state,
+    GENERATION_LABEL, PROGRESS_ANNOTATION, failure_reason, fold_progress,
 )
 from loraplane.training.config import build_config
 from loraplane.training.progress import ANNOTATION
@@ -238,7 +238,7 @@ def test_running_job_folds_progress_from_the_newest_pod():
     old = pod_obj("j-1", "Failed", "2026-11-23T19:00:00Z", progress={**progress, "step": 10},
                   term={"exitCode": 137, "reason": "Error"})
     new = pod_obj("j-2", "Running", "2026-11-23T19:10:00Z", progress=progress)
-    js = job_state(job_obj(failed=1, active=1), [new, old])
+    js = JobView.from_api(job_obj(failed=1, active=1), [new, old])
     p = plan_training(adapter(), base(), [js], NOW)
     t = p.status["training"]
     assert p.status["phase"] == "Training" and t["step"] == 20 and t["progress"] == "20/60"
@@ -247,13 +247,13 @@ def test_running_job_folds_progress_from_the_newest_pod():
     assert "step 20/60" in msg and "resumed" in msg
     # A restarted pod that has not reported yet keeps the last known progress.
     fresh = pod_obj("j-3", "Pending", "2026-11-23T19:20:00Z")
-    assert fold_progress({}, job_state(job_obj(), [old, fresh]))["step"] == 10
+    assert fold_progress({}, JobView.from_api(job_obj(), [old, fresh]))["step"] == 10
 
 
 def test_failed_job_ends_failed_with_the_pods_reason_and_is_not_retried():
     term = {"exitCode": 2, "reason": "Error",
             "message": "Traceback ...\nloraplane train: data.jsonl:2: invalid JSON (Expecting value)"}
-    js = job_state(job_obj(conditions=[{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]),
+    js = JobView.from_api(job_obj(conditions=[{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]),
                    [pod_obj("j-1", "Failed", term=term)])
     p = plan_training(adapter(), base(), [js], NOW)
     ready = next(c for c in p.status["conditions"] if c["type"] == "Ready")
@@ -268,15 +268,15 @@ def test_failed_job_ends_failed_with_the_pods_reason_and_is_not_retried():
 
 
 def test_failure_reason_fallbacks():
-    oom = job_state(job_obj(), [pod_obj("j-1", "Failed", term={"exitCode": 137, "reason": "OOMKilled"})])
+    oom = JobView.from_api(job_obj(), [pod_obj("j-1", "Failed", term={"exitCode": 137, "reason": "OOMKilled"})])
     assert "OOMKilled with exit code 137" in failure_reason(oom) and "batchSize" in failure_reason(oom)
-    deadline = job_state(job_obj(conditions=[{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+    deadline = JobView.from_api(job_obj(conditions=[{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
                                               "message": "Job was active longer than specified deadline"}]), [])
     assert failure_reason(deadline) == "DeadlineExceeded: Job was active longer than specified deadline"
 
 
 def test_succeeded_job_hands_over_to_verification():
-    js = job_state(job_obj(conditions=[{"type": "Complete", "status": "True"}], succeeded=1),
+    js = JobView.from_api(job_obj(conditions=[{"type": "Complete", "status": "True"}], succeeded=1),
                    [pod_obj("j-1", "Succeeded", progress={"step": 60, "totalSteps": 60, "phase": "succeeded"})])
     p = plan_training(adapter(), base(), [js], NOW)
     assert p.verify and p.status["training"]["trainedGeneration"] == 1 and p.events[0][1] == "Trained"
@@ -299,7 +299,7 @@ def test_the_verify_step_is_the_source_adapters():
 
 
 def test_older_generation_jobs_are_deleted():
-    old = job_state(job_obj("adp-synth-v3-train-g1-a0", gen=1, active=1), [])
+    old = JobView.from_api(job_obj("adp-synth-v3-train-g1-a0", gen=1, active=1), [])
     p = plan_training(adapter(gen=2), base(), [old], NOW)
     assert p.delete_jobs == ["adp-synth-v3-train-g1-a0"] and p.place
 
