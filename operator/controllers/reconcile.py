@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import metrics, prom_source
 from ..core import analysis, inventory, routing as pool_routing, workload_identity
+from ..api.common_types import Condition
 from ..api.conditions import get_condition, kstatus_conditions, set_condition
 from .config import Config
 from .kube import Kube
@@ -258,9 +259,10 @@ def _merge_routing(pool: WorkerPoolResource, plan: PoolPlan, st: dict, routing: 
         st["conditions"] = set_condition(st["conditions"], "Degraded", True, "NoLoadedBackend",
                                          routing.unavailable, gen)
     plan.events = plan.events + routing.events
-    st["conditions"], problem_event = pool_routing.report_problems(
-        st["conditions"], routing.problems, generation=gen, now=_now(),
-        stored=[as_read(c) for c in pool.status.conditions])
+    conditions, problem_event = pool_routing.report_problems(
+        [Condition.model_validate(c) for c in st["conditions"]], routing.problems, generation=gen, now=_now(),
+        stored=pool.status.conditions)
+    st["conditions"] = [as_read(c) for c in conditions]
     if problem_event:
         plan.events.append(problem_event)
     if routing.requeue_after is not None:

@@ -30,10 +30,6 @@ PENDING = {
     ("training", "_set", "st"),
     ("training", "_running_message", "p"),
     ("training", "verify_view", "status"),
-    ("routing", "report_problems", "conditions"),  # condition dicts (api.conditions works on dicts)
-    ("routing", "report_problems", "stored"),
-    ("routing", "_keep_time", "conditions"),
-    ("routing", "_keep_time", "stored"),
     ("buildable", "parse_checked", "raw"),  # a parser of raw objects: belongs at the boundary (api/ or controllers/)
 }
 
