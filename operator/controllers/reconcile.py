@@ -27,9 +27,9 @@ from .ledger_cache import LedgerCache
 from ..core.manifests import desired_configmap_obj, publish_job, service, verify_job, with_pull_settings
 from ..api.names import OWNER_LABEL, POOL_LABEL
 from ..api.observed_types import PodView
-from ..core.buildable import parse_checked
+from ..core.buildable import checked
 from ..core.pool import PoolPlan, plan_pool
-from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, WorkerPoolResource, as_read, parse
+from ..api.resources import R, AdapterResource, BaseModelResource, InvalidObject, WorkerPoolResource, as_read, parse
 from .scrape import endpoint_of, scrape
 from ..core.resolve import JobState, World, plan_adapter, plan_basemodel, relpath_of
 from ..core.store_summary import summarize_dir
@@ -70,6 +70,12 @@ def _summary(cfg: Config, job: JobState | None, relpath: str) -> tuple[dict | No
         except Exception as e:  # noqa: BLE001 - reported in status
             return None, f"cannot read manifest of {relpath} from the operator's store mount: {e}"
     return None, "the verify Job left no summary in its termination message and the operator has no --store-root"
+
+
+def parse_checked(model: type[R], raw: dict) -> R | InvalidObject:
+    """``raw`` parsed once (``api.resources.parse``) and checked buildable (``core.buildable``):
+    the typed object, or an ``InvalidObject`` the caller reports as a condition."""
+    return checked(parse(model, raw))
 
 
 def _apply_status(kube: Kube, obj: dict, status: dict) -> None:

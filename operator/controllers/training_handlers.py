@@ -23,10 +23,11 @@ from .state import State, wake as _wake
 from .kube import Kube
 from ..core.manifests import verify_job, with_pull_settings
 from ..api.names import OWNER_LABEL
-from .reconcile import PLACEMENT_LOCK, _apply_status, _job_state, _summary, reconcile_resolve, report_invalid
+from .reconcile import (
+    PLACEMENT_LOCK, _apply_status, _job_state, _summary, parse_checked, reconcile_resolve, report_invalid,
+)
 from ..api.observed_types import JobView
 from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, as_read, parse
-from ..core.buildable import parse_checked
 from ..core.resolve import World, plan_adapter
 from ..core.training import (
     GENERATION_LABEL, TRAINING_LABEL, adapter_relpath, adapter_store_name, pending_reservation_pod,

@@ -30,7 +30,6 @@ PENDING = {
     ("training", "_set", "st"),
     ("training", "_running_message", "p"),
     ("training", "verify_view", "status"),
-    ("buildable", "parse_checked", "raw"),  # a parser of raw objects: belongs at the boundary (api/ or controllers/)
 }
 
 #: Whole modules still on raw dicts, with why (issue 11 follow-up; the test fails once one is clean).
