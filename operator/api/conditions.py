@@ -111,3 +111,12 @@ def set_typed(conditions: list[Condition], type_: str, status: bool | str, reaso
     condition had, or that this sets, are dumped)."""
     read = [c.model_dump(by_alias=True, mode="json", exclude_unset=True) for c in conditions]
     return [Condition.model_validate(c) for c in set_condition(read, type_, status, reason, message, generation, now)]
+
+
+def triple_typed(conditions: list[Condition], *, ready: tuple[bool, str, str], progressing: tuple[bool, str, str],
+                 degraded: tuple[bool, str, str], generation: int | None,
+                 now: dt.datetime | None = None) -> list[Condition]:
+    """``triple`` on typed conditions."""
+    read = [c.model_dump(by_alias=True, mode="json", exclude_unset=True) for c in conditions]
+    return [Condition.model_validate(c) for c in triple(read, ready=ready, progressing=progressing,
+                                                        degraded=degraded, generation=generation, now=now)]

@@ -26,6 +26,7 @@ from ..api.names import OWNER_LABEL
 from .reconcile import (
     PLACEMENT_LOCK, _apply_status, _job_state, _summary, parse_checked, reconcile_resolve, report_invalid,
 )
+from ..api.adapter_types import AdapterStatus
 from ..api.observed_types import JobView
 from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, as_read, parse
 from ..core.resolve import World, plan_adapter
@@ -67,9 +68,9 @@ def reconcile_adapter(kube: Kube, cfg, ledger, ns: str, name: str) -> float | No
         _delete_job(kube, ns, job)
     if plan.place:
         plan = _place_and_create(kube, cfg, ledger, parsed, base, plan, now)
-    status, events, requeue = plan.status, list(plan.events), plan.requeue_after
+    status, events, requeue = as_read(plan.status), list(plan.events), plan.requeue_after  # a dict for the client
     if plan.verify:
-        status, more, requeue = _verify(kube, cfg, parsed, base, owned, status, now)
+        status, more, requeue = _verify(kube, cfg, parsed, base, owned, plan.status, now)
         events += more
     _apply_status(kube, obj, status)
     for e in events:
@@ -104,13 +105,13 @@ def _place_and_create(kube: Kube, cfg, ledger, adapter: AdapterResource, base: B
 
 
 def _verify(kube: Kube, cfg, obj: AdapterResource, base: BaseModelResource | None, owned: list[dict],
-            status: dict, now):
+            status: AdapterStatus, now):
     """Verify the published version with the same verify Job and checks as a source Adapter."""
     ns = obj.namespace
     verify_jobs = [j for j in owned if GENERATION_LABEL not in (j["metadata"].get("labels") or {})]
     world = World(now=now, jobs={j["metadata"]["name"]: _job_state(kube, ns, j) for j in verify_jobs})
     relpath = adapter_relpath(obj)
-    done = world.jobs.get(status.get("job") or "")
+    done = world.jobs.get(status.job or "")
     if done and done.phase == "Succeeded":
         world.summary, world.summary_error = _summary(cfg, done, relpath)
     world.base = base
@@ -125,7 +126,7 @@ def _verify(kube: Kube, cfg, obj: AdapterResource, base: BaseModelResource | Non
         job["spec"]["template"]["metadata"]["labels"][OWNER_LABEL] = label
         kube.create(with_pull_settings(job, cfg.image_pull_policy, cfg.image_pull_secrets))
     out = as_read(vplan.status)  # typed in the core, a dict for the training core and the API client
-    out.setdefault("training", status.get("training") or {})
+    out.setdefault("training", as_read(status.training) if status.training is not None else {})
     return out, vplan.events, vplan.requeue_after
 
 
