@@ -125,7 +125,7 @@ def _verify(kube: Kube, cfg, obj: AdapterResource, base: BaseModelResource | Non
         job["metadata"]["labels"][OWNER_LABEL] = label
         job["spec"]["template"]["metadata"]["labels"][OWNER_LABEL] = label
         kube.create(with_pull_settings(job, cfg.image_pull_policy, cfg.image_pull_secrets))
-    out = as_read(vplan.status)  # typed in the core, a dict for the training core and the API client
+    out = as_read(vplan.status)  # typed in the core, a dict only for the API client
     out.setdefault("training", as_read(status.training) if status.training is not None else {})
     return out, vplan.events, vplan.requeue_after
 
