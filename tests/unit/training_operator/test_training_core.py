@@ -327,3 +327,13 @@ def test_workers_load_a_trained_adapter_from_its_training_store_identity():
     job = training_job(a, base(), "j", "n", 0, 1, "img")
     argv = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert argv[argv.index("--owner") + 1] == "team" and argv[argv.index("--name") + 1] == "synth"
+
+
+def test_a_malformed_progress_annotation_reads_as_no_progress():
+    """The trainer's annotation is parsed once (``TrainingPodView``): not JSON, or JSON that is not
+    an object, is no progress rather than an error in the core."""
+    for raw in ("not json", "[1, 2]", "7"):
+        pod = {"metadata": {"name": "j-1", "annotations": {PROGRESS_ANNOTATION: raw}}, "status": {"phase": "Running"}}
+        js = JobView.from_api(job_obj(active=1), [pod])
+        assert js.pods[0].progress is None
+        assert fold_progress(TrainingStatus(), js).step is None
