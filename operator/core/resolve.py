@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 
 from ..api.adapter_types import AdapterSpec, AdapterStatus
 from ..api.basemodel_types import BaseModelSpec, BaseModelStatus, VariantStatus
-from ..api.common_types import Condition
-from ..api.conditions import now_iso, triple
+from ..api.conditions import now_iso, triple_typed
 from ..api.names import job_name
 from ..api.resources import AdapterResource, BaseModelResource, InvalidObject
 from .store_summary import store_relpath
@@ -83,9 +82,8 @@ def _set(status: Status, **fields) -> Status:
 
 
 def _conditions(status: Status, generation: int | None, now: dt.datetime, **three: tuple[bool, str, str]) -> None:
-    """Set Ready, Progressing and Degraded (``api.conditions.triple``, which keeps transition times)."""
-    read = [c.model_dump(by_alias=True, mode="json", exclude_unset=True) for c in status.conditions]
-    status.conditions = [Condition.model_validate(c) for c in triple(read, generation=generation, now=now, **three)]
+    """Set Ready, Progressing and Degraded (transition times kept where a status did not flip)."""
+    status.conditions = triple_typed(status.conditions, generation=generation, now=now, **three)
 
 
 def _ready_reason(status: Status) -> str | None:
