@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from .common_types import Condition
+
 
 def now_iso(now: dt.datetime | None = None) -> str:
     return (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -96,3 +98,25 @@ def kstatus_conditions(status: dict, generation: int | None, now: dt.datetime | 
         out["conditions"] = conds = set_condition(conds, type_, value is not None, reason or type_, message,
                                                   generation, now)
     return out
+
+
+# --- the same on typed conditions (``common_types.Condition``), for cores that take a typed status ----
+def find(conditions: list[Condition] | None, type_: str) -> Condition | None:
+    return next((c for c in conditions or [] if c.type == type_), None)
+
+
+def set_typed(conditions: list[Condition], type_: str, status: bool | str, reason: str, message: str,
+              generation: int | None, now: dt.datetime | None = None) -> list[Condition]:
+    """``set_condition`` on typed conditions (the same transition-time rule; only the keys each
+    condition had, or that this sets, are dumped)."""
+    read = [c.model_dump(by_alias=True, mode="json", exclude_unset=True) for c in conditions]
+    return [Condition.model_validate(c) for c in set_condition(read, type_, status, reason, message, generation, now)]
+
+
+def triple_typed(conditions: list[Condition], *, ready: tuple[bool, str, str], progressing: tuple[bool, str, str],
+                 degraded: tuple[bool, str, str], generation: int | None,
+                 now: dt.datetime | None = None) -> list[Condition]:
+    """``triple`` on typed conditions."""
+    read = [c.model_dump(by_alias=True, mode="json", exclude_unset=True) for c in conditions]
+    return [Condition.model_validate(c) for c in triple(read, ready=ready, progressing=progressing,
+                                                        degraded=degraded, generation=generation, now=now)]

@@ -221,3 +221,66 @@ def _whole_gpus(spec: dict) -> int:
         n = max(n, _int((res.get("limits") or {}).get(GPU_RESOURCE), 0),
                 _int((res.get("requests") or {}).get(GPU_RESOURCE), 0))
     return n
+
+
+# --- training Jobs -----------------------------------------------------------------------------------
+PROGRESS_ANNOTATION = "loraplane.io/training-progress"  # = loraplane.training.progress.ANNOTATION
+GENERATION_LABEL = "loraplane.io/generation"  # on training Jobs: the Adapter generation they train
+
+
+@dataclass(frozen=True)
+class TrainingPodView:
+    """A training Job's pod: its progress annotation and how its trainer ended."""
+
+    name: str
+    phase: str  # Pending Running Succeeded Failed
+    created: str = ""  # creationTimestamp as written (RFC 3339 sorts as text)
+    progress: dict[str, object] | None = field(default=None, hash=False)  # the trainer's JSON, as it wrote it
+    exit_code: int | None = None
+    reason: str = ""  # terminated.reason (Error, OOMKilled, ...)
+    message: str = ""  # terminated.message (the trainer's error, or the log tail)
+
+    @classmethod
+    def from_api(cls, pod: dict) -> "TrainingPodView":
+        meta, st = pod.get("metadata") or {}, pod.get("status") or {}
+        raw = (meta.get("annotations") or {}).get(PROGRESS_ANNOTATION)
+        try:
+            progress = json.loads(raw) if raw else None
+        except ValueError:
+            progress = None
+        exit_code, reason, message = None, "", ""
+        for cs in st.get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+            if term:
+                exit_code, reason, message = term.get("exitCode"), term.get("reason") or "", term.get("message") or ""
+        return cls(name=meta.get("name", ""), phase=st.get("phase") or "Pending",
+                   created=meta.get("creationTimestamp") or "",
+                   progress=progress if isinstance(progress, dict) or progress is None else None,
+                   exit_code=exit_code, reason=reason, message=message)
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A training Job, with its pods oldest first."""
+
+    name: str
+    phase: str  # Running Succeeded Failed
+    failed_pods: int = 0
+    reason: str = ""  # Job condition reason (BackoffLimitExceeded, DeadlineExceeded, PodFailurePolicy)
+    message: str = ""
+    pods: tuple[TrainingPodView, ...] = ()
+    generation: int | None = None  # the GENERATION_LABEL
+
+    @classmethod
+    def from_api(cls, job: dict, pods: list) -> "JobView":
+        """``job`` and its pods (``job-name=`` selector) as the API client returns them."""
+        st = job.get("status") or {}
+        conds = [c for c in st.get("conditions") or [] if c.get("status") == "True"]
+        failed = next((c for c in conds if c.get("type") == "Failed"), None)
+        complete = next((c for c in conds if c.get("type") == "Complete"), None)
+        phase = "Succeeded" if complete else "Failed" if failed else "Running"
+        gen = ((job.get("metadata") or {}).get("labels") or {}).get(GENERATION_LABEL, "")
+        return cls(name=job["metadata"]["name"], phase=phase, failed_pods=int(st.get("failed") or 0),
+                   reason=(failed or {}).get("reason", ""), message=(failed or {}).get("message", ""),
+                   pods=tuple(sorted((TrainingPodView.from_api(p) for p in pods), key=lambda p: (p.created, p.name))),
+                   generation=int(gen) if gen.isdigit() else None)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import metrics, prom_source
 from ..core import analysis, inventory, routing as pool_routing, workload_identity
+from ..api.common_types import Condition
 from ..api.conditions import get_condition, kstatus_conditions, set_condition
 from .config import Config
 from .kube import Kube
@@ -26,9 +27,9 @@ from .ledger_cache import LedgerCache
 from ..core.manifests import desired_configmap_obj, publish_job, service, verify_job, with_pull_settings
 from ..api.names import OWNER_LABEL, POOL_LABEL
 from ..api.observed_types import PodView
-from ..core.buildable import parse_checked
+from ..core.buildable import checked
 from ..core.pool import PoolPlan, plan_pool
-from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, WorkerPoolResource, as_read, parse
+from ..api.resources import R, AdapterResource, BaseModelResource, InvalidObject, WorkerPoolResource, as_read, parse
 from .scrape import endpoint_of, scrape
 from ..core.resolve import JobState, World, plan_adapter, plan_basemodel, relpath_of
 from ..core.store_summary import summarize_dir
@@ -71,6 +72,12 @@ def _summary(cfg: Config, job: JobState | None, relpath: str) -> tuple[dict | No
     return None, "the verify Job left no summary in its termination message and the operator has no --store-root"
 
 
+def parse_checked(model: type[R], raw: dict) -> R | InvalidObject:
+    """``raw`` parsed once (``api.resources.parse``) and checked buildable (``core.buildable``):
+    the typed object, or an ``InvalidObject`` the caller reports as a condition."""
+    return checked(parse(model, raw))
+
+
 def _apply_status(kube: Kube, obj: dict, status: dict) -> None:
     status = kstatus_conditions(status, obj["metadata"].get("generation"))  # GitOps health (kstatus)
     if status != (obj.get("status") or {}):
@@ -106,7 +113,7 @@ def reconcile_resolve(kube: Kube, cfg: Config, kind: str, ns: str, name: str) ->
         job["metadata"]["labels"][OWNER_LABEL] = owner_label
         job["spec"]["template"]["metadata"]["labels"][OWNER_LABEL] = owner_label
         kube.create(with_pull_settings(job, cfg.image_pull_policy, cfg.image_pull_secrets))
-    _apply_status(kube, raw, plan.status)
+    _apply_status(kube, raw, as_read(plan.status))  # typed in the core, a dict only for the API client
     for e in plan.events:
         kube.event(raw, *e)
     return plan.requeue_after
@@ -258,9 +265,10 @@ def _merge_routing(pool: WorkerPoolResource, plan: PoolPlan, st: dict, routing: 
         st["conditions"] = set_condition(st["conditions"], "Degraded", True, "NoLoadedBackend",
                                          routing.unavailable, gen)
     plan.events = plan.events + routing.events
-    st["conditions"], problem_event = pool_routing.report_problems(
-        st["conditions"], routing.problems, generation=gen, now=_now(),
-        stored=[as_read(c) for c in pool.status.conditions])
+    conditions, problem_event = pool_routing.report_problems(
+        [Condition.model_validate(c) for c in st["conditions"]], routing.problems, generation=gen, now=_now(),
+        stored=pool.status.conditions)
+    st["conditions"] = [as_read(c) for c in conditions]
     if problem_event:
         plan.events.append(problem_event)
     if routing.requeue_after is not None:

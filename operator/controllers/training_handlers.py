@@ -23,12 +23,15 @@ from .state import State, wake as _wake
 from .kube import Kube
 from ..core.manifests import verify_job, with_pull_settings
 from ..api.names import OWNER_LABEL
-from .reconcile import PLACEMENT_LOCK, _apply_status, _job_state, _summary, reconcile_resolve, report_invalid
-from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, parse
-from ..core.buildable import parse_checked
+from .reconcile import (
+    PLACEMENT_LOCK, _apply_status, _job_state, _summary, parse_checked, reconcile_resolve, report_invalid,
+)
+from ..api.adapter_types import AdapterStatus
+from ..api.observed_types import JobView
+from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, as_read, parse
 from ..core.resolve import World, plan_adapter
 from ..core.training import (
-    GENERATION_LABEL, TRAINING_LABEL, adapter_relpath, adapter_store_name, job_state, pending_reservation_pod,
+    GENERATION_LABEL, TRAINING_LABEL, adapter_relpath, adapter_store_name, pending_reservation_pod,
     placed, placement_request, plan_training, train_job_name, training_job, unplaced, verify_view,
 )
 
@@ -59,15 +62,15 @@ def reconcile_adapter(kube: Kube, cfg, ledger, ns: str, name: str) -> float | No
     base = None if raw_base is None else parse(BaseModelResource, raw_base)
     owned = kube.list_jobs(ns, f"{OWNER_LABEL}=adapter.{name}")
     train = [j for j in owned if GENERATION_LABEL in (j["metadata"].get("labels") or {})]
-    states = [job_state(j, kube.list_pods(ns, f"job-name={j['metadata']['name']}")) for j in train]
+    states = [JobView.from_api(j, kube.list_pods(ns, f"job-name={j['metadata']['name']}")) for j in train]
     plan = plan_training(parsed, base, states, now)
     for job in plan.delete_jobs:
         _delete_job(kube, ns, job)
     if plan.place:
         plan = _place_and_create(kube, cfg, ledger, parsed, base, plan, now)
-    status, events, requeue = plan.status, list(plan.events), plan.requeue_after
+    status, events, requeue = as_read(plan.status), list(plan.events), plan.requeue_after  # a dict for the client
     if plan.verify:
-        status, more, requeue = _verify(kube, cfg, parsed, base, owned, status, now)
+        status, more, requeue = _verify(kube, cfg, parsed, base, owned, plan.status, now)
         events += more
     _apply_status(kube, obj, status)
     for e in events:
@@ -102,13 +105,13 @@ def _place_and_create(kube: Kube, cfg, ledger, adapter: AdapterResource, base: B
 
 
 def _verify(kube: Kube, cfg, obj: AdapterResource, base: BaseModelResource | None, owned: list[dict],
-            status: dict, now):
+            status: AdapterStatus, now):
     """Verify the published version with the same verify Job and checks as a source Adapter."""
     ns = obj.namespace
     verify_jobs = [j for j in owned if GENERATION_LABEL not in (j["metadata"].get("labels") or {})]
     world = World(now=now, jobs={j["metadata"]["name"]: _job_state(kube, ns, j) for j in verify_jobs})
     relpath = adapter_relpath(obj)
-    done = world.jobs.get(status.get("job") or "")
+    done = world.jobs.get(status.job or "")
     if done and done.phase == "Succeeded":
         world.summary, world.summary_error = _summary(cfg, done, relpath)
     world.base = base
@@ -122,8 +125,9 @@ def _verify(kube: Kube, cfg, obj: AdapterResource, base: BaseModelResource | Non
         job["metadata"]["labels"][OWNER_LABEL] = label
         job["spec"]["template"]["metadata"]["labels"][OWNER_LABEL] = label
         kube.create(with_pull_settings(job, cfg.image_pull_policy, cfg.image_pull_secrets))
-    vplan.status.setdefault("training", status.get("training") or {})
-    return vplan.status, vplan.events, vplan.requeue_after
+    out = as_read(vplan.status)  # typed in the core, a dict only for the API client
+    out.setdefault("training", as_read(status.training) if status.training is not None else {})
+    return out, vplan.events, vplan.requeue_after
 
 
 @kopf.on.event("", "v1", "pods", labels={TRAINING_LABEL: kopf.PRESENT})

@@ -50,7 +50,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, TypedDict
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -59,6 +59,14 @@ from ..api.rollout_types import AnalysisThresholds
 REQUESTS = "loraplane_worker_requests_total"
 REQUESTS_CREATED = "loraplane_worker_requests_created"
 DURATION = "loraplane_worker_request_duration_seconds"
+
+
+class SeriesJson(TypedDict, total=False):
+    """A ``Series`` as stored in status (short keys: it is repeated per adapter and window)."""
+
+    n: dict[str, float]  # by_status
+    b: dict[str, float]  # buckets, the bound as text ("0.25", "+Inf")
+    s: float  # ok_sum
 
 
 @dataclass
@@ -71,12 +79,12 @@ class Series:
     #: earliest ``_created`` time of its request counters (a restarted process moves it); not serialized
     created: float | None = None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> SeriesJson:
         return {"n": self.by_status, "b": {repr(k) if math.isfinite(k) else "+Inf": v for k, v in self.buckets.items()},
                 "s": self.ok_sum}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Series":
+    def from_json(cls, d: SeriesJson) -> "Series":
         return cls(by_status=dict(d.get("n", {})), ok_sum=float(d.get("s", 0.0)),
                    buckets={float(k): float(v) for k, v in d.get("b", {}).items()})
 

@@ -9,7 +9,7 @@ refusal half-way left a Pod behind and looped on tracebacks. Here the
 Kubernetes rules for those names, label values and quantities are applied to
 the children the operator would create (the real manifests of
 ``core.manifests`` where they are cheap to build), and each problem names
-the field of the object it comes from. ``parse_checked`` turns them into the
+the field of the object it comes from. ``checked`` turns them into the
 same ``InvalidObject`` a pydantic error becomes, so the controllers report
 one condition (reason ``InvalidSpec``) and create nothing.
 """
@@ -20,7 +20,7 @@ import re
 
 from ..api.common_types import HostPathVolume, StoreVolume
 from ..api.names import OWNER_LABEL, desired_configmap, owner_label_value, worker_name
-from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, WorkerPoolResource, parse
+from ..api.resources import R, AdapterResource, BaseModelResource, InvalidObject, WorkerPoolResource
 from .manifests import Manifest, desired_configmap_obj, service, worker_pod
 
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
@@ -121,10 +121,9 @@ def resolve_problems(obj: BaseModelResource | AdapterResource) -> list[tuple[str
     return out
 
 
-def parse_checked(model, raw: dict):
-    """``api.resources.parse`` plus the checks above: the parsed object, or an
-    ``InvalidObject`` naming every field the operator cannot build from."""
-    obj = parse(model, raw)
+def checked(obj: R | InvalidObject) -> R | InvalidObject:
+    """A parsed object (``api.resources.parse``, at the controller boundary) through the checks
+    above: the object, or an ``InvalidObject`` naming every field the operator cannot build from."""
     if isinstance(obj, InvalidObject):
         return obj
     problems = pool_problems(obj) if isinstance(obj, WorkerPoolResource) else resolve_problems(obj)

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import analysis, revisions, rollout, routing_policy
-from ..api.conditions import get_condition, set_condition
+from ..api.common_types import Condition
+from ..api.conditions import find, set_typed
 from ..api.observed_types import WorkerReport
 from ..api.resources import AdapterResource, InvalidObject, WorkerPoolResource, as_read
 from ..api.rollout_types import (
@@ -305,36 +306,36 @@ def task_problems(pool: WorkerPoolResource, adapters: dict[str, AdapterResource 
 ROUTES_VALID = "RoutesValid"
 
 
-def report_problems(conditions: list[dict], problems: list[tuple[str, str]], *, generation: int | None,
-                    now: dt.datetime, stored: list[dict] | None = None) -> tuple[list[dict], tuple | None]:
+def report_problems(conditions: list[Condition], problems: list[tuple[str, str]], *, generation: int | None,
+                    now: dt.datetime, stored: list[Condition] | None = None) -> tuple[list[Condition], tuple | None]:
     """``RoutesValid`` False with the first problem's reason (messages joined) and a Warning Event
     unless ``stored`` (the conditions as the API holds them) already says exactly that; a Ready that
     this pass computed True becomes False with the same reason (never Ready=True silently). A Ready
     already False keeps its own, more urgent reason (and the dedupe of its Events)."""
     stored = conditions if stored is None else stored
-    before = get_condition(stored, ROUTES_VALID)
+    before = find(stored, ROUTES_VALID)
     if not problems:
         if before is None:
             return conditions, None
-        return _keep_time(set_condition(conditions, ROUTES_VALID, "True", "AsExpected",
-                                        "routes and rollouts name adapters of their task", generation, now),
+        return _keep_time(set_typed(conditions, ROUTES_VALID, "True", "AsExpected",
+                                    "routes and rollouts name adapters of their task", generation, now),
                           stored, ROUTES_VALID), None
     reason, message = problems[0][0], "; ".join(m for _, m in problems)[:1000]
-    same = before is not None and (before.get("status"), before.get("reason"), before.get("message")) == \
-        ("False", reason, message)
-    conditions = _keep_time(set_condition(conditions, ROUTES_VALID, "False", reason, message, generation, now),
+    same = before is not None and (before.status, before.reason, before.message) == ("False", reason, message)
+    conditions = _keep_time(set_typed(conditions, ROUTES_VALID, "False", reason, message, generation, now),
                             stored, ROUTES_VALID)
-    if (get_condition(conditions, "Ready") or {}).get("status") == "True":
-        conditions = _keep_time(set_condition(conditions, "Ready", "False", reason, message, generation, now),
+    ready = find(conditions, "Ready")
+    if ready is not None and ready.status == "True":
+        conditions = _keep_time(set_typed(conditions, "Ready", "False", reason, message, generation, now),
                                 stored, "Ready")
     return conditions, None if same else ("Warning", reason, message)
 
 
-def _keep_time(conditions: list[dict], stored: list[dict], type_: str) -> list[dict]:
+def _keep_time(conditions: list[Condition], stored: list[Condition], type_: str) -> list[Condition]:
     """``lastTransitionTime`` of ``type_`` as stored when its status did not change (``set_condition``
     compared with this pass's freshly computed conditions, not with what the API holds)."""
-    old, new = get_condition(stored, type_) or {}, get_condition(conditions, type_) or {}
-    if old.get("status") != new.get("status") or not old.get("lastTransitionTime"):
+    old, new = find(stored, type_), find(conditions, type_)
+    if old is None or new is None or old.status != new.status or not old.last_transition_time:
         return conditions
-    return [dict(c, lastTransitionTime=old["lastTransitionTime"]) if c.get("type") == type_ else c
+    return [c.model_copy(update={"last_transition_time": old.last_transition_time}) if c.type == type_ else c
             for c in conditions]

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from shlex import join as shjoin
 
 from . import placement as pl
-from ..api.conditions import triple
+from ..api.conditions import find, triple_typed
 from .manifests import (
-    OFFLINE_ENV, WRITABLE_ENV, container_security, owner_ref_of, pod_security, store_volume, tmp_volume,
+    OFFLINE_ENV, WRITABLE_ENV, Manifest, container_security, owner_ref_of, pod_security, store_volume, tmp_volume,
 )
 from ..api.names import (
     GPU_ANNOTATION, MANAGED_BY, OWNER_LABEL, RESERVATION_ANNOTATION, WORKLOAD_SERVICE_ACCOUNT, job_name,
@@ -42,12 +42,11 @@ from .pool import request_for
 from .store_summary import store_relpath
 from ..api.adapter_types import AdapterSource, AdapterStatus
 from ..api.common_types import StoreVolume
+from ..api.observed_types import GENERATION_LABEL, PROGRESS_ANNOTATION, JobView  # noqa: F401 (both re-exported)
 from ..api.resources import AdapterResource, BaseModelResource, InvalidObject, as_read, dump
-from ..api.training_types import Hyperparameters, TrainingSpec
+from ..api.training_types import Hyperparameters, TrainingSpec, TrainingStatus
 
-PROGRESS_ANNOTATION = "loraplane.io/training-progress"  # = loraplane.training.progress.ANNOTATION
 TRAINING_LABEL = "loraplane.io/training"  # on training pods: the Adapter's name
-GENERATION_LABEL = "loraplane.io/generation"  # on training Jobs: the Adapter generation they train
 DATA_MOUNT = "/data"
 EXIT_BAD_CONFIG = 2  # the trainer's "bad config/dataset/method": never worth a pod retry
 
@@ -153,7 +152,7 @@ def train_args(adapter: AdapterResource, base: BaseModelResource, store_mount: s
 
 
 def training_job(adapter: AdapterResource, base: BaseModelResource, name: str, node: str, gpu: int, need_mib: int,
-                 image: str, pod_annotations: dict | None = None) -> dict:
+                 image: str, pod_annotations: dict[str, str] | None = None) -> dict:
     t = adapter.spec.training
     store = base.spec.store
     mount = store.mount_path
@@ -216,7 +215,7 @@ def _trainer_volumes(t: TrainingSpec, store: StoreVolume, mount: str) -> tuple[l
     return volumes, mounts
 
 
-def _trainer_container(adapter: AdapterResource, base: BaseModelResource, mount: str, gpu: int, mounts: list[dict],
+def _trainer_container(adapter: AdapterResource, base: BaseModelResource, mount: str, gpu: int, mounts: list[Manifest],
                        image: str) -> dict:
     t = adapter.spec.training
     res = t.resources
@@ -247,7 +246,7 @@ def placement_request(adapter: AdapterResource, need_mib: int) -> pl.Request:
                        ((f"training-{t.method}", need_mib),))
 
 
-def pending_reservation_pod(job: dict) -> dict:
+def pending_reservation_pod(job: Manifest) -> dict:
     """A stand-in for the Job's pod, written through to the ledger cache at once so the next
     placement sees the VRAM before the Job controller has created the pod."""
     meta = job["metadata"]
@@ -257,56 +256,8 @@ def pending_reservation_pod(job: dict) -> dict:
 
 
 # --- observing the Job -----------------------------------------------------------------------------
-@dataclass
-class TrainPod:
-    name: str
-    phase: str  # Pending Running Succeeded Failed
-    created: str = ""
-    progress: dict | None = None
-    exit_code: int | None = None
-    reason: str = ""  # terminated.reason (Error, OOMKilled, ...)
-    message: str = ""  # terminated.message (the trainer's error, or the log tail)
-
-
-@dataclass
-class TrainJob:
-    name: str
-    phase: str  # Running Succeeded Failed
-    failed_pods: int = 0
-    reason: str = ""  # Job condition reason (BackoffLimitExceeded, DeadlineExceeded, PodFailurePolicy)
-    message: str = ""
-    pods: list[TrainPod] = field(default_factory=list)
-    generation: int | None = None
-
-
-def pod_state(pod: dict) -> TrainPod:
-    meta, st = pod.get("metadata") or {}, pod.get("status") or {}
-    raw = (meta.get("annotations") or {}).get(PROGRESS_ANNOTATION)
-    try:
-        progress = json.loads(raw) if raw else None
-    except ValueError:
-        progress = None
-    out = TrainPod(name=meta.get("name", ""), phase=st.get("phase") or "Pending",
-                   created=meta.get("creationTimestamp") or "", progress=progress)
-    for cs in st.get("containerStatuses") or []:
-        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
-        if term:
-            out.exit_code, out.reason, out.message = term.get("exitCode"), term.get("reason") or "", \
-                term.get("message") or ""
-    return out
-
-
-def job_state(job: dict, pods: list[dict]) -> TrainJob:
-    st = job.get("status") or {}
-    conds = [c for c in st.get("conditions") or [] if c.get("status") == "True"]
-    failed = next((c for c in conds if c.get("type") == "Failed"), None)
-    complete = next((c for c in conds if c.get("type") == "Complete"), None)
-    phase = "Succeeded" if complete else "Failed" if failed else "Running"
-    gen = ((job.get("metadata") or {}).get("labels") or {}).get(GENERATION_LABEL, "")
-    return TrainJob(name=job["metadata"]["name"], phase=phase, failed_pods=int(st.get("failed") or 0),
-                    reason=(failed or {}).get("reason", ""), message=(failed or {}).get("message", ""),
-                    pods=sorted((pod_state(p) for p in pods), key=lambda p: (p.created, p.name)),
-                    generation=int(gen) if gen.isdigit() else None)
+# The controller reads each training Job and its pods once into ``api.observed_types.JobView``
+# (pods as ``TrainingPodView``, oldest first); the functions below see only those.
 
 
 def _last_line(text: str) -> str:
@@ -316,7 +267,7 @@ def _last_line(text: str) -> str:
     return (mine or lines or [""])[-1][:400]
 
 
-def failure_reason(job: TrainJob) -> str:
+def failure_reason(job: JobView) -> str:
     """Why the Job failed, from the most specific source: the last failed pod's termination
     message (the trainer's error), else its terminated reason and exit code, else the Job's
     condition (deadline, backoff limit)."""
@@ -334,20 +285,26 @@ def failure_reason(job: TrainJob) -> str:
     return "the training Job failed without a reason"
 
 
-def fold_progress(training: dict, job: TrainJob) -> dict:
+def _assign(model, **fields):
+    """Set fields (snake_case) on a status model, marking them set: ``as_read`` sends them (None deletes)."""
+    for k, v in fields.items():
+        setattr(model, k, v)
+    return model
+
+
+def fold_progress(training: TrainingStatus, job: JobView) -> TrainingStatus:
     """``status.training`` from the newest pod's progress annotation (older pods' progress is kept
-    when the new pod has not reported yet: a resumed pod starts from that step)."""
-    out = dict(training)
-    out["job"] = job.name
-    out["restarts"] = job.failed_pods
+    when the new pod has not reported yet: a resumed pod starts from that step). The trainer's
+    values are copied as it wrote them (``loraplane.training.progress``)."""
+    out = _assign(training.model_copy(deep=True), job=job.name, restarts=job.failed_pods)
     for p in reversed(job.pods):
         if p.progress:
             pr = p.progress
-            out.update(phase=pr.get("phase"), step=pr.get("step"), totalSteps=pr.get("totalSteps"),
-                       loss=pr.get("loss"), evalLoss=pr.get("evalLoss"), tokensPerSecond=pr.get("tokensPerSecond"),
-                       etaSeconds=pr.get("etaSeconds"), updated=pr.get("updated"))
+            _assign(out, phase=pr.get("phase"), step=pr.get("step"), total_steps=pr.get("totalSteps"),
+                    loss=pr.get("loss"), eval_loss=pr.get("evalLoss"), tokens_per_second=pr.get("tokensPerSecond"),
+                    eta_seconds=pr.get("etaSeconds"), updated=pr.get("updated"))
             if pr.get("totalSteps"):
-                out["progress"] = f"{pr.get('step', 0)}/{pr['totalSteps']}"
+                out.progress = f"{pr.get('step', 0)}/{pr['totalSteps']}"
             break
     return out
 
@@ -355,7 +312,7 @@ def fold_progress(training: dict, job: TrainJob) -> dict:
 # --- the plan --------------------------------------------------------------------------------------
 @dataclass
 class TrainPlan:
-    status: dict
+    status: AdapterStatus  # typed; the controller dumps it with ``as_read`` just before the patch
     place: bool = False  # run placement, then ``placed``/``unplaced``
     need: Need | None = None
     verify: bool = False  # training done: verify the published adapter as a source Adapter
@@ -364,29 +321,28 @@ class TrainPlan:
     events: list[tuple[str, str, str]] = field(default_factory=list)
 
 
-def _status(adapter: AdapterResource) -> dict:
-    st = as_read(adapter.status)
-    gen = adapter.generation
-    if st.get("observedGeneration") != gen:  # the spec changed: start over
-        st.update(phase="Pending", attempts=0, nextRetry=None, job=None, checksum=None)
-        st["training"] = {}
-    st.setdefault("training", {})
-    st["training"] = dict(st["training"] or {})
+def _status(adapter: AdapterResource) -> AdapterStatus:
+    """The status as read (a copy: only the keys it had count as set), ``training`` always set."""
+    st = adapter.status.model_copy(deep=True)
+    if st.observed_generation != adapter.generation:  # the spec changed: start over
+        _assign(st, phase="Pending", attempts=0, next_retry=None, job=None, checksum=None)
+        st.training = None
+    st.training = st.training or TrainingStatus()
     return st
 
 
-def _set(adapter: AdapterResource, st: dict, now: dt.datetime, phase: str, reason: str, message: str, *,
-         ready=False, progressing=True, degraded=False) -> dict:
+def _set(adapter: AdapterResource, st: AdapterStatus, now: dt.datetime, phase: str, reason: str, message: str, *,
+         ready=False, progressing=True, degraded=False) -> AdapterStatus:
     gen = adapter.generation
-    st.update(phase=phase, observedGeneration=gen)
-    st["conditions"] = triple(st.get("conditions") or [], ready=(ready, reason, message),
-                              progressing=(progressing, reason, message),
-                              degraded=(degraded, reason if degraded else "AsExpected", message if degraded else ""),
-                              generation=gen, now=now)
+    _assign(st, phase=phase, observed_generation=gen)
+    st.conditions = triple_typed(st.conditions, ready=(ready, reason, message),
+                                 progressing=(progressing, reason, message),
+                                 degraded=(degraded, reason if degraded else "AsExpected", message if degraded else ""),
+                                 generation=gen, now=now)
     return st
 
 
-def plan_training(adapter: AdapterResource, base: BaseModelResource | InvalidObject | None, jobs: list[TrainJob],
+def plan_training(adapter: AdapterResource, base: BaseModelResource | InvalidObject | None, jobs: list[JobView],
                   now: dt.datetime) -> TrainPlan:
     gen = adapter.generation or 0
     st = _status(adapter)
@@ -394,28 +350,27 @@ def plan_training(adapter: AdapterResource, base: BaseModelResource | InvalidObj
     plan = TrainPlan(status=st)
     plan.delete_jobs = [j.name for j in jobs if j.name != name and j.generation is not None and j.generation < gen
                         and j.phase == "Running"]
-    if st["training"].get("trainedGeneration") == gen:
+    if st.training.trained_generation == gen:
         plan.verify = True
         return plan
     job = next((j for j in jobs if j.name == name), None)
     if job is None:
         return _before_job(adapter, base, plan, now)
-    st["training"] = fold_progress(st["training"], job)
+    st.training = fold_progress(st.training, job)
     if job.phase == "Running":
-        _set(adapter, st, now, "Training", "Training", _running_message(name, st["training"], job))
+        _set(adapter, st, now, "Training", "Training", _running_message(name, st.training, job))
         plan.requeue_after = 15
         return plan
     if job.phase == "Failed":
         why = failure_reason(job)
-        first = st.get("phase") != "Failed"
+        first = st.phase != "Failed"
         _set(adapter, st, now, "Failed", "TrainingFailed", f"Job {name} failed: {why}", progressing=False,
              degraded=True)
         if first:
             plan.events.append(("Warning", "TrainingFailed", f"Job {name} failed: {why}"))
         return plan
-    st["training"]["trainedGeneration"] = gen
-    st["training"]["phase"] = "succeeded"
-    st["observedGeneration"] = gen  # else the next pass would take it for a spec change
+    _assign(st.training, trained_generation=gen, phase="succeeded")
+    st.observed_generation = gen  # else the next pass would take it for a spec change
     plan.events.append(("Normal", "Trained", f"Job {name} succeeded; verifying {adapter_relpath(adapter)}"))
     plan.verify = True
     return plan
@@ -425,7 +380,7 @@ def _before_job(adapter: AdapterResource, base: BaseModelResource | InvalidObjec
                 now: dt.datetime) -> TrainPlan:
     """No Job for this generation yet: wait for the BaseModel, derive the VRAM need, ask for placement."""
     st, gen, ref = plan.status, adapter.generation or 0, adapter.spec.base_model_ref
-    if st.get("phase") == "Failed" and st.get("observedGeneration") == gen:
+    if st.phase == "Failed" and st.observed_generation == gen:
         return plan  # terminal for this generation (the Job may have been cleaned up by its TTL)
     if base is None or isinstance(base, InvalidObject):
         why = "not found in this namespace" if base is None else f"is invalid: {base.message}"
@@ -449,22 +404,22 @@ def _before_job(adapter: AdapterResource, base: BaseModelResource | InvalidObjec
         _set(adapter, st, now, "Failed", "NeedUnknown", str(e), progressing=False, degraded=True)
         plan.events.append(("Warning", "NeedUnknown", str(e)))
         return plan
-    st["training"]["needMiB"] = plan.need.mib
+    st.training.need_mib = plan.need.mib
     plan.place = True
     return plan
 
 
-def _running_message(name: str, p: dict, job: TrainJob) -> str:
+def _running_message(name: str, p: TrainingStatus, job: JobView) -> str:
     """Progress of a running Job, from its pod's progress annotation."""
-    where = f"{p.get('node')}/gpu{p.get('gpu')}" if p.get("node") else "its GPU"
-    if p.get("totalSteps"):
-        msg = f"Job {name} on {where}: step {p.get('step')}/{p['totalSteps']}"
-        if p.get("loss") is not None:
-            msg += f", loss {p['loss']:.4g}"
-        if p.get("etaSeconds") is not None:
-            msg += f", ETA {p['etaSeconds']:.0f}s"
+    where = f"{p.node}/gpu{p.gpu}" if p.node else "its GPU"
+    if p.total_steps:
+        msg = f"Job {name} on {where}: step {p.step}/{p.total_steps}"
+        if p.loss is not None:
+            msg += f", loss {p.loss:.4g}"
+        if p.eta_seconds is not None:
+            msg += f", ETA {p.eta_seconds:.0f}s"
     else:
-        msg = f"Job {name} on {where}: {p.get('phase') or 'starting'}"
+        msg = f"Job {name} on {where}: {p.phase or 'starting'}"
     if job.failed_pods:
         msg += f" ({job.failed_pods} pod(s) failed; resumed from the last checkpoint)"
     return msg
@@ -473,8 +428,8 @@ def _running_message(name: str, p: dict, job: TrainJob) -> str:
 def placed(adapter: AdapterResource, plan: TrainPlan, decision: pl.Decision, now: dt.datetime) -> TrainPlan:
     """Status after the Job was created on ``decision``'s GPU."""
     st = plan.status
-    st["training"].update(job=train_job_name(adapter), node=decision.node, gpu=decision.gpu,
-                          needMiB=decision.need_mib, phase="pending")
+    _assign(st.training, job=train_job_name(adapter), node=decision.node, gpu=decision.gpu,
+            need_mib=decision.need_mib, phase="pending")
     msg = f"Job {train_job_name(adapter)} placed on {decision.node}/gpu{decision.gpu} ({plan.need.detail})"
     _set(adapter, st, now, "Training", "TrainingStarted", msg)
     plan.events.append(("Normal", "TrainingStarted", msg))
@@ -485,23 +440,21 @@ def placed(adapter: AdapterResource, plan: TrainPlan, decision: pl.Decision, now
 def unplaced(adapter: AdapterResource, plan: TrainPlan, decision: pl.Decision, now: dt.datetime) -> TrainPlan:
     st = plan.status
     msg = f"no GPU has room for training ({plan.need.detail}): {decision.message}"
-    before = next((c for c in st.get("conditions") or [] if c.get("type") == "Progressing"), {})
+    before = find(st.conditions, "Progressing")
     _set(adapter, st, now, "Pending", "Unplaceable", msg)
-    if before.get("reason") != "Unplaceable":
+    if before is None or before.reason != "Unplaceable":
         plan.events.append(("Warning", "FailedPlacement", msg))
     plan.requeue_after = 15
     return plan
 
 
-def verify_view(adapter: AdapterResource, status: dict) -> AdapterResource:
+def verify_view(adapter: AdapterResource, status: AdapterStatus) -> AdapterResource:
     """The Adapter as ``resolve.plan_adapter`` sees it once trained: a ``source`` Adapter
-    naming the version the trainer published, with the status this pass computed (a null
-    there deletes a key by merge patch; one the Adapter status does not model is dropped)."""
+    naming the version the trainer published, with the status this pass computed (its set
+    fields, a null among them deleting a key by merge patch)."""
     source = AdapterSource(owner=adapter.spec.training.owner, storeName=adapter_store_name(adapter))
     spec = adapter.spec.model_copy(update={"training": None, "source": source})
-    known = {f.alias or n for n, f in AdapterStatus.model_fields.items()}
-    st = AdapterStatus.model_validate({k: v for k, v in status.items() if v is not None or k in known})
-    return adapter.model_copy(update={"spec": spec, "status": st})
+    return adapter.model_copy(update={"spec": spec, "status": status.model_copy(deep=True)})
 
 
 def describe(args: list[str]) -> str:

@@ -192,8 +192,8 @@ def test_training_into_an_s3_store_is_refused_with_a_condition():
                                                              "training": {"dataset": {"paths": ["d.jsonl"]}}}))
     plan = plan_training(a, b, [], dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
     assert not plan.place
-    ready = next(c for c in plan.status["conditions"] if c["type"] == "Ready")
-    assert ready["reason"] == "StoreUnsupported" and "S3" in ready["message"]
+    ready = next(c for c in plan.status.conditions if c.type == "Ready")
+    assert ready.reason == "StoreUnsupported" and "S3" in ready.message
 
 
 def test_manifests_keep_the_store_details_in_one_place():

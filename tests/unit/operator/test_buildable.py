@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from loraplane.operator.api.resources import AdapterResource, BaseModelResource, InvalidObject, WorkerPoolResource
+from loraplane.operator.api.resources import AdapterResource, BaseModelResource, InvalidObject, WorkerPoolResource, parse
 from loraplane.operator.core import buildable
 from loraplane.operator.core.manifests import service
 
@@ -31,9 +31,9 @@ def base(name="m") -> dict:
 
 
 def test_valid_objects_pass():
-    assert isinstance(buildable.parse_checked(WorkerPoolResource, pool()), WorkerPoolResource)
-    assert isinstance(buildable.parse_checked(BaseModelResource, base()), BaseModelResource)
-    assert isinstance(buildable.parse_checked(AdapterResource, adapter(source={"storeName": "s"})), AdapterResource)
+    assert isinstance(buildable.checked(parse(WorkerPoolResource, pool())), WorkerPoolResource)
+    assert isinstance(buildable.checked(parse(BaseModelResource, base())), BaseModelResource)
+    assert isinstance(buildable.checked(parse(AdapterResource, adapter(source={"storeName": "s"}))), AdapterResource)
 
 
 @pytest.mark.parametrize("raw,field", [
@@ -49,7 +49,7 @@ def test_valid_objects_pass():
 ])
 def test_refused_with_the_field(raw, field):
     model = {"WorkerPool": WorkerPoolResource, "BaseModel": BaseModelResource, "Adapter": AdapterResource}[raw["kind"]]
-    got = buildable.parse_checked(model, raw)
+    got = buildable.checked(parse(model, raw))
     assert isinstance(got, InvalidObject), got
     assert field in got.fields and f"{field}: " in got.message
 

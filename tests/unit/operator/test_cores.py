@@ -5,6 +5,8 @@ import json
 
 from loraplane.operator.core import inventory, placement as pl
 from loraplane.operator.api.observed_types import NodeView, PodView
+from loraplane.operator.api.adapter_types import AdapterStatus
+from loraplane.operator.api.basemodel_types import BaseModelStatus
 from loraplane.operator.api.resources import AdapterResource, BaseModelResource, WorkerPoolResource, as_read, parse
 from loraplane.operator.core import pool as pool_core
 from loraplane.operator.core import resolve
@@ -61,14 +63,21 @@ def stored(obj):
     return [stored(v) for v in obj] if isinstance(obj, list) else obj
 
 
+def wire(plan):
+    """A resolve plan with its typed status dumped as the controller patches it (``as_read``)."""
+    assert isinstance(plan.status, (BaseModelStatus, AdapterStatus))  # the core returns typed status
+    plan.status = as_read(plan.status)
+    return plan
+
+
 def plan_basemodel(bm, world, backoff_):
-    return resolve.plan_basemodel(parse(BaseModelResource, stored(bm)), world, backoff_)
+    return wire(resolve.plan_basemodel(parse(BaseModelResource, stored(bm)), world, backoff_))
 
 
 def plan_adapter(a, world, backoff_):
     if isinstance(world.base, dict):
         world.base = parse(BaseModelResource, stored(world.base))
-    return resolve.plan_adapter(parse(AdapterResource, stored(a)), world, backoff_)
+    return wire(resolve.plan_adapter(parse(AdapterResource, stored(a)), world, backoff_))
 
 
 def nodes(n=2, gpus=2):

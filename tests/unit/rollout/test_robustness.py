@@ -16,7 +16,8 @@ from loraplane.operator.core import analysis
 from loraplane.operator.core import rollout as ro
 from loraplane.operator.core import routing
 
-from loraplane.operator.api.resources import WorkerPoolResource
+from loraplane.operator.api.common_types import Condition
+from loraplane.operator.api.resources import WorkerPoolResource, as_read
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -246,24 +247,32 @@ def test_a_route_to_an_adapter_of_another_task_is_a_problem():
     assert routing.task_problems(parsed(pool({"critic": r(("crit-v1", 100))})), adapters) == []
 
 
+def typed(conds):
+    return [Condition.model_validate(c) for c in conds]
+
+
+def wire(conds):
+    return [as_read(c) for c in conds]
+
+
 def test_problems_make_ready_false_with_the_reason_and_one_event():
-    conds = [{"type": "Ready", "status": "True", "reason": "AllWorkersReady", "message": "2/2 workers ready"}]
+    conds = typed([{"type": "Ready", "status": "True", "reason": "AllWorkersReady", "message": "2/2 workers ready"}])
     probs = [("RouteTaskMismatch", "route critic -> sum-v1: adapter sum-v1 serves task summarize")]
     out, event = routing.report_problems(conds, probs, generation=3, now=at(0))
-    by = {c["type"]: c for c in out}
+    by = {c["type"]: c for c in wire(out)}
     assert (by["Ready"]["status"], by["Ready"]["reason"]) == ("False", "RouteTaskMismatch")
     assert (by["RoutesValid"]["status"], by["RoutesValid"]["reason"]) == ("False", "RouteTaskMismatch")
     assert event == ("Warning", "RouteTaskMismatch", probs[0][1])
     # Next pass: the pool core computed Ready=True again; same problem -> same conditions, no Event
     again, event = routing.report_problems(conds, probs, generation=3, now=at(60), stored=out)
-    assert event is None and again == out
+    assert event is None and wire(again) == wire(out)
     # A pool already not Ready keeps its own reason (its Events are deduplicated on it)
-    blocked = [{"type": "Ready", "status": "False", "reason": "BaseModelMissing", "message": "no base"}]
+    blocked = typed([{"type": "Ready", "status": "False", "reason": "BaseModelMissing", "message": "no base"}])
     b, event = routing.report_problems(blocked, probs, generation=3, now=at(0))
-    assert {c["type"]: c["reason"] for c in b} == {"Ready": "BaseModelMissing", "RoutesValid": "RouteTaskMismatch"}
+    assert {c.type: c.reason for c in b} == {"Ready": "BaseModelMissing", "RoutesValid": "RouteTaskMismatch"}
     # Fixed: RoutesValid turns True, Ready is the pool's own again
     fixed, event = routing.report_problems(conds, [], generation=3, now=at(90), stored=out)
-    assert {c["type"]: c["status"] for c in fixed} == {"Ready": "True", "RoutesValid": "True"} and event is None
+    assert {c["type"]: c["status"] for c in wire(fixed)} == {"Ready": "True", "RoutesValid": "True"} and event is None
     assert routing.report_problems(conds, [], generation=3, now=at(0)) == (conds, None)
 
 
@@ -273,7 +282,7 @@ def test_problems_make_ready_false_with_the_reason_and_one_event():
 
 from loraplane.contracts.desired import STATUS_ANNOTATION  # noqa: E402
 from loraplane.operator.api.observed_types import PodView  # noqa: E402
-from loraplane.operator.api.resources import AdapterResource, BaseModelResource, as_read, parse  # noqa: E402
+from loraplane.operator.api.resources import AdapterResource, BaseModelResource, parse  # noqa: E402
 from loraplane.operator.core import inventory, placement  # noqa: E402
 from loraplane.operator.core import pool as pool_core  # noqa: E402
 

@@ -11,14 +11,14 @@ import pytest
 from pydantic import ValidationError
 
 from loraplane.operator.core import placement as pl
-from loraplane.operator.api.adapter_types import AdapterSpec
-from loraplane.operator.api.observed_types import PodView
+from loraplane.operator.api.adapter_types import AdapterSpec, AdapterStatus
+from loraplane.operator.api.observed_types import JobView, PodView
 from loraplane.operator.core.inventory import reservations
-from loraplane.operator.api.resources import AdapterResource, BaseModelResource, dump
-from loraplane.operator.api.training_types import TrainingSpec
+from loraplane.operator.api.resources import AdapterResource, BaseModelResource, as_read, dump
+from loraplane.operator.api.training_types import TrainingSpec, TrainingStatus
 from loraplane.operator.core import training as core
 from loraplane.operator.core.training import (
-    GENERATION_LABEL, PROGRESS_ANNOTATION, failure_reason, fold_progress, job_state,
+    GENERATION_LABEL, PROGRESS_ANNOTATION, failure_reason, fold_progress,
 )
 from loraplane.training.config import build_config
 from loraplane.training.progress import ANNOTATION
@@ -97,7 +97,13 @@ def unplaced(a, *args):
 
 
 def verify_view(a):
-    return dump(core.verify_view(_a(a), a.get("status") or {}))
+    return dump(core.verify_view(_a(a), _a(a).status))
+
+
+def ws(plan):
+    """A training plan's typed status as the controller patches it (``as_read``)."""
+    assert isinstance(plan.status, AdapterStatus)
+    return as_read(plan.status)
 
 
 def test_the_progress_annotation_is_the_trainers():
@@ -219,17 +225,17 @@ def pod_obj(name, phase, created="2026-11-23T20:00:00Z", progress=None, term=Non
 
 def test_pending_until_the_base_is_ready_then_place():
     p = plan_training(adapter(), None, [], NOW)
-    assert p.status["phase"] == "Pending" and not p.place
+    assert ws(p)["phase"] == "Pending" and not p.place
     p = plan_training(adapter(), base("Verifying"), [], NOW)
-    assert p.status["phase"] == "Pending" and not p.place and p.requeue_after
+    assert ws(p)["phase"] == "Pending" and not p.place and p.requeue_after
     p = plan_training(adapter(), base(), [], NOW)
     assert p.place and p.need.mib == derive_need(adapter()["spec"]["training"], VARIANTS).mib
     done = placed(adapter(), p, pl.Decision("w", "n", 0, "training-qlora", p.need.mib), NOW)
-    assert done.status["phase"] == "Training" and done.status["training"]["node"] == "n"
+    assert ws(done)["phase"] == "Training" and ws(done)["training"]["node"] == "n"
     assert done.events[0][1] == "TrainingStarted"
     p = plan_training(adapter(), base(), [], NOW)
     un = unplaced(adapter(), p, pl.Decision("w", message="needs 7 GiB"), NOW)
-    assert un.status["phase"] == "Pending" and "no GPU has room" in un.status["conditions"][0]["message"]
+    assert ws(un)["phase"] == "Pending" and "no GPU has room" in ws(un)["conditions"][0]["message"]
 
 
 def test_running_job_folds_progress_from_the_newest_pod():
@@ -238,50 +244,50 @@ def test_running_job_folds_progress_from_the_newest_pod():
     old = pod_obj("j-1", "Failed", "2026-11-23T19:00:00Z", progress={**progress, "step": 10},
                   term={"exitCode": 137, "reason": "Error"})
     new = pod_obj("j-2", "Running", "2026-11-23T19:10:00Z", progress=progress)
-    js = job_state(job_obj(failed=1, active=1), [new, old])
+    js = JobView.from_api(job_obj(failed=1, active=1), [new, old])
     p = plan_training(adapter(), base(), [js], NOW)
-    t = p.status["training"]
-    assert p.status["phase"] == "Training" and t["step"] == 20 and t["progress"] == "20/60"
+    t = ws(p)["training"]
+    assert ws(p)["phase"] == "Training" and t["step"] == 20 and t["progress"] == "20/60"
     assert t["loss"] == 4.08 and t["etaSeconds"] == 5.1 and t["restarts"] == 1
-    msg = next(c for c in p.status["conditions"] if c["type"] == "Progressing")["message"]
+    msg = next(c for c in ws(p)["conditions"] if c["type"] == "Progressing")["message"]
     assert "step 20/60" in msg and "resumed" in msg
     # A restarted pod that has not reported yet keeps the last known progress.
     fresh = pod_obj("j-3", "Pending", "2026-11-23T19:20:00Z")
-    assert fold_progress({}, job_state(job_obj(), [old, fresh]))["step"] == 10
+    assert fold_progress(TrainingStatus(), JobView.from_api(job_obj(), [old, fresh])).step == 10
 
 
 def test_failed_job_ends_failed_with_the_pods_reason_and_is_not_retried():
     term = {"exitCode": 2, "reason": "Error",
             "message": "Traceback ...\nloraplane train: data.jsonl:2: invalid JSON (Expecting value)"}
-    js = job_state(job_obj(conditions=[{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]),
+    js = JobView.from_api(job_obj(conditions=[{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]),
                    [pod_obj("j-1", "Failed", term=term)])
     p = plan_training(adapter(), base(), [js], NOW)
-    ready = next(c for c in p.status["conditions"] if c["type"] == "Ready")
-    assert p.status["phase"] == "Failed" and ready["reason"] == "TrainingFailed"
+    ready = next(c for c in ws(p)["conditions"] if c["type"] == "Ready")
+    assert ws(p)["phase"] == "Failed" and ready["reason"] == "TrainingFailed"
     assert "data.jsonl:2: invalid JSON" in ready["message"] and p.events[0][0] == "Warning"
     assert not p.place and p.requeue_after is None
     # Once Failed (even after the Job's TTL removed it), the generation is not retrained.
-    again = plan_training({**adapter(), "status": p.status}, base(), [], NOW)
-    assert not again.place and again.status["phase"] == "Failed"
+    again = plan_training({**adapter(), "status": ws(p)}, base(), [], NOW)
+    assert not again.place and ws(again)["phase"] == "Failed"
     # ... but a new generation starts over.
-    assert plan_training({**adapter(gen=2), "status": p.status}, base(), [], NOW).place
+    assert plan_training({**adapter(gen=2), "status": ws(p)}, base(), [], NOW).place
 
 
 def test_failure_reason_fallbacks():
-    oom = job_state(job_obj(), [pod_obj("j-1", "Failed", term={"exitCode": 137, "reason": "OOMKilled"})])
+    oom = JobView.from_api(job_obj(), [pod_obj("j-1", "Failed", term={"exitCode": 137, "reason": "OOMKilled"})])
     assert "OOMKilled with exit code 137" in failure_reason(oom) and "batchSize" in failure_reason(oom)
-    deadline = job_state(job_obj(conditions=[{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+    deadline = JobView.from_api(job_obj(conditions=[{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
                                               "message": "Job was active longer than specified deadline"}]), [])
     assert failure_reason(deadline) == "DeadlineExceeded: Job was active longer than specified deadline"
 
 
 def test_succeeded_job_hands_over_to_verification():
-    js = job_state(job_obj(conditions=[{"type": "Complete", "status": "True"}], succeeded=1),
+    js = JobView.from_api(job_obj(conditions=[{"type": "Complete", "status": "True"}], succeeded=1),
                    [pod_obj("j-1", "Succeeded", progress={"step": 60, "totalSteps": 60, "phase": "succeeded"})])
     p = plan_training(adapter(), base(), [js], NOW)
-    assert p.verify and p.status["training"]["trainedGeneration"] == 1 and p.events[0][1] == "Trained"
+    assert p.verify and ws(p)["training"]["trainedGeneration"] == 1 and p.events[0][1] == "Trained"
     # Later passes go straight to verification, whatever became of the Job.
-    again = plan_training({**adapter(), "status": p.status}, base(), [], NOW)
+    again = plan_training({**adapter(), "status": ws(p)}, base(), [], NOW)
     assert again.verify and not again.place
     view = verify_view(adapter())
     assert view["spec"]["source"] == {"owner": "default", "storeName": "synth-v3"} and "training" not in view["spec"]
@@ -291,14 +297,15 @@ def test_the_verify_step_is_the_source_adapters():
     from loraplane.operator.core.resolve import World, plan_adapter
 
     a = {**adapter(), "status": {"observedGeneration": 1, "training": {"trainedGeneration": 1}}}
-    plan = plan_adapter(core.verify_view(_a(a), a["status"]),
+    plan = plan_adapter(core.verify_view(_a(a), _a(a).status),
                         World(now=NOW, base=BaseModelResource.model_validate(base())), lambda n: 5.0)
-    assert plan.create_job == "verify" and plan.status["storePath"] == "default/adapters/synth-v3/versions/v3"
-    assert plan.status["training"] == {"trainedGeneration": 1}
+    status = as_read(plan.status)  # as the controller patches it
+    assert plan.create_job == "verify" and status["storePath"] == "default/adapters/synth-v3/versions/v3"
+    assert status["training"] == {"trainedGeneration": 1}
 
 
 def test_older_generation_jobs_are_deleted():
-    old = job_state(job_obj("adp-synth-v3-train-g1-a0", gen=1, active=1), [])
+    old = JobView.from_api(job_obj("adp-synth-v3-train-g1-a0", gen=1, active=1), [])
     p = plan_training(adapter(gen=2), base(), [old], NOW)
     assert p.delete_jobs == ["adp-synth-v3-train-g1-a0"] and p.place
 
@@ -320,3 +327,13 @@ def test_workers_load_a_trained_adapter_from_its_training_store_identity():
     job = training_job(a, base(), "j", "n", 0, 1, "img")
     argv = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert argv[argv.index("--owner") + 1] == "team" and argv[argv.index("--name") + 1] == "synth"
+
+
+def test_a_malformed_progress_annotation_reads_as_no_progress():
+    """The trainer's annotation is parsed once (``TrainingPodView``): not JSON, or JSON that is not
+    an object, is no progress rather than an error in the core."""
+    for raw in ("not json", "[1, 2]", "7"):
+        pod = {"metadata": {"name": "j-1", "annotations": {PROGRESS_ANNOTATION: raw}}, "status": {"phase": "Running"}}
+        js = JobView.from_api(job_obj(active=1), [pod])
+        assert js.pods[0].progress is None
+        assert fold_progress(TrainingStatus(), js).step is None
