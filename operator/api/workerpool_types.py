@@ -91,6 +91,11 @@ class WorkerPoolSpec(ApiModel):
     port: int = Field(default=8000, ge=1, le=65535, description="Worker HTTP port (OpenAI-compatible).")
     max_adapters: int | None = Field(default=None, alias="maxAdapters", ge=1, le=1024,
                                      description="Refuse pools routing to more distinct adapters than this.")
+    max_loaded_adapters: int | None = Field(
+        default=None, alias="maxLoadedAdapters", ge=1, le=1024,
+        description="Adapters a worker keeps stacked on the GPU (least recently used beyond it wait in host RAM "
+                    "and are loaded on demand; backends with weight > 0 always stay); unset: no cap. Passed to "
+                    "each worker as --max-loaded-adapters; a change rolls the workers.")
     drain_seconds: int = Field(
         default=60, alias="drainSeconds", ge=0, le=86400,
         description="How long an adapter whose effective weight reached 0 stays loaded (requests routed just "

@@ -160,7 +160,8 @@ def worker_spec_hash(pool_spec: WorkerPoolSpec, image: str, store: StoreVolume, 
     """What, when changed, needs a new pod (not a hot swap): image, store,
     resources, port, variant, and the ``gpu`` settings that size the
     reservation (kvCacheMiB, headroomMiB) or decide where it may run
-    (tolerations, nodeSelector, nodeAffinity, product, minMemoryMiB).
+    (tolerations, nodeSelector, nodeAffinity, product, minMemoryMiB), and
+    the worker's limits (kvCacheMiB, maxLoadedAdapters: ``worker_limits_env``).
     Routes and adapters are not in it: they reach
     running workers through the desired ConfigMap."""
     # the JSON of the object as the API server stores it (defaults applied), so the hash of a pod
@@ -171,6 +172,11 @@ def worker_spec_hash(pool_spec: WorkerPoolSpec, image: str, store: StoreVolume, 
     gpu = {k: v for k, v in dump(pool_spec.gpu).items() if k not in _GPU_NOT_IN_POD and v != defaults.get(k)}
     if gpu:  # only settings off their default: a pool on defaults keeps the hash its pods had before gpu counted
         key["gpu"] = gpu
+    limits = {e["name"]: e["value"] for e in worker_limits_env(pool_spec)}
+    if limits != {"LORAPLANE_KV_CACHE_MIB": str(GpuSelection().kv_cache_mib)}:
+        # the worker's limits env (kvCacheMiB passed since template 2): off the worker's defaults, the
+        # pods made before it was passed roll and get it; on them, they already behave the same and keep
+        key["limits"] = limits
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -211,6 +217,16 @@ def worker_pod(pool: WorkerPoolResource, ordinal: int, node: str, gpu: int, vram
     }
 
 
+def worker_limits_env(spec: WorkerPoolSpec) -> list[dict]:
+    """The worker's own limits from the pool: its KV budget is the ``gpu.kvCacheMiB`` the
+    reservation holds (``--kv-cache-mib``, so what placement reserves is what the worker admits
+    against), and ``maxLoadedAdapters`` when set (``--max-loaded-adapters``)."""
+    env = [{"name": "LORAPLANE_KV_CACHE_MIB", "value": str(spec.gpu.kv_cache_mib)}]
+    if spec.max_loaded_adapters is not None:
+        env.append({"name": "LORAPLANE_MAX_LOADED_ADAPTERS", "value": str(spec.max_loaded_adapters)})
+    return env
+
+
 def _worker_container(pool: WorkerPoolResource, gpu: int, vram_mib: int, variant: str, image: str,
                       store_env: list[Manifest], mounts: list[Manifest]) -> dict:
     res, port = pool.spec.resources, pool.spec.port
@@ -222,6 +238,7 @@ def _worker_container(pool: WorkerPoolResource, gpu: int, vram_mib: int, variant
         {"name": "LORAPLANE_VARIANT", "value": variant},
         {"name": "LORAPLANE_VRAM_MIB", "value": str(vram_mib)},
         {"name": "LORAPLANE_PORT", "value": str(port)},
+        *worker_limits_env(pool.spec),
         {"name": "NVIDIA_VISIBLE_DEVICES", "value": str(gpu)},
         {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"},
         *WRITABLE_ENV, *OFFLINE_ENV,
