@@ -219,6 +219,18 @@ def place(nodes: list[NodeInfo], reservations: list[Reservation], requests: list
     return [place_one(ledger, r) for r in requests]
 
 
+def resident_adapter_mib(sizes: dict[str, int], pinned: set[str], cap: int | None) -> int:
+    """VRAM of the adapters a worker can hold at once. Without a cap, all of them. With
+    ``maxLoadedAdapters`` the worker keeps every pinned adapter (weight > 0) stacked, even beyond
+    the cap, and at most ``cap`` in all; which unpinned ones are resident depends on traffic (LRU),
+    so the largest are counted."""
+    if cap is None:
+        return sum(sizes.values())
+    held = sum(m for n, m in sizes.items() if n in pinned)
+    others = sorted((m for n, m in sizes.items() if n not in pinned), reverse=True)
+    return held + sum(others[:max(0, cap - len(pinned & set(sizes)))])
+
+
 def fragmentation(free: dict[tuple[str, int], int], total: dict[tuple[str, int], int]) -> int:
     """Stranded VRAM: the free MiB on GPUs that are partly used. Empty GPUs
     are whole (usable by anything, even whole-GPU pods) and full ones strand

@@ -94,13 +94,15 @@ def compose_desired(pool: WorkerPoolResource, base: BaseModelResource, adapters:
     """(DesiredState, adapter VRAM MiB, problems) from the Ready adapters the
     routes name. The VRAM also counts routed adapters that exist but are not
     Ready yet (their ``vramMiB`` if known, else ``PENDING_ADAPTER_MIB``), so
-    workers placed before an adapter is verified have room to load it.
+    workers placed before an adapter is verified have room to load it. With
+    ``maxLoadedAdapters`` only what a worker can hold at once is counted
+    (``placement.resident_adapter_mib``).
 
     ``routing`` = (effective routes, adapters to keep) from ``routing``:
     the document then carries those weights (load before route) and holds
     every kept adapter (a canary before it gets weight, a drained one until
     its drain period ends) instead of the spec's routes as they are."""
-    problems, refs, vram = [], {}, 0
+    problems, refs, sizes = [], {}, {}  # sizes: adapter -> MiB it is reserved
     pending: set[str] = set()
     routes: dict[str, list[RouteBackend]] = {}
     for task, backends in sorted(pool.spec.routes.items()):
@@ -111,13 +113,13 @@ def compose_desired(pool: WorkerPoolResource, base: BaseModelResource, adapters:
             if why and isinstance(a, AdapterResource) and a.status.phase != "Ready":
                 if b.adapter not in pending:
                     pending.add(b.adapter)
-                    vram += int(a.status.vram_mib or PENDING_ADAPTER_MIB)
+                    sizes[b.adapter] = int(a.status.vram_mib or PENDING_ADAPTER_MIB)
             if why:
                 problems.append(why)
                 continue
             if b.adapter not in refs:
                 refs[b.adapter] = _adapter_ref(b.adapter, a)
-                vram += int(a.status.vram_mib or 0)
+                sizes[b.adapter] = int(a.status.vram_mib or 0)
             kept.append(RouteBackend(adapter=b.adapter, weight=b.weight))
         if kept:
             routes[task] = kept
@@ -130,7 +132,7 @@ def compose_desired(pool: WorkerPoolResource, base: BaseModelResource, adapters:
                     problems.append(f"adapter {name} (rollout) is {a.status.phase or 'Pending'}")
                 continue
             refs[name] = _adapter_ref(name, a)
-            vram += int(a.status.vram_mib or 0)
+            sizes[name] = int(a.status.vram_mib or 0)
         routes = {t: [RouteBackend(adapter=x, weight=w) for x, w in r.items() if x in refs and w > 0]
                   for t, r in sorted(weights.items())}
         routes = {t: r for t, r in routes.items() if r}
@@ -139,7 +141,16 @@ def compose_desired(pool: WorkerPoolResource, base: BaseModelResource, adapters:
         base=BaseRef(owner=base.spec.owner, name=base.spec.store_name, version=base.spec.version,
                      checksum=base.status.checksum or "", variant=variant),
         adapters=list(refs.values()), routes=routes)
-    return desired, vram, problems
+    return desired, pl.resident_adapter_mib(sizes, _pinned(pool, routing), pool.spec.max_loaded_adapters), problems
+
+
+def _pinned(pool: WorkerPoolResource, routing: tuple[dict[str, dict[str, int]], set[str]] | None) -> set[str]:
+    """Adapters a worker keeps stacked whatever its cap: weight > 0 in the spec's routes or in the
+    effective ones (while the workers apply a change they pin both the old and the new routes)."""
+    pinned = {b.adapter for backends in pool.spec.routes.values() for b in backends if b.weight > 0}
+    if routing is not None:
+        pinned |= {x for r in routing[0].values() for x, w in r.items() if w > 0}
+    return pinned
 
 
 def _worker_status(pod: PodView, loaded_set: str | None) -> WorkerStatus:

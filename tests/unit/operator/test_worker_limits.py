@@ -71,3 +71,32 @@ def test_a_limit_change_rolls_the_workers_and_defaults_keep_the_hash():
 def test_max_loaded_adapters_is_bounded(cap):
     with pytest.raises(pydantic.ValidationError, match="maxLoadedAdapters"):
         WorkerPoolSpec.model_validate(with_cap(pool(1), cap)["spec"])
+
+
+# --- the reservation counts the adapters a capped worker can hold at once ------------------------
+def adapter(name: str, mib: int) -> dict:
+    a = {**ADP, "metadata": {**ADP["metadata"], "name": name}, "status": {**ADP["status"], "vramMiB": mib}}
+    return {**a, "spec": {**ADP["spec"], "source": {"storeName": name}}}
+
+
+SIZES = {"a": 100, "b": 300, "c": 200}
+ONE_ROUTE = {"t": [{"adapter": "a", "weight": 100}, {"adapter": "b", "weight": 0}, {"adapter": "c", "weight": 0}]}
+
+
+def adapters_reserved(cap, routes=ONE_ROUTE, sizes=SIZES) -> int:
+    p = pool(1, routes=routes)
+    if cap is not None:
+        with_cap(p, cap)
+    plan = plan_pool(p, BASE, {n: adapter(n, m) for n, m in sizes.items()}, [], nodes(), [], "img", NOW)
+    return plan.status.need_mib - 7680 - 2048 - 1024
+
+
+@pytest.mark.parametrize("cap, mib", [(None, 600), (1, 100), (2, 400), (3, 600), (64, 600)])
+def test_a_capped_worker_reserves_its_pinned_adapters_and_the_largest_others_up_to_the_cap(cap, mib):
+    assert adapters_reserved(cap) == mib
+
+
+def test_weighted_backends_are_reserved_even_beyond_the_cap():
+    """The worker stacks every backend with weight > 0 whatever the cap (docs/worker.md)."""
+    routes = {"t": [{"adapter": "a", "weight": 50}, {"adapter": "b", "weight": 50}], "u": [{"adapter": "c", "weight": 100}]}
+    assert adapters_reserved(1, routes) == 600
