@@ -249,7 +249,8 @@ def _done_before(sv, summary: dict, reporter: ProgressReporter) -> TrainResult:
 def _prepare(cfg: TrainConfig, store) -> tuple[TrainConfig, Any, Any, Any]:
     """Everything cheap that can fail, before the model loads: the dataset (every line), the
     version, the store, the base (verified)."""
-    if store is None and (cfg.publish or cfg.base is not None or any(is_s3(p) for p in cfg.dataset)):
+    on_bucket = cfg.store_root is not None and any(is_s3(p) for p in cfg.dataset)
+    if store is None and (cfg.publish or cfg.base is not None or on_bucket):
         store = _open_store(cfg)
     data = load_dataset(_local_datasets(cfg, store))
     if cfg.version is None:

@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
+from pathlib import Path
 
 from loraplane.operator.api.resources import AdapterResource, BaseModelResource
 from loraplane.operator.core import manifests
 from loraplane.operator.core.training import plan_training, train_args, train_job_name, training_job
 from loraplane.training.cli import configure, overrides_from_args
 from loraplane.training.config import build_config
+
+_spec = importlib.util.spec_from_file_location(
+    "restricted", Path(__file__).resolve().parents[1] / "operator" / "restricted.py")
+restricted = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(restricted)
 
 URL = "s3://models/loraplane"
 SECRET_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION"}
@@ -64,6 +71,7 @@ def test_the_job_gets_the_bucket_the_secret_by_reference_and_the_cache_volume():
         {"name": "model-cache", "emptyDir": {}}]
     assert [m for m in c["volumeMounts"] if m["name"] == "model-cache"] == s_mounts
     assert not any(v["name"] == "model-store" for v in pod["volumes"])  # a bucket has no store volume
+    assert restricted.violations(pod) == []  # the default emptyDir cache passes Pod Security restricted
 
 
 def test_a_host_path_cache_is_shared_with_the_nodes_workers():
@@ -95,3 +103,29 @@ def test_an_adapter_on_a_bucket_is_placed_not_refused():
     assert plan.place and plan.need is not None
     assert not any(c.reason == "StoreUnsupported" for c in plan.status.conditions)
     assert train_job_name(adapter()).startswith("adp-a-train")
+
+
+def test_the_trainer_config_keeps_bucket_urls_and_puts_checkpoints_in_the_node_cache(tmp_path, monkeypatch):
+    from loraplane.training.config import default_output_dir
+
+    monkeypatch.setenv("LORAPLANE_MODEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MODEL_STORE_ROOT", URL)
+    cfg = build_config({"base": "default/tiny@v1", "dataset": [f"{URL}/d.jsonl", str(tmp_path / "local.jsonl")],
+                        "publish": True, "name": "facts", "version": "v1"})
+    assert cfg.store_root == URL  # not a Path, which would fold "s3://" into "s3:/"
+    assert cfg.dataset == [f"{URL}/d.jsonl", tmp_path / "local.jsonl"]
+    assert default_output_dir(cfg) == tmp_path / "cache" / ".training" / "default" / "facts" / "v1"
+
+
+def test_a_dataset_on_a_bucket_needs_the_store_on_it(tmp_path, tiny_base_dir):
+    """Refused as a bad dataset (exit 2) before the model loads."""
+    import pytest
+
+    from loraplane.training.dataset import DatasetError
+    from loraplane.training.trainer import train
+
+    cfg = build_config({"base_dir": str(tiny_base_dir), "dataset": [f"{URL}/d.jsonl"],
+                        "output_dir": str(tmp_path / "out")})
+    with pytest.raises(DatasetError, match="needs the store on that bucket"):
+        train(cfg, annotator=None)
+    assert not (tmp_path / "out").exists()
