@@ -656,6 +656,30 @@ class S3ModelStore:
         return Materialised(final, m, False, m.total_size, time.perf_counter() - start)
 
 
+    def fetch_object(self, url: str, cache_dir: str | Path) -> Path:
+        """A plain object on this bucket (a training dataset: it has no manifest) into
+        ``cache_dir/.objects/<key and ETag digest>/<name>``: reused while the object's ETag
+        is unchanged, and appearing by one rename only once complete."""
+        bucket, key = parse_s3_url(url)
+        if bucket != self.bucket or not key:
+            raise StoreError(f"{url}: not an object on this store's bucket s3://{self.bucket}")
+        st = self._stat(key)
+        if st is None:
+            raise StoreError(f"{url}: no such object")
+        tag = hashlib.sha256(f"{key}\0{(st.etag or '').strip(chr(34))}\0{st.size}".encode()).hexdigest()[:32]
+        final = Path(cache_dir) / ".objects" / tag / key.rsplit("/", 1)[-1]
+        if final.is_file() and final.stat().st_size == st.size:
+            return final
+        tmp = final.with_name(f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            self.download_ranges([(key, tmp, st.size)])
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return final
+
+
 class CachingS3Store:
     """What a worker or Job reads through: ``resolve`` materialises the version
     into the node-local ``cache_dir`` (see ``S3ModelStore.materialise``) and
@@ -680,6 +704,21 @@ class CachingS3Store:
         got = self.remote.materialise(owner, kind, name, version, self.cache_dir)
         self.last = got
         return StoredVersion(owner, kind, name, got.manifest.version, got.path, got.manifest)
+
+    # What a training Job also needs (training_jobs/): same names as the directory store's.
+    def verify(self, owner: str, kind: str, name: str, version: str | None = None, full: bool = True, **_kw):
+        """The materialised copy against its manifest (a full check hashes it again)."""
+        from .verify import verify_dir
+
+        sv = self.resolve(owner, kind, name, version)
+        return verify_dir(sv.path, full=full, manifest=sv.manifest)
+
+    def publish(self, src_dir: str | Path, **kw) -> Manifest:
+        """The bucket's atomic publish (``S3ModelStore.publish``): stage, verify, claim, commit."""
+        return self.remote.publish(src_dir, **kw)
+
+    def fetch_object(self, url: str) -> Path:
+        return self.remote.fetch_object(url, self.cache_dir)
 
 
 def _md5_like(etag: str) -> bool:

@@ -16,9 +16,19 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 STORE_ROOT_ENV = "MODEL_STORE_ROOT"  # same variable the ModelStore reads
+CACHE_ENV = "LORAPLANE_MODEL_CACHE"  # the node-local cache an S3 store is materialised into
+
+
+def is_s3(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("s3://")
+
+
+def _path_or_url(value: Any) -> Any:
+    """``s3://bucket/prefix`` stays a string (a Path would fold its ``//``); anything else is a Path."""
+    return value if value is None or is_s3(value) else Path(value)
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
@@ -33,9 +43,9 @@ class TrainConfig(BaseModel):
     method: Literal["lora", "qlora"] = "lora"
     base: str | None = None  # "owner/name[@version]" or "name[@version]" in the ModelStore
     base_dir: Path | None = None  # or a local model directory
-    dataset: list[Path] = Field(default_factory=list)  # JSONL files
+    dataset: list[str | Path] = Field(default_factory=list)  # JSONL files (local, or s3:// on the store's bucket)
     # Where it goes.
-    store_root: Path | None = None
+    store_root: str | Path | None = None  # a directory, or s3://bucket/prefix
     output_dir: Path | None = None
     publish: bool = False
     force: bool = False
@@ -73,10 +83,20 @@ class TrainConfig(BaseModel):
     resume: bool = True
     stop_after_steps: int | None = Field(None, ge=1)  # checkpoint and exit after this step
 
+    @field_validator("store_root")
+    @classmethod
+    def _root(cls, v: Any) -> Any:
+        return _path_or_url(v)
+
+    @field_validator("dataset")
+    @classmethod
+    def _datasets(cls, v: list) -> list:
+        return [_path_or_url(p) for p in v]
+
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
         if self.store_root is None and os.environ.get(STORE_ROOT_ENV):
-            self.store_root = Path(os.environ[STORE_ROOT_ENV])
+            self.store_root = _path_or_url(os.environ[STORE_ROOT_ENV])
         if not self.dataset:
             raise ValueError("dataset: at least one JSONL file is required")
         if (self.base is None) == (self.base_dir is None):
@@ -177,11 +197,22 @@ def build_config(spec: dict[str, Any] | None = None, overrides: dict[str, Any] |
 
 def default_output_dir(cfg: TrainConfig) -> Path:
     """Where checkpoints live when no output dir is given: on the store volume,
-    keyed by adapter identity so a restarted Job finds its own checkpoint."""
+    keyed by adapter identity so a restarted Job finds its own checkpoint.
+    With the store on a bucket: under the node-local cache (a ``cache.hostPath``
+    keeps them for a retried pod, which is pinned to the same node; an emptyDir
+    does not), never on the bucket: only the finished adapter is published."""
     if cfg.output_dir is not None:
         return cfg.output_dir
     assert cfg.store_root is not None
-    return cfg.store_root / ".training" / cfg.owner / (cfg.name or "adapter") / (cfg.version or "unversioned")
+    root = local_cache_dir() if is_s3(cfg.store_root) else cfg.store_root
+    return root / ".training" / cfg.owner / (cfg.name or "adapter") / (cfg.version or "unversioned")
+
+
+def local_cache_dir() -> Path:
+    """``$LORAPLANE_MODEL_CACHE``, else a directory under the temp dir (as the worker's loader)."""
+    import tempfile
+
+    return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "loraplane-model-cache")
 
 
 def hyperparameters(cfg: TrainConfig) -> dict[str, Any]:

@@ -25,8 +25,8 @@ from typing import Any, TextIO
 from . import checkpoint as ckpt
 from . import plan
 from .base import resolve_base
-from .config import TrainConfig, default_output_dir, hyperparameters
-from .dataset import IGNORE_INDEX, collate, load_dataset, split_eval, tokenize_all
+from .config import TrainConfig, default_output_dir, hyperparameters, is_s3, local_cache_dir
+from .dataset import IGNORE_INDEX, DatasetError, collate, load_dataset, split_eval, tokenize_all
 from .modeling import load_for_training
 from .progress import PodAnnotator, ProgressReporter, rates
 from .published import published_already
@@ -85,9 +85,31 @@ def _utc() -> str:
 
 
 def _open_store(cfg: TrainConfig):
+    """The directory store, or a bucket read through the node-local cache
+    (``CachingS3Store``: the base materialised and sha256-checked once per node)
+    that publishes with the bucket's own atomic publish."""
     from loraplane.modelstore import ModelStore
 
+    if is_s3(cfg.store_root):
+        from loraplane.modelstore.s3 import CachingS3Store
+
+        return CachingS3Store(cfg.store_root, local_cache_dir())
     return ModelStore(cfg.store_root) if cfg.store_root is not None else ModelStore()
+
+
+def _local_datasets(cfg: TrainConfig, store) -> list[Path]:
+    """Dataset files on the store's bucket, fetched into the node cache; local files as they are."""
+    if not any(is_s3(p) for p in cfg.dataset):
+        return list(cfg.dataset)
+    if not hasattr(store, "fetch_object"):
+        raise DatasetError(f"a dataset on a bucket ({next(p for p in cfg.dataset if is_s3(p))}) needs the store "
+                           f"on that bucket (--store-root s3://...)")
+    from loraplane.modelstore import StoreError
+
+    try:
+        return [store.fetch_object(p) if is_s3(p) else Path(p) for p in cfg.dataset]
+    except StoreError as exc:
+        raise DatasetError(f"dataset: {exc}") from None
 
 
 def _batch_tensors(batch, pad_id: int, device: str):
@@ -227,11 +249,12 @@ def _done_before(sv, summary: dict, reporter: ProgressReporter) -> TrainResult:
 def _prepare(cfg: TrainConfig, store) -> tuple[TrainConfig, Any, Any, Any]:
     """Everything cheap that can fail, before the model loads: the dataset (every line), the
     version, the store, the base (verified)."""
-    data = load_dataset(cfg.dataset)
+    on_bucket = cfg.store_root is not None and any(is_s3(p) for p in cfg.dataset)
+    if store is None and (cfg.publish or cfg.base is not None or on_bucket):
+        store = _open_store(cfg)
+    data = load_dataset(_local_datasets(cfg, store))
     if cfg.version is None:
         cfg = cfg.model_copy(update={"version": datetime.now(timezone.utc).strftime("v%Y%m%d%H%M%S")})
-    if store is None and (cfg.publish or cfg.base is not None):
-        store = _open_store(cfg)
     return cfg, store, data, resolve_base(cfg, store)
 
 

@@ -68,7 +68,6 @@ CROSS_OBJECT: dict[str, str] = {
     "AdaptersUnavailable": "a route names an Adapter that is missing, not Ready or for another base",
     "SecretMissing": "the hub token Secret or key does not exist",
     "StoreReadOnly": "a publish needs a writable store volume",
-    "StoreUnsupported": "a training Adapter's BaseModel is on an S3 store (training into a bucket is not built)",
     "NotAnAdapter": "the store path holds something other than an adapter",
     "BaseChecksumMismatch": "the adapter was trained on another base checkpoint",
     "InvalidSpec": "an object stored before the current CRD rules that the types refuse",

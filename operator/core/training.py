@@ -33,7 +33,7 @@ from shlex import join as shjoin
 from . import placement as pl
 from ..api.conditions import find, triple_typed
 from .manifests import (
-    OFFLINE_ENV, WRITABLE_ENV, Manifest, container_security, owner_ref_of, pod_security, store_volume, tmp_volume,
+    OFFLINE_ENV, WRITABLE_ENV, Manifest, container_security, owner_ref_of, pod_security, store_pod_parts, tmp_volume,
 )
 from ..api.names import (
     GPU_ANNOTATION, MANAGED_BY, OWNER_LABEL, RESERVATION_ANNOTATION, WORKLOAD_SERVICE_ACCOUNT, job_name,
@@ -123,9 +123,16 @@ def train_job_name(adapter: AdapterResource) -> str:
     return job_name("adp", adapter.name, "train", adapter.generation or 0, 0)
 
 
+def store_root(store: StoreVolume) -> str:
+    """What the trainer gets as ``--store-root``: the mount path, or the bucket's URL."""
+    return store.s3.url if store.s3 is not None else store.mount_path
+
+
 def train_args(adapter: AdapterResource, base: BaseModelResource, store_mount: str) -> list[str]:
     """``loraplane train`` argv for the Job. Fixed ``--version`` (the Adapter's) so a restarted pod
-    finds its own checkpoint under ``<store>/.training/<owner>/<name>/<version>``."""
+    finds its own checkpoint under ``<store>/.training/<owner>/<name>/<version>`` (on a bucket:
+    under the node cache). ``store_mount`` is ``store_root(store)``; dataset paths are relative to
+    it (keys under the bucket's prefix) unless they are on the dataset's claim."""
     spec, t, bspec = adapter.spec, adapter.spec.training, base.spec
     root = DATA_MOUNT if t.dataset.persistent_volume_claim else store_mount
     args = ["loraplane", "train", "--method", t.method,
@@ -155,13 +162,13 @@ def training_job(adapter: AdapterResource, base: BaseModelResource, name: str, n
                  image: str, pod_annotations: dict[str, str] | None = None) -> dict:
     t = adapter.spec.training
     store = base.spec.store
-    mount = store.mount_path
+    mount = store_root(store)
     owner_label = f"adapter.{adapter.name}"
     labels = {OWNER_LABEL: owner_label, **MANAGED_BY}
     job_labels = {**labels, GENERATION_LABEL: str(adapter.generation or 0)}
     pod_labels = {**labels, TRAINING_LABEL: adapter.name, "app.kubernetes.io/name": "loraplane-trainer"}
     reservation = {"node": node, "gpu": gpu, "vramMiB": need_mib, "variant": f"training-{t.method}"}
-    volumes, mounts = _trainer_volumes(t, store, mount)
+    store_env, volumes, mounts = _trainer_volumes(t, store)
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": name, "namespace": adapter.namespace, "labels": job_labels,
@@ -193,7 +200,7 @@ def training_job(adapter: AdapterResource, base: BaseModelResource, name: str, n
                         "nodeSelectorTerms": [{"matchFields": [
                             {"key": "metadata.name", "operator": "In", "values": [node]}]}]}}},
                     "tolerations": [dump(tol) for tol in t.gpu.tolerations],
-                    "containers": [_trainer_container(adapter, base, mount, gpu, mounts, image)],
+                    "containers": [_trainer_container(adapter, base, mount, gpu, store_env, mounts, image)],
                     "volumes": volumes,
                 },
             },
@@ -201,28 +208,31 @@ def training_job(adapter: AdapterResource, base: BaseModelResource, name: str, n
     }
 
 
-def _trainer_volumes(t: TrainingSpec, store: StoreVolume, mount: str) -> tuple[list[dict], list[dict]]:
-    """The store (read-write: the trainer publishes), /tmp, and the dataset's claim if it has one."""
-    volume = store_volume(store)
-    if "persistentVolumeClaim" in volume:  # the trainer publishes: the store is mounted read-write
-        volume["persistentVolumeClaim"]["readOnly"] = False
+def _trainer_volumes(t: TrainingSpec, store: StoreVolume) -> tuple[list[dict], list[dict], list[dict]]:
+    """(env, volumes, mounts): the store as every pod gets it (``store_pod_parts``: a volume
+    mounted read-write, since the trainer publishes; or the bucket's URL, credentials by
+    ``secretKeyRef`` and the node cache), /tmp, and the dataset's claim if it has one."""
+    env, volumes, mounts = store_pod_parts(store, read_only=False)
+    for volume in volumes:
+        if "persistentVolumeClaim" in volume:  # workers may mount the claim read-only; the trainer writes
+            volume["persistentVolumeClaim"]["readOnly"] = False
     tmp, tmp_mount = tmp_volume()
-    volumes, mounts = [volume, tmp], [{"name": "model-store", "mountPath": mount}, tmp_mount]
+    volumes, mounts = [*volumes, tmp], [*mounts, tmp_mount]
     claim = t.dataset.persistent_volume_claim.claim_name if t.dataset.persistent_volume_claim else None
     if claim:
         volumes.append({"name": "dataset", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": "dataset", "mountPath": DATA_MOUNT, "readOnly": True})
-    return volumes, mounts
+    return env, volumes, mounts
 
 
-def _trainer_container(adapter: AdapterResource, base: BaseModelResource, mount: str, gpu: int, mounts: list[Manifest],
-                       image: str) -> dict:
+def _trainer_container(adapter: AdapterResource, base: BaseModelResource, mount: str, gpu: int,
+                       store_env: list[Manifest], mounts: list[Manifest], image: str) -> dict:
     t = adapter.spec.training
     res = t.resources
     env = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        {"name": "MODEL_STORE_ROOT", "value": mount},
+        *store_env,
         {"name": "NVIDIA_VISIBLE_DEVICES", "value": str(gpu)},
         {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
@@ -391,11 +401,6 @@ def _before_job(adapter: AdapterResource, base: BaseModelResource | InvalidObjec
     if base.status.phase != "Ready":
         _set(adapter, st, now, "Pending", "WaitingForBaseModel", f"BaseModel {ref} is not Ready")
         plan.requeue_after = 10
-        return plan
-    if base.spec.store.s3 is not None:  # the trainer publishes into a directory store only
-        msg = f"BaseModel {ref} is on an S3 store: training into a bucket is not built yet (docs/modelstore.md)"
-        _set(adapter, st, now, "Failed", "StoreUnsupported", msg, progressing=False, degraded=True)
-        plan.events.append(("Warning", "StoreUnsupported", msg))
         return plan
     variants = {v.name: int(v.vram_mib) for v in base.status.variants}
     try:

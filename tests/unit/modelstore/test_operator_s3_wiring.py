@@ -180,22 +180,6 @@ def test_the_crd_asks_for_exactly_one_store_and_a_well_formed_url():
         assert not url.match(bad), bad
 
 
-def test_training_into_an_s3_store_is_refused_with_a_condition():
-    """The trainer publishes into a directory store only (not built for a bucket):
-    the Adapter says so instead of starting a Job that cannot publish."""
-    import datetime as dt
-
-    from loraplane.operator.core.training import plan_training
-
-    b = base()
-    a = AdapterResource.model_validate(_obj("Adapter", "a", {"baseModelRef": "m", "task": "t", "version": "v1",
-                                                             "training": {"dataset": {"paths": ["d.jsonl"]}}}))
-    plan = plan_training(a, b, [], dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
-    assert not plan.place
-    ready = next(c for c in plan.status.conditions if c.type == "Ready")
-    assert ready.reason == "StoreUnsupported" and "S3" in ready.message
-
-
 def test_manifests_keep_the_store_details_in_one_place():
     """Volume and S3 stores differ only in ``store_pod_parts``: env, volumes, mounts."""
     env, volumes, mounts = manifests.store_pod_parts(store(), read_only=True)
