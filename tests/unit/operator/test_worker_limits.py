@@ -44,7 +44,7 @@ def test_max_loaded_adapters_reaches_the_worker_only_when_set():
 def test_the_cli_reads_what_the_pod_sets(monkeypatch):
     import argparse
 
-    from worker_image.cli import configure
+    from loraplane.worker.cli import configure
     for k, v in env_of(first_pod(with_cap(pool(1, kvCacheMiB=1536), 3))).items():
         if v is not None:
             monkeypatch.setenv(k, v)

@@ -307,10 +307,10 @@ def test_stream_only_fault_fails_streams_midway_and_is_counted(worker_store, run
     async def go():
         async with helpers.running_worker(worker_store, helpers.desired(routes),
                                           fault_stream_error_rate=cfg.fault_stream_error_rate) as (w, c):
-            out = {}
+            out, words = {}, helpers.words_only(w.tokenizer)  # every token a word: the first chunk has text
             for model in ("synth-v1", "synth-v2"):
                 r = await c.post("/v1/completions", json={"model": model, "prompt": PROMPT, "max_tokens": 6,
-                                                          "ignore_eos": True, "stream": True})
+                                                          "ignore_eos": True, "stream": True, "logit_bias": words})
                 out[model] = r.status, await r.text()
             out["plain"] = await _post(c, model="synth-v2")
             await _idle(w)
@@ -320,9 +320,7 @@ def test_stream_only_fault_fails_streams_midway_and_is_counted(worker_store, run
     good, bad = out["synth-v1"][1], out["synth-v2"][1]
     assert "error" not in good and good.rstrip().endswith("[DONE]")
     events = [json.loads(line[6:]) for line in bad.splitlines() if line.startswith("data: {")]
-    # The first chunk went out before the fault (its text may be "" with random weights: a
-    # byte-fallback token that does not end a UTF-8 character decodes to nothing yet).
-    assert len(events) >= 2 and "text" in events[0]["choices"][0]
+    assert len(events) >= 2 and events[0]["choices"][0]["text"]  # a first chunk went out before the fault
     assert "injected stream fault" in events[-1]["error"]["message"]
     assert out["plain"][0] == 200
     assert _count(m, "500", "synth-v2") == 1 and _count(m, "200", "synth-v2") == 1
